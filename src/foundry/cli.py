@@ -1,0 +1,102 @@
+"""`foundry <verb>`: one entry point whose verbs mirror the lifecycle.
+
+Each verb is a plain `main(argv) -> int | None` in the module that owns the work, imported only when
+called (importing torch costs seconds; `foundry --help` should not). User errors are FoundryError and
+print as one line, with no traceback, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from foundry.errors import ConfigError, FoundryError
+
+# verb -> (module:function, one-line help). Two-word verbs are written "noun verb".
+VERBS: dict[str, tuple[str, str]] = {
+    "quickstart": ("foundry.pipeline:quickstart_main", "run the bundled recipe end to end (data to report)"),
+    "run": ("foundry.pipeline:main", "run a recipe's stages in order, skipping finished ones"),
+    "data prepare": ("foundry.data.prepare:main", "ingest, clean, deduplicate, decontaminate and split corpora"),
+    "data tokenize": ("foundry.data.shards:main", "tokenise a prepared dataset into packed token shards"),
+    "tokenizer train": ("foundry.data.tokenizer:main", "train a byte-level BPE tokenizer on a prepared dataset"),
+    "pretrain": ("foundry.train.pretrain:main", "next-token pretraining from random initialisation"),
+    "continue": ("foundry.train.continual:main", "continual pretraining on a domain mixture with replay"),
+    "coverage": ("foundry.eval.coverage:main", "how well a model and tokenizer cover a domain corpus"),
+    "sft": ("foundry.train.sft:main", "supervised instruction tuning on chat data"),
+    "dpo": ("foundry.train.dpo:main", "preference optimisation (DPO, IPO, conservative DPO)"),
+    "audit prefs": ("foundry.data.prefs:audit_main", "audit a preference file for duplicates, contradictions, bias"),
+    "generate": ("foundry.serve.generate:main", "sample text from a model"),
+    "chat": ("foundry.serve.chat:main", "interactive terminal chat"),
+    "serve": ("foundry.serve.server:main", "OpenAI-compatible HTTP server"),
+    "index build": ("foundry.serve.retrieval:main", "build a retrieval index over a document folder"),
+    "eval": ("foundry.eval.harness:main", "perplexity, multiple-choice and generation tasks"),
+    "bakeoff": ("foundry.eval.bakeoff:main", "side-by-side model comparison on a rubric, with cost"),
+    "report": ("foundry.eval.report:main", "report card and model card for a run directory"),
+    "export": ("foundry.model.hf:export_main", "export a checkpoint to a Hugging Face directory"),
+    "import": ("foundry.model.hf:import_main", "import a local Hugging Face Llama-family checkpoint"),
+    "plan": ("foundry.train.plan:main", "estimate memory, time and cost before a run"),
+    "selftest": ("foundry.selftest:main", "check resume, accumulation, export and chat template on your recipe"),
+}
+
+
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one-line ConfigErrors instead of usage dumps and exit 2."""
+
+    def error(self, message: str):  # noqa: D102
+        raise ConfigError(f"{self.prog}: {message} (see --help)")
+
+
+def make_parser(verb: str, description: str | None = None) -> ArgParser:
+    return ArgParser(prog=f"foundry {verb}", description=description or VERBS.get(verb, ("", ""))[1])
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = ["usage: foundry <verb> [options]   (foundry <verb> --help for a verb's options)", "", "verbs:"]
+    lines += [f"  {verb:<{width}}  {help_}" for verb, (_, help_) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def resolve_verb(argv: list[str]) -> tuple[str, list[str]]:
+    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in VERBS:
+        return f"{argv[0]} {argv[1]}", argv[2:]
+    if argv and argv[0] in VERBS:
+        return argv[0], argv[1:]
+    nouns = {v.split()[0] for v in VERBS if " " in v}
+    if argv and argv[0] in nouns:
+        options = ", ".join(v for v in VERBS if v.startswith(argv[0] + " "))
+        raise ConfigError(f"'{' '.join(argv[:2])}' is not a verb; did you mean one of: {options}?")
+    raise ConfigError(f"unknown verb '{argv[0]}'; run 'foundry --help' for the list")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from foundry import __version__
+
+        print(__version__)
+        return 0
+    try:
+        verb, rest = resolve_verb(argv)
+        module_name, func_name = VERBS[verb][0].split(":")
+        func = getattr(importlib.import_module(module_name), func_name)
+        code = func(rest)
+        return int(code or 0)
+    except FoundryError as exc:
+        print(f"foundry: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("foundry: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

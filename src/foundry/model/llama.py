@@ -1,0 +1,288 @@
+"""The foundry decoder: a Llama-family transformer in one readable file.
+
+Design choices, each chosen to match Hugging Face `LlamaForCausalLM` so export is a renaming:
+- Pre-norm blocks with RMSNorm (no bias anywhere, except optional q/k/v biases for Qwen2).
+- Rotary position embeddings in the "rotate half" layout that transformers uses.
+- Grouped-query attention (n_kv_head <= n_head) through `F.scaled_dot_product_attention`, which
+  picks flash / memory-efficient kernels on CUDA and a fused kernel on CPU.
+- SwiGLU MLP: down(silu(gate(x)) * up(x)).
+- Optional tied input/output embeddings (on by default for small models, where the embedding matrix
+  is a large share of the parameters).
+- Packed sequences: `segment_ids` confine attention to each packed example (block-diagonal causal
+  mask) and `position_ids` restart at 0 for each example (torchtune #892).
+- A preallocated KV cache for generation.
+
+Parameter names are exactly those of `LlamaForCausalLM.state_dict()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from foundry.errors import ConfigError
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4
+    n_embd: int = 256
+    intermediate_size: int = 0  # 0: SwiGLU default, 8/3 * n_embd rounded up to a multiple of 64
+    head_dim: int = 0  # 0: n_embd // n_head
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    attention_bias: bool = False  # Qwen2 puts biases on q, k and v projections
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.intermediate_size == 0:
+            self.intermediate_size = 64 * math.ceil(8 * self.n_embd / 3 / 64)
+        if self.head_dim == 0:
+            if self.n_embd % self.n_head:
+                raise ConfigError(f"model: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            self.head_dim = self.n_embd // self.n_head
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"model: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.head_dim % 2:
+            raise ConfigError(f"model: head_dim={self.head_dim} must be even for rotary embeddings")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LlamaConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"model config: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        d, hd, L = self.n_embd, self.head_dim, self.n_layer
+        attn = d * hd * self.n_head * 2 + d * hd * self.n_kv_head * 2
+        if self.attention_bias:
+            attn += hd * (self.n_head + 2 * self.n_kv_head)
+        block = attn + 3 * d * self.intermediate_size + 2 * d
+        core = L * block + d
+        embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        return core + (embeddings if include_embedding else 0)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward): 6 * matmul params + attention (PaLM appendix B)."""
+        matmul_params = self.num_params(include_embedding=False) + self.vocab_size * self.n_embd
+        attention = 12 * self.n_layer * self.n_head * self.head_dim * seq_len / 2  # causal: half the scores
+        return 6 * matmul_params + attention
+
+
+# Named sizes. "test" is for unit tests; the quickstart uses "4m"; the GPU benchmarks use 124m..1b.
+PRESETS: dict[str, dict] = {
+    "test": dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=64, vocab_size=512, max_seq_len=256),
+    "1m": dict(n_layer=4, n_head=4, n_kv_head=4, n_embd=128, vocab_size=2048, max_seq_len=512),
+    "4m": dict(n_layer=6, n_head=6, n_kv_head=6, n_embd=192, vocab_size=4096, max_seq_len=512),
+    "14m": dict(n_layer=8, n_head=8, n_kv_head=4, n_embd=320, vocab_size=8192, max_seq_len=1024),
+    "124m": dict(n_layer=12, n_head=12, n_kv_head=12, n_embd=768, vocab_size=32768, max_seq_len=2048,
+                 tie_embeddings=False),
+    "350m": dict(n_layer=24, n_head=16, n_kv_head=8, n_embd=1024, vocab_size=32768, max_seq_len=2048,
+                 tie_embeddings=False),
+    "1b": dict(n_layer=22, n_head=32, n_kv_head=8, n_embd=2048, intermediate_size=5632, vocab_size=32768,
+               max_seq_len=2048, tie_embeddings=False),
+}
+
+
+def config_from_preset(name: str, **overrides) -> LlamaConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"model: unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    return LlamaConfig(**{**PRESETS[name], **overrides})
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 as transformers does, then cast back (matters under bf16 autocast).
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, hd)
+    return emb.cos(), emb.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, hd); cos/sin: (B, 1, T, hd)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """Preallocated keys and values for every layer; `length` tokens are filled."""
+
+    def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, device, dtype):
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} > {self.max_len} tokens")
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        d, b = config.n_embd, config.attention_bias
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+
+    def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd), S = cached + T
+        # mask None: plain causal over T==S; otherwise a boolean (B, 1, T, S) mask, True = attend.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, H, T, hd)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, mask, kv_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Named `model` inside Llama, as in transformers, so state-dict keys match one to one."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+
+
+class Llama(nn.Module):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        # Residual output projections scaled by depth (GPT-2 paper, section 2.3).
+        out_std = std / math.sqrt(2 * self.config.n_layer)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(".bias"):
+                nn.init.zeros_(p)
+            elif name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                nn.init.normal_(p, 0.0, out_std)
+            else:
+                nn.init.normal_(p, 0.0, std)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # (B, T) token ids
+        position_ids: torch.Tensor | None = None,  # (B, T); default 0..T-1 (offset by the cache)
+        segment_ids: torch.Tensor | None = None,  # (B, T); tokens attend only within their segment
+        kv_cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab), or the final hidden states (B, T, n_embd) if `return_hidden`."""
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        cos = self.rope_cos[position_ids].unsqueeze(1).to(self.model.embed_tokens.weight.dtype)  # (B, 1, T, hd)
+        sin = self.rope_sin[position_ids].unsqueeze(1).to(cos.dtype)
+        mask = self._attention_mask(B, T, past, segment_ids, input_ids.device)
+        x = self.model.embed_tokens(input_ids)  # (B, T, d)
+        for block in self.model.layers:
+            x = block(x, cos, sin, mask, kv_cache)
+        x = self.model.norm(x)
+        if kv_cache is not None:
+            kv_cache.length += T
+        return x if return_hidden else self.lm_head(x)
+
+    @staticmethod
+    def _attention_mask(B, T, past, segment_ids, device) -> torch.Tensor | None:
+        if segment_ids is None and (past == 0 or T == 1):
+            return None  # SDPA's is_causal (or no mask at all for one new token) is fastest
+        S = past + T
+        q_pos = torch.arange(past, S, device=device)
+        mask = (torch.arange(S, device=device)[None, :] <= q_pos[:, None]).expand(B, 1, T, S)  # causal
+        if segment_ids is not None:
+            if past:
+                raise ValueError("segment_ids are for packed training batches, not cached decoding")
+            same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # (B, 1, T, T)
+            mask = mask & same
+        return mask
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        w = self.model.embed_tokens.weight
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, w.device, w.dtype)
