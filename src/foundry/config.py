@@ -112,8 +112,12 @@ def config_from_dict(cls: type[C], data: dict, source: str = "config") -> C:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A typo shows up as an unknown key *and* a missing one; the unknown key is the useful half.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "missing":
+            raise ConfigError(f"{source}: missing required key '{key}'") from None
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, _known_keys(cls), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

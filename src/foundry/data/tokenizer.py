@@ -1,0 +1,218 @@
+"""Byte-level BPE tokenizer: training, the `Tokenizer` wrapper every stage uses, `foundry tokenizer train`.
+
+Design choices:
+- Byte-level BPE (GPT-2 style, Radford et al. 2019) with Hugging Face `tokenizers`: every byte string is
+  representable, so decode(encode(text)) == text exactly, non-ASCII included (no unknown token).
+- No normaliser: cleaning (NFC, control characters) happens once in `foundry data prepare`; a normaliser
+  here would make round-trips inexact for text that did not go through prepare.
+- Seven special tokens with fixed ids 0..6 (docs/ARCHITECTURE.md), added before any merge so every
+  foundry tokenizer agrees on them whatever its vocabulary size.
+- `sha256` is the hash of the exact `tokenizer.json` bytes; `save` writes those same bytes back, so a
+  tokenizer copied into a checkpoint keeps its identity and token shards can be checked against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from foundry.errors import DataError
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
+
+
+class Tokenizer:
+    """A trained byte-level BPE tokenizer with foundry's special tokens.
+
+    `encode` adds no special tokens; callers place `<|endoftext|>` and chat markers themselves.
+    """
+
+    def __init__(self, hf_tokenizer, json_text: str | None = None):
+        self._hf = hf_tokenizer
+        # The exact serialised form; its hash identifies the tokenizer across checkpoints and shards.
+        self._json = json_text if json_text is not None else hf_tokenizer.to_str()
+        self.sha256 = hashlib.sha256(self._json.encode("utf-8")).hexdigest()
+        ids = [hf_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+        if ids != list(range(len(SPECIAL_TOKENS))):
+            raise DataError(f"tokenizer: special tokens {list(SPECIAL_TOKENS)} must have ids 0..6, got {ids}; "
+                            "train it with 'foundry tokenizer train'")
+        self.eos_id, self.bos_id, self.pad_id = ids[0], ids[1], ids[2]
+        self.eot_id = ids[6]
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        """Load from a directory holding `tokenizer.json`, or from the file itself."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        path = Path(path)
+        file = path / "tokenizer.json" if path.is_dir() else path
+        if not file.is_file():
+            raise DataError(f"{file}: tokenizer not found (expected a directory with tokenizer.json, "
+                            "made by 'foundry tokenizer train')")
+        try:
+            text = file.read_text(encoding="utf-8")
+            hf = HFTokenizer.from_str(text)
+        except (UnicodeDecodeError, Exception) as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise DataError(f"{file}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
+        return cls(hf, text)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
+              length: int | None = None, show_progress: bool = False) -> "Tokenizer":
+        """Train byte-level BPE on `texts`; the 256 byte symbols and 7 specials come first."""
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
+
+        floor = len(SPECIAL_TOKENS) + 256
+        if vocab_size < floor:
+            raise DataError(f"tokenizer: --vocab-size {vocab_size} is below {floor} "
+                            "(256 byte symbols + 7 special tokens)")
+        hf = HFTokenizer(models.BPE())
+        # GPT-2's split regex, then bytes -> printable unicode symbols; no prefix space, so exact round-trip.
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=show_progress,
+        )
+        hf.train_from_iterator(texts, trainer=trainer, length=length)
+        return cls(hf)
+
+    # ---- use ----------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self._hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        return self._hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def role_id(self, role: str) -> int:
+        if role not in ROLE_TOKENS:
+            raise DataError(f"unknown chat role '{role}'; expected one of {', '.join(ROLE_TOKENS)}")
+        return self._hf.token_to_id(ROLE_TOKENS[role])
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._hf.token_to_id(token)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `tokenizer.json` (the exact bytes hashed by `sha256`) and a transformers-ready config."""
+        from foundry.data.chat import CHAT_TEMPLATE
+        from foundry.utils.io import atomic_write_json, atomic_write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "tokenizer.json", self._json)
+        atomic_write_json(directory / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<|bos|>",
+            "eos_token": "<|endoftext|>",
+            "pad_token": "<|pad|>",
+            "unk_token": None,
+            "additional_special_tokens": list(SPECIAL_TOKENS[3:]),
+            "add_bos_token": False,
+            "add_eos_token": False,
+            # transformers' default clean-up would delete spaces before punctuation: not a round-trip.
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1 << 30,
+            "chat_template": CHAT_TEMPLATE,
+        })
+        return directory
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+def fertility(tokenizer: Tokenizer, texts: Iterable[str], batch: int = 512) -> dict:
+    """Tokens per whitespace-separated word (and per byte); lower means the vocabulary fits the text."""
+    words = tokens = nbytes = docs = 0
+    chunk: list[str] = []
+
+    def flush():
+        nonlocal tokens
+        tokens += sum(len(ids) for ids in tokenizer.encode_batch(chunk))
+        chunk.clear()
+
+    for text in texts:
+        words += len(text.split())
+        nbytes += len(text.encode("utf-8"))
+        docs += 1
+        chunk.append(text)
+        if len(chunk) >= batch:
+            flush()
+    if chunk:
+        flush()
+    return {"documents": docs, "words": words, "tokens": tokens, "bytes": nbytes,
+            "tokens_per_word": tokens / words if words else float("nan"),
+            "bytes_per_token": nbytes / tokens if tokens else float("nan")}
+
+
+def iter_split_texts(dataset_dir: str | Path, split: str) -> Iterator[str]:
+    """The `text` of every record in `DATASET_DIR/{split}.jsonl` (written by `foundry data prepare`)."""
+    path = Path(dataset_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; is {dataset_dir} a dataset made by 'foundry data prepare'?")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DataError(f"{path}:{lineno}: not a dataset record ({exc})") from None
+
+
+def main(argv: list[str]) -> int:
+    from foundry.cli import make_parser
+    from foundry.utils.io import atomic_directory, sha256_file, write_run_record
+
+    p = make_parser("tokenizer train")
+    p.add_argument("dataset", help="dataset directory made by 'foundry data prepare' (trains on train.jsonl)")
+    p.add_argument("--out", required=True, help="output directory for tokenizer.json and tokenizer_config.json")
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--min-frequency", type=int, default=2, help="merges need a pair seen at least this often")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+
+    dataset = Path(args.dataset)
+    manifest = dataset / "manifest.json"
+    if not manifest.is_file():
+        raise DataError(f"{dataset}: not a dataset directory (no manifest.json); run 'foundry data prepare' first")
+    n_train = sum(1 for _ in iter_split_texts(dataset, "train"))
+    if n_train == 0:
+        raise DataError(f"{dataset / 'train.jsonl'}: no documents to train on")
+
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(iter_split_texts(dataset, "train"), args.vocab_size, args.min_frequency, length=n_train)
+    seconds = time.perf_counter() - t0
+    val = fertility(tok, iter_split_texts(dataset, "val"))
+    if val["documents"] == 0:  # tiny datasets may have an empty validation split; say what we measured
+        val = fertility(tok, iter_split_texts(dataset, "train"))
+        val["split"] = "train (val is empty)"
+    else:
+        val["split"] = "val"
+
+    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+        tok.save(tmp)
+        write_run_record(tmp, "tokenizer", vars(args),
+                         parents={"dataset": str(dataset.resolve())},
+                         data_manifests={dataset.name: sha256_file(manifest)},
+                         results={"vocab_size": tok.vocab_size, "sha256": tok.sha256,
+                                  "train_seconds": round(seconds, 2), "fertility": val})
+    print(f"tokenizer: vocab {tok.vocab_size}, trained on {n_train} documents in {seconds:.1f}s -> {args.out}")
+    print(f"fertility on {val['split']}: {val['tokens_per_word']:.3f} tokens/word, "
+          f"{val['bytes_per_token']:.2f} bytes/token ({val['tokens']} tokens, {val['words']} words)")
+    return 0

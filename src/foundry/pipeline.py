@@ -1,0 +1,204 @@
+"""`foundry run RECIPE.yaml`: a recipe is an ordered list of stages, each one `foundry <verb>` call.
+
+A stage reads its parents' outputs through placeholders: `{out}` is the stage's own output directory
+(`RUN/<stage name>`), `{stage:NAME}` is an earlier stage's, `{run}` the run directory and `{repo}` the
+directory holding the recipe's repository (so bundled data resolves from anywhere). A training verb's
+`config:` mapping is written to `RUN/.pipeline/NAME.yaml` and passed as `--config`.
+
+Each finished stage leaves `RUN/.pipeline/NAME.json` with a fingerprint of its verb, arguments, config
+and its parents' fingerprints. A re-run skips a stage whose fingerprint is unchanged, so after a failure
+the run resumes at the failed stage; a stage with `resume: [--resume]` gets those arguments when a
+previous attempt left output behind (an interrupted training run continues where it stopped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from foundry.cli import VERBS, make_parser
+from foundry.config import StrictModel, config_from_dict, read_yaml
+from foundry.errors import ConfigError, FoundryError
+from foundry.utils.io import atomic_write_json, atomic_write_text, code_version, read_json
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PLACEHOLDER = re.compile(r"\{(out|run|repo|stage:([A-Za-z0-9_\-]+))\}")
+
+
+class Stage(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    verb: str
+    args: list[str] = []
+    config: dict[str, Any] | None = None
+    resume: list[str] = []
+    description: str = ""
+
+
+class Recipe(StrictModel):
+    name: str
+    out_dir: str
+    description: str = ""
+    stages: list[Stage]
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    data = read_yaml(path)
+    for word in overrides or []:
+        key, _, value = word.partition("=")
+        if key != "out_dir" or not value:
+            raise ConfigError(f"{path}: only out_dir=PATH can be overridden for a whole recipe, got '{word}'")
+        data["out_dir"] = value
+    recipe = config_from_dict(Recipe, data, str(path))
+    seen: set[str] = set()
+    for stage in recipe.stages:
+        if stage.verb not in VERBS or stage.verb in ("run", "quickstart"):
+            raise ConfigError(f"{path}: stage '{stage.name}': unknown verb '{stage.verb}'")
+        if stage.name in seen:
+            raise ConfigError(f"{path}: stage name '{stage.name}' is used twice")
+        for parent in _references(stage):
+            if parent not in seen:
+                raise ConfigError(f"{path}: stage '{stage.name}' reads stage '{parent}', which does not run "
+                                  f"before it")
+        seen.add(stage.name)
+    return recipe
+
+
+def _references(stage: Stage) -> list[str]:
+    text = json.dumps([stage.args, stage.config, stage.resume])
+    return [m.group(2) for m in PLACEHOLDER.finditer(text) if m.group(2)]
+
+
+def _substitute(value: Any, mapping: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return PLACEHOLDER.sub(lambda m: mapping[m.group(1)], value)
+    if isinstance(value, list):
+        return [_substitute(v, mapping) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, mapping) for k, v in value.items()}
+    return value
+
+
+def _fingerprint(stage: Stage, args: list[str], config: dict | None, parent_prints: list[str]) -> str:
+    blob = json.dumps({"verb": stage.verb, "args": args, "config": config, "parents": parent_prints},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None) -> dict:
+    """Run every stage in order; returns the pipeline record (also written to RUN/pipeline.json)."""
+    run_dir = Path(recipe.out_dir)
+    if not run_dir.is_absolute():
+        run_dir = Path.cwd() / run_dir
+    state_dir = run_dir / ".pipeline"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    prints: dict[str, str] = {}
+    record: dict[str, Any] = {"recipe": str(recipe_path), "name": recipe.name, "code_version": code_version(),
+                              "stages": []}
+    force = set(force or [])
+    started = time.time()
+    for stage in recipe.stages:
+        out = run_dir / stage.name
+        mapping = {"out": str(out), "run": str(run_dir), "repo": str(REPO_ROOT)}
+        mapping.update({f"stage:{name}": str(run_dir / name) for name in prints})
+        args = _substitute(stage.args, mapping)
+        config = _substitute(stage.config, mapping) if stage.config is not None else None
+        fp = _fingerprint(stage, args, config, [prints[p] for p in _references(stage)])
+        done_file = state_dir / f"{stage.name}.json"
+        done = read_json(done_file) if done_file.is_file() else None
+        entry = {"name": stage.name, "verb": stage.verb, "fingerprint": fp, "output": str(out)}
+        if done and done.get("fingerprint") == fp and out.exists() and stage.name not in force:
+            print(f"[foundry run] {stage.name}: unchanged, skipped (finished {done['finished']})")
+            entry.update(status="skipped", seconds=done.get("seconds"))
+            record["stages"].append(entry)
+            prints[stage.name] = fp
+            continue
+        argv = stage.verb.split() + list(args)
+        if config is not None:
+            config_path = state_dir / f"{stage.name}.yaml"
+            atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
+            argv += ["--config", str(config_path)]
+        attempt_file = state_dir / f"{stage.name}.attempt"
+        if out.exists():
+            last_attempt = attempt_file.read_text().strip() if attempt_file.is_file() else None
+            if stage.resume and last_attempt == fp and not done:
+                argv += stage.resume  # an interrupted attempt of this same stage: continue it
+            else:
+                # Output of other inputs (or of a non-resumable attempt): keep it aside, never delete it.
+                aside = state_dir / f"{stage.name}.previous"
+                shutil.rmtree(aside, ignore_errors=True)
+                out.rename(aside)
+        done_file.unlink(missing_ok=True)
+        atomic_write_text(attempt_file, fp)
+        print(f"[foundry run] {stage.name}: foundry {' '.join(argv)}", flush=True)
+        t0 = time.time()
+        from foundry.cli import main as cli_main
+
+        code = cli_main(argv)
+        seconds = round(time.time() - t0, 1)
+        if code != 0:
+            entry.update(status="failed", seconds=seconds)
+            record["stages"].append(entry)
+            record["seconds"] = round(time.time() - started, 1)
+            atomic_write_json(run_dir / "pipeline.json", record)
+            raise FoundryError(f"{recipe_path}: stage '{stage.name}' failed (exit {code}); fix it and re-run "
+                               f"'foundry run {recipe_path}' to resume from this stage")
+        atomic_write_json(done_file, {"fingerprint": fp, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                      "seconds": seconds, "argv": argv})
+        entry.update(status="ran", seconds=seconds)
+        record["stages"].append(entry)
+        prints[stage.name] = fp
+    record["seconds"] = round(time.time() - started, 1)
+    atomic_write_json(run_dir / "pipeline.json", record)
+    return record
+
+
+def _print_summary(record: dict, run_dir: Path) -> None:
+    print(f"\n[foundry run] {record['name']}: {len(record['stages'])} stages in {record['seconds']:.0f} s")
+    for entry in record["stages"]:
+        seconds = entry.get("seconds")
+        print(f"  {entry['name']:<14} {entry['status']:<8} {'' if seconds is None else f'{seconds:7.1f} s'}")
+    report = next((Path(e["output"]) / "report.md" for e in record["stages"]
+                   if (Path(e["output"]) / "report.md").is_file()), None)
+    if report is not None:
+        print(f"\nReport: {report}")
+        card = report.with_name("MODEL_CARD.md")
+        if card.is_file():
+            print(f"Model card: {card}")
+    print(f"Run directory: {run_dir}")
+
+
+def main(argv: list[str]) -> int:
+    parser = make_parser("run")
+    parser.add_argument("recipe", help="recipe YAML (see recipes/)")
+    parser.add_argument("overrides", nargs="*", help="out_dir=PATH to write the run elsewhere")
+    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
+                        help="re-run this stage even if unchanged (repeatable)")
+    args = parser.parse_args(argv)
+    recipe_path = Path(args.recipe)
+    recipe = load_recipe(recipe_path, args.overrides)
+    record = run_recipe(recipe, recipe_path, args.force)
+    _print_summary(record, Path(recipe.out_dir).resolve())
+    return 0
+
+
+def quickstart_main(argv: list[str]) -> int:
+    parser = make_parser("quickstart")
+    parser.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
+    parser.add_argument("--recipe", default=str(REPO_ROOT / "recipes" / "quickstart.yaml"))
+    args = parser.parse_args(argv)
+    if not Path(args.recipe).is_file():
+        raise ConfigError(f"{args.recipe}: the bundled quickstart recipe is missing (is this a full checkout?)")
+    return main([args.recipe, f"out_dir={args.out}"])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

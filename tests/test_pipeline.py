@@ -1,0 +1,116 @@
+"""`foundry run`: stage order, placeholders, skipping unchanged stages, resuming after a failure."""
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from foundry import cli
+from foundry.errors import ConfigError, FoundryError
+from foundry.pipeline import load_recipe, run_recipe
+
+FAKE_VERB = textwrap.dedent('''
+    import json, sys
+    from pathlib import Path
+    from foundry.errors import FoundryError
+    CALLS = []
+
+    def main(argv):
+        CALLS.append(list(argv))
+        out = Path(argv[argv.index("--out") + 1])
+        if "--fail-if" in argv and Path(argv[argv.index("--fail-if") + 1]).exists():
+            raise FoundryError("planted failure")
+        text = ""
+        if "--from" in argv:
+            text = (Path(argv[argv.index("--from") + 1]) / "value.txt").read_text()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "value.txt").write_text(text + argv[argv.index("--value") + 1])
+        if "--config" in argv:
+            (out / "config.txt").write_text(Path(argv[argv.index("--config") + 1]).read_text())
+''')
+
+
+@pytest.fixture
+def fake_verb(tmp_path, monkeypatch):
+    (tmp_path / "fake_verb_mod.py").write_text(FAKE_VERB)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("fake_verb_mod", None)
+    monkeypatch.setitem(cli.VERBS, "fake", ("fake_verb_mod:main", "test verb"))
+    import fake_verb_mod
+
+    return fake_verb_mod
+
+
+def write_recipe(tmp_path, flag: Path, value_b="B", config=None):
+    recipe = {
+        "name": "t", "out_dir": str(tmp_path / "run"),
+        "stages": [
+            {"name": "a", "verb": "fake", "args": ["--out", "{out}", "--value", "A"]},
+            {"name": "b", "verb": "fake", "args": ["--out", "{out}", "--from", "{stage:a}", "--value", value_b,
+                                                   "--fail-if", str(flag)], **({"config": config} if config else {})},
+            {"name": "c", "verb": "fake", "args": ["--out", "{out}", "--from", "{stage:b}", "--value", "C"]},
+        ],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def test_stages_chain_and_rerun_skips_finished(tmp_path, fake_verb):
+    path = write_recipe(tmp_path, tmp_path / "no-such-flag", config={"lr": 0.1})
+    record = run_recipe(load_recipe(path), path)
+    assert [s["status"] for s in record["stages"]] == ["ran", "ran", "ran"]
+    assert (tmp_path / "run" / "c" / "value.txt").read_text() == "ABC"
+    assert "lr: 0.1" in (tmp_path / "run" / "b" / "config.txt").read_text()
+    calls = len(fake_verb.CALLS)
+    record = run_recipe(load_recipe(path), path)
+    assert [s["status"] for s in record["stages"]] == ["skipped", "skipped", "skipped"]
+    assert len(fake_verb.CALLS) == calls
+    # Changing b's input re-runs b and everything downstream, not a.
+    path = write_recipe(tmp_path, tmp_path / "no-such-flag", value_b="X", config={"lr": 0.1})
+    record = run_recipe(load_recipe(path), path)
+    assert [s["status"] for s in record["stages"]] == ["skipped", "ran", "ran"]
+    assert (tmp_path / "run" / "c" / "value.txt").read_text() == "AXC"
+    # The replaced output is kept aside, not deleted.
+    assert (tmp_path / "run" / ".pipeline" / "b.previous" / "value.txt").read_text() == "AB"
+
+
+def test_failed_stage_resumes_there(tmp_path, fake_verb):
+    flag = tmp_path / "fail"
+    flag.touch()
+    path = write_recipe(tmp_path, flag)
+    with pytest.raises(FoundryError, match="stage 'b' failed"):
+        run_recipe(load_recipe(path), path)
+    pipeline = json.loads((tmp_path / "run" / "pipeline.json").read_text())
+    assert [s["status"] for s in pipeline["stages"]] == ["ran", "failed"]
+    flag.unlink()
+    record = run_recipe(load_recipe(path), path)
+    assert [s["status"] for s in record["stages"]] == ["skipped", "ran", "ran"]
+
+
+def test_stage_reading_a_stage_that_does_not_run_before_it(tmp_path, fake_verb):
+    recipe = {"name": "t", "out_dir": str(tmp_path / "run"), "stages": [
+        {"name": "a", "verb": "fake", "args": ["--out", "{out}", "--from", "{stage:b}", "--value", "A"]},
+        {"name": "b", "verb": "fake", "args": ["--out", "{out}", "--value", "B"]}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match="reads stage 'b', which does not run before it"):
+        load_recipe(path)
+
+
+def test_recipe_typo_and_unknown_verb(tmp_path, fake_verb):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: t\nout_dir: x\nstagez: []\n")
+    with pytest.raises(ConfigError, match="unknown key 'stagez'"):
+        load_recipe(path)
+    path.write_text("name: t\nout_dir: x\nstages:\n  - {name: a, verb: pretrian}\n")
+    with pytest.raises(ConfigError, match="unknown verb 'pretrian'"):
+        load_recipe(path)
+
+
+def test_cli_one_line_error_for_missing_recipe(tmp_path, capsys):
+    assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.yaml: recipe not found" in err[0]
