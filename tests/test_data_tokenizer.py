@@ -95,3 +95,17 @@ def test_refuses_vocab_below_bytes_and_missing_dataset(dataset, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("foundry: error: ") and "nope" in err and err.count("\n") == 1
     assert not (tmp_path / "t").exists()
+
+
+def test_round_trip_holds_for_arbitrary_unicode(tokdir):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    tok = Tokenizer.load(tokdir)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=200))
+    def check(text):
+        assert tok.decode(tok.encode(text)) == text
+
+    check()

@@ -123,7 +123,7 @@ class TokenBlocks:
     # ---- sampling -----------------------------------------------------------------------------
     def _epoch_order(self, epoch: int):
         if self._order_epoch != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
+            rng = np.random.default_rng([self.seed & 0xFFFFFFFFFFFFFFFF, epoch])  # any int seed, negative too
             self._phase = int(rng.integers(0, self.slack + 1))
             self._order = rng.permutation(self.num_windows)
             self._order_epoch = epoch
@@ -144,7 +144,9 @@ class TokenBlocks:
     def _batch(self, starts: list[int]) -> dict:
         import torch
 
-        windows = np.stack([self.stream.read(s, self.window) for s in starts])  # (B, T+1)
+        windows = np.empty((len(starts), self.window), dtype=np.int64)  # (B, T+1)
+        for row, start in enumerate(starts):
+            windows[row] = self.stream.read(start, self.window)
         windows = torch.from_numpy(windows)
         return {"input_ids": windows[:, :-1].contiguous(), "targets": windows[:, 1:].contiguous()}
 
@@ -191,11 +193,12 @@ class TokenBlocks:
 _worker_tokenizer = None
 
 
-def _init_worker(tokenizer_path: str) -> None:
+def _init_worker(tokenizer_path: str, in_pool: bool = True) -> None:
     global _worker_tokenizer
     from foundry.data.tokenizer import Tokenizer
 
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process per core already; no nested threads
+    if in_pool:  # one process per core already; no nested Rust threads fighting over the cores
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tokenizer = Tokenizer.load(tokenizer_path)
 
 
@@ -205,7 +208,7 @@ def _encode_chunk(task: tuple[list[str], str, int]) -> tuple[np.ndarray, int, in
     tok = _worker_tokenizer
     ids = tok.encode_batch(texts)
     eos = tok.eos_id
-    flat = np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=dtype, count=sum(len(d) + 1 for d in ids))
+    flat = np.concatenate([np.array(doc + [eos], dtype=dtype) for doc in ids]) if ids else np.empty(0, dtype)
     return flat, sum(len(t.encode("utf-8")) for t in texts), len(texts), raw_bytes
 
 
@@ -239,6 +242,11 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
     info = {"tokens": 0, "documents": 0, "bytes": 0, "shards": []}
     shard_file, shard_count = None, 0
 
+    def close_shard():
+        shard_file.flush()
+        os.fsync(shard_file.fileno())  # on disk before the tokens/ directory is renamed into place
+        shard_file.close()
+
     def open_shard():
         nonlocal shard_file, shard_count
         name = f"{split}_{len(info['shards']):04d}.bin"
@@ -250,7 +258,7 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
         while len(tokens):
             if shard_file is None or shard_count == shard_tokens:
                 if shard_file is not None:
-                    shard_file.close()
+                    close_shard()
                 open_shard()
             take = min(len(tokens), shard_tokens - shard_count)
             tokens[:take].tofile(shard_file)
@@ -266,7 +274,7 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
         results = pool.imap(_encode_chunk, chunks, chunksize=1)  # ordered: shards keep document order
     else:
         pool = None
-        _init_worker(tokenizer_path)
+        _init_worker(tokenizer_path, in_pool=False)
         results = map(_encode_chunk, chunks)
     try:
         for tokens, nbytes, ndocs, raw_bytes in results:
@@ -279,7 +287,7 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
         if pool is not None:
             pool.terminate()
         if shard_file is not None:
-            shard_file.close()
+            close_shard()
         bar.close()
     return info
 
@@ -287,7 +295,7 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
 def main(argv: list[str]) -> int:
     from foundry.cli import make_parser
     from foundry.data.tokenizer import Tokenizer
-    from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file
+    from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file, write_run_record
 
     p = make_parser("data tokenize")
     p.add_argument("dataset", help="dataset directory made by 'foundry data prepare'")
@@ -327,6 +335,12 @@ def main(argv: list[str]) -> int:
         total = sum(s["tokens"] for s in index["splits"].values())
         index["seconds"] = round(seconds, 3)
         atomic_write_json(tmp / "index.json", index)
+        write_run_record(tmp, "tokenize", vars(args),
+                         parents={"dataset": str(dataset.resolve()), "tokenizer": str(Path(tok_file).resolve()),
+                                  "tokenizer_sha256": tok.sha256},
+                         data_manifests={dataset.name: manifest_sha},
+                         results={"tokens": total, "seconds": round(seconds, 3),
+                                  "tokens_per_second": round(total / max(seconds, 1e-9))})
     for split, s in index["splits"].items():
         print(f"{split}: {s['documents']} documents, {s['tokens']} tokens, {s['bytes']} bytes "
               f"({s['bytes'] / max(s['tokens'], 1):.2f} bytes/token), {len(s['shards'])} shard(s)")

@@ -31,11 +31,25 @@ class Tokenizer:
     `encode` adds no special tokens; callers place `<|endoftext|>` and chat markers themselves.
     """
 
-    def __init__(self, hf_tokenizer, json_text: str | None = None):
+    def __init__(self, hf_tokenizer, json_text: str | None = None, special_tokens: dict[str, str] | None = None):
         self._hf = hf_tokenizer
         # The exact serialised form; its hash identifies the tokenizer across checkpoints and shards.
         self._json = json_text if json_text is not None else hf_tokenizer.to_str()
         self.sha256 = hashlib.sha256(self._json.encode("utf-8")).hexdigest()
+        # An imported (foreign) tokenizer keeps its own special tokens, named by role ("eos", "bos", "pad",
+        # "eot", optionally "system"/"user"/"assistant") and stored as `foundry_special_tokens` in its
+        # tokenizer_config.json (see foundry/model/hf.py). None: foundry's seven tokens with ids 0..6.
+        self.special_tokens = dict(special_tokens) if special_tokens else None
+        if self.special_tokens is not None:
+            ids = {role: hf_tokenizer.token_to_id(tok) for role, tok in self.special_tokens.items()}
+            if ids.get("eos") is None:
+                raise DataError(f"tokenizer: foreign special tokens {self.special_tokens} name no end-of-text "
+                                "token ('eos') that is in the vocabulary")
+            # A role the foreign vocabulary lacks falls back to end-of-text (as GPT-2 uses it for all three).
+            self.eos_id = ids["eos"]
+            self.bos_id, self.pad_id, self.eot_id = (self.eos_id if ids.get(r) is None else ids[r]
+                                                     for r in ("bos", "pad", "eot"))
+            return
         ids = [hf_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
         if ids != list(range(len(SPECIAL_TOKENS))):
             raise DataError(f"tokenizer: special tokens {list(SPECIAL_TOKENS)} must have ids 0..6, got {ids}; "
@@ -59,7 +73,21 @@ class Tokenizer:
             hf = HFTokenizer.from_str(text)
         except (UnicodeDecodeError, Exception) as exc:  # tokenizers raises a bare Exception on bad JSON
             raise DataError(f"{file}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
-        return cls(hf, text)
+        config = file.parent / "tokenizer_config.json"
+        special = None
+        if config.is_file():
+            try:
+                special = json.loads(config.read_text(encoding="utf-8")).get("foundry_special_tokens")
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                special = None
+        return cls(hf, text, special_tokens=special)
+
+    @classmethod
+    def from_foreign(cls, json_text: str, special_tokens: dict[str, str]) -> "Tokenizer":
+        """An imported Hugging Face tokenizer.json, used as is, with its own special tokens by role."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return cls(HFTokenizer.from_str(json_text), json_text, special_tokens=special_tokens)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
@@ -103,7 +131,10 @@ class Tokenizer:
     def role_id(self, role: str) -> int:
         if role not in ROLE_TOKENS:
             raise DataError(f"unknown chat role '{role}'; expected one of {', '.join(ROLE_TOKENS)}")
-        return self._hf.token_to_id(ROLE_TOKENS[role])
+        if self.special_tokens is not None and role not in self.special_tokens:
+            raise DataError(f"tokenizer: this imported tokenizer has no single token for role '{role}'")
+        token = self.special_tokens[role] if self.special_tokens is not None else ROLE_TOKENS[role]
+        return self._hf.token_to_id(token)
 
     def token_to_id(self, token: str) -> int | None:
         return self._hf.token_to_id(token)
@@ -116,6 +147,21 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "tokenizer.json", self._json)
+        if self.special_tokens is not None:
+            st = self.special_tokens
+            atomic_write_json(directory / "tokenizer_config.json", {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": st.get("bos"),
+                "eos_token": st["eos"],
+                "pad_token": st.get("pad"),
+                "add_bos_token": False,
+                "add_eos_token": False,
+                "clean_up_tokenization_spaces": False,
+                "model_max_length": 1 << 30,
+                "chat_template": CHAT_TEMPLATE,
+                "foundry_special_tokens": st,
+            })
+            return directory
         atomic_write_json(directory / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": "<|bos|>",
