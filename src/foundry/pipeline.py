@@ -40,6 +40,8 @@ class Stage(StrictModel):
     args: list[str] = []
     config: dict[str, Any] | None = None
     resume: list[str] = []
+    output: str = Field("{out}", description="what the stage writes, when not its own directory "
+                                             "(for example '{stage:data}/tokens')")
     description: str = ""
 
 
@@ -73,7 +75,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def _references(stage: Stage) -> list[str]:
-    text = json.dumps([stage.args, stage.config, stage.resume])
+    text = json.dumps([stage.args, stage.config, stage.resume, stage.output])
     return [m.group(2) for m in PLACEHOLDER.finditer(text) if m.group(2)]
 
 
@@ -106,9 +108,9 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
     force = set(force or [])
     started = time.time()
     for stage in recipe.stages:
-        out = run_dir / stage.name
-        mapping = {"out": str(out), "run": str(run_dir), "repo": str(REPO_ROOT)}
+        mapping = {"out": str(run_dir / stage.name), "run": str(run_dir), "repo": str(REPO_ROOT)}
         mapping.update({f"stage:{name}": str(run_dir / name) for name in prints})
+        out = Path(_substitute(stage.output, mapping))
         args = _substitute(stage.args, mapping)
         config = _substitute(stage.config, mapping) if stage.config is not None else None
         fp = _fingerprint(stage, args, config, [prints[p] for p in _references(stage)])
