@@ -1,0 +1,319 @@
+"""`foundry eval`: perplexity per dataset, multiple-choice tasks by log-likelihood, generation tasks by checker.
+
+Multiple choice follows lm-evaluation-harness: each choice is scored by the summed log-probability of
+its tokens after the context; `acc` takes the choice with the highest sum, `acc_norm` the highest sum
+divided by the choice's UTF-8 byte length (so long choices are not penalised for having more tokens).
+The context is tokenised together with the choice and split where the context's own tokens end, with
+trailing spaces moved onto the choice (as lm-evaluation-harness does), so a word boundary never
+splits differently than in training. Every sequence starts after `<|endoftext|>`, as documents do in
+the training stream. Few-shot examples (`--shots N`, see `foundry.eval.tasks`) are prepended as
+`context + correct choice` separated by blank lines.
+
+Generation tasks decode greedily (temperature 0) and pass when every checker passes. With `--index`,
+each generation task also runs grounded: the prompt becomes `grounded_prompt(index, prompt, k)` from
+`foundry.serve.retrieval`, and closed-book and grounded accuracy are reported side by side.
+
+Results: a rich table on the terminal and `--out results.json` (`"kind": "foundry.eval"`), which
+`foundry report` picks up.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from foundry.errors import ConfigError
+from foundry.eval.perplexity import dataset_perplexity, model_device
+from foundry.eval.stats import mean_stderr
+from foundry.eval.tasks import GenItem, MCItem, Task, check_output, load_task
+
+EXAMPLES_KEPT = 5  # generation outputs stored per task, to show in the report
+
+
+# ---- log-likelihood ------------------------------------------------------------------------------
+def split_continuation(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of context and continuation, cut where the context's tokens end (lm-eval style)."""
+    stripped = context.rstrip(" ")
+    continuation = context[len(stripped):] + continuation
+    ctx = tokenizer.encode(stripped)
+    whole = tokenizer.encode(stripped + continuation)
+    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx):]
+    return ctx, tokenizer.encode(continuation)
+
+
+@torch.no_grad()
+def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[float]:
+    """Summed log-probability of each continuation given its context (both token id lists).
+
+    Sequences longer than the model's context keep their last `max_seq_len + 1` tokens.
+    """
+    device = model_device(model)
+    max_len = model.config.max_seq_len
+    results = [0.0] * len(requests)
+    # Longest first, so a batch holds similar lengths and padding is small.
+    order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        seqs, conts = [], []
+        for i in idx:
+            ctx, cont = requests[i]
+            if not cont:
+                raise ValueError("empty continuation")
+            seq = (ctx + cont)[-(max_len + 1):]
+            seqs.append(seq)
+            conts.append(min(len(cont), len(seq) - 1))
+        width = max(len(s) for s in seqs) - 1
+        x = torch.zeros(len(seqs), width, dtype=torch.long)
+        for row, s in enumerate(seqs):
+            x[row, :len(s) - 1] = torch.tensor(s[:-1])
+        logprobs = F.log_softmax(model(x.to(device)).float(), dim=-1)  # (B, T, V)
+        for row, (s, n) in enumerate(zip(seqs, conts)):
+            positions = torch.arange(len(s) - 1 - n, len(s) - 1, device=device)
+            targets = torch.tensor(s[len(s) - n:], device=device)
+            results[idx[row]] = logprobs[row, positions, targets].sum().item()
+    return results
+
+
+def fewshot_prefix(shots: list[MCItem]) -> str:
+    return "".join(f"{s.context}{s.choices[s.answer]}\n\n" for s in shots)
+
+
+def score_multiple_choice(model, tokenizer, items: list[MCItem], shots: list[MCItem] = (),
+                          batch_size: int = 16) -> dict:
+    """acc and acc_norm (with standard errors) of `model` on `items`."""
+    prefix = fewshot_prefix(list(shots))
+    requests = []
+    for item in items:
+        for choice in item.choices:
+            ctx, cont = split_continuation(tokenizer, prefix + item.context, choice)
+            requests.append(([tokenizer.eos_id] + ctx, cont))
+    lls = loglikelihoods(model, requests, batch_size)
+    correct, correct_norm, cursor = [], [], 0
+    for item in items:
+        scores = lls[cursor:cursor + len(item.choices)]
+        cursor += len(item.choices)
+        norm = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(scores, item.choices)]
+        correct.append(float(max(range(len(scores)), key=scores.__getitem__) == item.answer))
+        correct_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == item.answer))
+    n = len(items)
+    return {"kind": "mc", "n": n, "shots": len(shots), "acc": sum(correct) / n, "acc_stderr": mean_stderr(correct),
+            "acc_norm": sum(correct_norm) / n, "acc_norm_stderr": mean_stderr(correct_norm),
+            "chance": sum(1 / len(i.choices) for i in items) / n}
+
+
+# ---- generation ----------------------------------------------------------------------------------
+def prompt_ids(tokenizer, prompt: str, chat: bool = True) -> list[int]:
+    """A user turn in the chat template (ending in the generation prompt), or plain text after eos."""
+    if chat:
+        from foundry.serve.generate import chat_prompt_ids
+
+        return chat_prompt_ids(tokenizer, prompt)
+    return [tokenizer.eos_id] + tokenizer.encode(prompt)
+
+
+def greedy_answer(model, tokenizer, prompt: str, chat: bool = True, max_new_tokens: int = 64) -> str:
+    from foundry.serve.generate import generate
+
+    ids = prompt_ids(tokenizer, prompt, chat)
+    room = model.config.max_seq_len - max_new_tokens
+    ids = ids[-room:] if room > 0 else ids[-(model.config.max_seq_len // 2):]
+    out = list(generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=0))
+    return tokenizer.decode(out, skip_special=True)
+
+
+def score_generation(model, tokenizer, items: list[GenItem], max_new_tokens: int = 64, index=None,
+                     k: int = 3) -> dict:
+    """Share of items whose greedy answer passes its checkers; grounded too when `index` is given."""
+    modes = [("closed_book", None)] + ([("grounded", index)] if index is not None else [])
+    result: dict = {"kind": "gen", "n": len(items), "max_new_tokens": max_new_tokens}
+    for mode, idx in modes:
+        passed, examples = [], []
+        for item in items:
+            prompt = item.prompt
+            if idx is not None:
+                from foundry.serve.retrieval import grounded_prompt
+
+                prompt = grounded_prompt(idx, item.prompt, k)
+            answer = greedy_answer(model, tokenizer, prompt, item.chat, max_new_tokens)
+            ok = check_output(answer, item.checkers)
+            passed.append(float(ok))
+            if len(examples) < EXAMPLES_KEPT:
+                examples.append({"id": item.id, "prompt": item.prompt, "output": answer, "passed": ok})
+        key = "acc" if mode == "closed_book" else "grounded_acc"
+        result[key] = sum(passed) / len(passed)
+        result[key + "_stderr"] = mean_stderr(passed)
+        result["examples" if mode == "closed_book" else "grounded_examples"] = examples
+    return result
+
+
+# ---- the whole evaluation ------------------------------------------------------------------------
+def evaluate(model, tokenizer, datasets: list[str | Path] = (), tasks: list[Task] = (), shots: int = 0,
+             index=None, max_new_tokens: int = 64, max_tokens: int | None = None, batch_size: int = 16,
+             log=print) -> dict:
+    """Every dataset's val perplexity and every task's score for one model: the per-model results block."""
+    model.eval()
+    out: dict = {"perplexity": {}, "tasks": {}, "seconds": {}}
+    for name, path in _dataset_names(datasets).items():
+        t0 = time.perf_counter()
+        out["perplexity"][name] = {**dataset_perplexity(model, tokenizer, path, "val", max_tokens=max_tokens),
+                                   "path": str(path)}
+        out["seconds"][f"ppl/{name}"] = round(time.perf_counter() - t0, 2)
+        log(f"  perplexity {name}: {out['perplexity'][name]['perplexity']:.3f}")
+    for task in tasks:
+        t0 = time.perf_counter()
+        if task.kind == "mc":
+            shot_items, items = task.split_shots(shots)
+            res = score_multiple_choice(model, tokenizer, items, shot_items, batch_size)
+        else:
+            res = score_generation(model, tokenizer, task.items, max_new_tokens, index)
+        out["tasks"][task.name] = {**res, "path": task.path}
+        out["seconds"][f"task/{task.name}"] = round(time.perf_counter() - t0, 2)
+        log(f"  task {task.name}: acc {res['acc']:.3f}")
+    return out
+
+
+def _dataset_names(paths) -> dict[str, Path]:
+    names: dict[str, Path] = {}
+    for p in map(Path, paths):
+        name = p.name if p.name not in names else f"{p.parent.name}/{p.name}"
+        names[name] = p
+    return names
+
+
+def model_name(spec: str, taken: set[str]) -> tuple[str, str]:
+    """`NAME=PATH` or `PATH` -> (name, path); a bare path is named after its run directory."""
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+    else:
+        path = spec
+        p = Path(spec).resolve()
+        name = p.name
+        if p.parent.name == "checkpoints":  # RUN/checkpoints/best -> RUN
+            name = p.parent.parent.name
+    base, n = name, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name, path
+
+
+def _fmt(x, digits=3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def print_tables(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    models = results["models"]
+    datasets = sorted({d for m in models for d in m["perplexity"]})
+    if datasets:
+        t = Table(title="Perplexity on validation splits (bits per byte in brackets)")
+        t.add_column("model")
+        for d in datasets:
+            t.add_column(d, justify="right")
+        for m in models:
+            t.add_row(m["name"], *[f"{_fmt(m['perplexity'][d]['perplexity'], 2)} ({_fmt(m['perplexity'][d]['bits_per_byte'])})"
+                                   if d in m["perplexity"] else "-" for d in datasets])
+        console.print(t)
+    rows = task_rows(results)
+    if rows:
+        t = Table(title="Tasks (accuracy ± standard error)")
+        for col in ("task", "model", "n", "acc", "acc_norm / grounded"):
+            t.add_column(col, justify="left" if col in ("task", "model") else "right")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+
+
+def task_rows(results: dict) -> list[list[str]]:
+    """Rows of the task table (shared by the terminal table and `foundry report`)."""
+    rows = []
+    tasks = sorted({t for m in results["models"] for t in m["tasks"]})
+    for task in tasks:
+        for m in results["models"]:
+            r = m["tasks"].get(task)
+            if r is None:
+                continue
+            acc = f"{_fmt(r['acc'])} ± {_fmt(r.get('acc_stderr'))}"
+            if r["kind"] == "mc":
+                other = f"{_fmt(r['acc_norm'])} (norm)"
+            else:
+                other = f"{_fmt(r['grounded_acc'])} (grounded)" if "grounded_acc" in r else "-"
+            rows.append([task, m["name"], str(r["n"]), acc, other])
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    from foundry.cli import make_parser
+    from foundry.utils.io import atomic_write_json, code_version
+
+    p = make_parser("eval")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="checkpoint or run directory, optionally named: NAME=PATH")
+    p.add_argument("--data", nargs="+", action="extend", default=[], metavar="DATASET_DIR",
+                   help="dataset directories (from 'foundry data prepare'); scores their val split")
+    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="TASK.jsonl",
+                   help="multiple-choice or generation task files (see foundry.eval.tasks)")
+    p.add_argument("--out", help="write results JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples for multiple-choice tasks")
+    p.add_argument("--index", help="retrieval index directory: also run generation tasks grounded")
+    p.add_argument("--k", type=int, default=3, help="passages retrieved per grounded prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generation task answer length")
+    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many val tokens per dataset")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = p.parse_args(argv)
+
+    if not args.data and not args.tasks:
+        raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR and/or --tasks TASK.jsonl")
+    if args.shots < 0:
+        raise ConfigError(f"foundry eval: --shots must be >= 0, got {args.shots}")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"{args.out}: already exists; pass --overwrite to replace it")
+    for d in args.data:
+        if not Path(d).is_dir():
+            raise ConfigError(f"{d}: dataset directory not found")
+    tasks = [load_task(t) for t in args.tasks]  # validate every file before any model is loaded
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"foundry eval: two task files share a name ({names}); rename one")
+    for t in tasks:
+        if t.kind == "mc":
+            t.split_shots(args.shots)
+    index = None
+    if args.index:
+        from foundry.serve.retrieval import Index
+
+        index = Index.load(args.index)
+
+    from foundry.train.checkpoint import load_model
+    from foundry.train.distributed import pick_device
+
+    device = pick_device(args.device)
+    results: dict = {"kind": "foundry.eval", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "code_version": code_version(), "shots": args.shots, "index": args.index,
+                     "datasets": [str(d) for d in args.data], "task_files": list(args.tasks), "models": []}
+    taken: set[str] = set()
+    for spec in args.models:
+        name, path = model_name(spec, taken)
+        taken.add(name)
+        print(f"[eval] {name} ({path})")
+        model, tokenizer = load_model(path, device=device)
+        block = evaluate(model, tokenizer, args.data, tasks, args.shots, index, args.max_new_tokens,
+                         args.max_tokens, args.batch_size)
+        results["models"].append({"name": name, "path": str(Path(path).resolve()), **block})
+        del model
+    print_tables(results)
+    if args.out:
+        atomic_write_json(args.out, results)
+        print(f"results -> {args.out}")
+    return 0

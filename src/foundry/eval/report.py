@@ -1,0 +1,382 @@
+"""`foundry report RUN_DIR`: the report card (report.md + report.html + loss plots) and MODEL_CARD.md of a run.
+
+What it reads (everything a pipeline run leaves behind, found by walking RUN_DIR):
+- stage directories: any directory holding `run.json` (`foundry.utils.io.write_run_record`: stage,
+  created, code_version, config, parents, data_manifests, results) and, for training stages,
+  `metrics.jsonl` (training records carry `step` and `loss`; evaluation records carry `step` and keys
+  like `val/loss` or `val/<dataset>/loss`, as `foundry.train.loop` writes them);
+- evaluation results: any JSON file with `"kind": "foundry.eval"` (`foundry eval --out`);
+- bake-off summaries: any JSON file with `"kind": "foundry.bakeoff"` (`foundry bakeoff`);
+- timing: `RUN/.pipeline/<stage>.json` (seconds per finished stage) and `RUN/pipeline.json`.
+`checkpoints/`, `tokens/`, `tb/` and hidden directories are not searched.
+
+What it writes to `--out` (default RUN_DIR): `report.md`, `report.html` (the same markdown rendered),
+`plots/loss_<stage>.png` (one per training stage: training loss and every evaluation loss by step), and
+`MODEL_CARD.md` (`foundry.eval.modelcard`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foundry.errors import ConfigError, FoundryError
+
+SKIP_DIRS = {"checkpoints", "tokens", "tb", "plots", "__pycache__"}
+MAX_JSON_BYTES = 20 << 20
+
+
+@dataclass
+class Stage:
+    name: str  # path relative to the run directory
+    dir: Path
+    record: dict
+    metrics: list[dict] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return str(self.record.get("stage", "?"))
+
+    @property
+    def results(self) -> dict:
+        r = self.record.get("results")
+        return r if isinstance(r, dict) else {}
+
+
+@dataclass
+class RunView:
+    root: Path
+    stages: list[Stage]
+    evals: list[tuple[Path, dict]]
+    bakeoffs: list[tuple[Path, dict]]
+    timing: dict  # stage name -> seconds (from the pipeline's state files)
+    pipeline: dict | None
+
+
+def _walk(root: Path, depth: int = 4):
+    """Directories under `root` (itself included), skipping checkpoints, shards and hidden directories."""
+    yield root
+    if depth == 0:
+        return
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return
+    for child in children:
+        if child.name.startswith(".") or child.name in SKIP_DIRS or child.name.endswith(".tmp"):
+            continue
+        yield from _walk(child, depth - 1)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def read_metrics_file(path: Path) -> list[dict]:
+    """`metrics.jsonl` records; a torn or malformed line (a killed run) is skipped."""
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+                records.append(rec)
+    return records
+
+
+def discover(run_dir: str | Path) -> RunView:
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: run directory not found")
+    stages, evals, bakeoffs = [], [], []
+    for d in _walk(root):
+        run_json = d / "run.json"
+        if run_json.is_file():
+            record = _read_json(run_json)
+            if not isinstance(record, dict):
+                raise FoundryError(f"{run_json}: not valid JSON; the stage record is damaged")
+            name = root.resolve().name if d == root else d.relative_to(root).as_posix()
+            stages.append(Stage(name, d, record, read_metrics_file(d / "metrics.jsonl")))
+        for f in sorted(d.glob("*.json")):
+            if f.name == "run.json" or f.stat().st_size > MAX_JSON_BYTES:
+                continue
+            data = _read_json(f)
+            if isinstance(data, dict) and data.get("kind") == "foundry.eval":
+                evals.append((f, data))
+            elif isinstance(data, dict) and data.get("kind") == "foundry.bakeoff":
+                bakeoffs.append((f, data))
+    timing, order = {}, {}
+    state = root / ".pipeline"
+    if state.is_dir():
+        for f in state.glob("*.json"):
+            data = _read_json(f)
+            if isinstance(data, dict) and "seconds" in data:
+                timing[f.stem] = data["seconds"]
+    pipeline = _read_json(root / "pipeline.json") if (root / "pipeline.json").is_file() else None
+    if isinstance(pipeline, dict):
+        for i, entry in enumerate(pipeline.get("stages", [])):
+            order[entry.get("name")] = i
+    if not stages and not evals and not bakeoffs:
+        raise ConfigError(f"{root}: no run.json, eval results or bake-off found; is this a foundry run directory?")
+    # Pipeline order where the pipeline recorded one, else the order the stages finished in.
+    stages.sort(key=lambda s: (order.get(s.name.split("/")[0], len(order)), str(s.record.get("created", "")), s.name))
+    return RunView(root, stages, evals, bakeoffs, timing, pipeline if isinstance(pipeline, dict) else None)
+
+
+# ---- plots -----------------------------------------------------------------------------------------
+def loss_series(metrics: list[dict]) -> dict[str, tuple[list, list]]:
+    """{"train": (steps, losses), "val/loss": (...), ...}: training loss and every evaluation loss."""
+    series: dict[str, tuple[list, list]] = {}
+    for rec in metrics:
+        if rec.get("event"):
+            continue
+        for key, value in rec.items():
+            if key == "loss" or key.endswith("/loss"):
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    name = "train" if key == "loss" else key
+                    series.setdefault(name, ([], []))
+                    series[name][0].append(rec["step"])
+                    series[name][1].append(value)
+    return dict(sorted(series.items(), key=lambda kv: (kv[0] != "train", kv[0])))
+
+
+def plot_losses(stage: Stage, path: Path) -> bool:
+    """A PNG of the stage's loss curves; False when it has no loss records."""
+    series = loss_series(stage.metrics)
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    for name, (steps, values) in series.items():
+        style = {"linewidth": 1.2} if name == "train" else {"marker": "o", "markersize": 4, "linewidth": 1.6}
+        ax.plot(steps, values, label=name, **style)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title(f"{stage.name} ({stage.kind})")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+# ---- tables ----------------------------------------------------------------------------------------
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    def esc(x) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fmt(x, digits: int = 4) -> str:
+    if isinstance(x, bool) or x is None:
+        return "-" if x is None else str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return str(x)
+        return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:,.0f}"
+    return str(x)
+
+
+def final_metrics(stage: Stage) -> list[tuple[str, str]]:
+    """(name, value) pairs: the stage's scalar results (run.json), else its last logged values."""
+    pairs = []
+    for key, value in stage.results.items():
+        if isinstance(value, (int, float, str, bool)) and value is not None and key != "status":
+            pairs.append((key, fmt(value)))
+    if not pairs and stage.metrics:
+        last: dict = {}
+        for rec in stage.metrics:
+            last.update({k: v for k, v in rec.items() if isinstance(v, (int, float))})
+        pairs = [(k, fmt(v)) for k, v in last.items()]
+    if "totals" in stage.results and isinstance(stage.results["totals"], dict):  # a dataset stage
+        docs = stage.results["totals"].get("documents", {})
+        for k in ("read", "kept", "train", "val"):
+            if k in docs:
+                pairs.append((f"documents {k}", fmt(docs[k])))
+        for k, v in (docs.get("dropped") or {}).items():
+            pairs.append((f"dropped {k}", fmt(v)))
+    return pairs
+
+
+def eval_tables(results: dict) -> str:
+    from foundry.eval.harness import task_rows
+
+    parts = []
+    models = results.get("models", [])
+    datasets = sorted({d for m in models for d in m.get("perplexity", {})})
+    if datasets:
+        rows = []
+        for m in models:
+            for d in datasets:
+                r = m["perplexity"].get(d)
+                if r:
+                    rows.append([m["name"], d, fmt(r["loss"]), fmt(r["perplexity"]), fmt(r["bits_per_byte"]),
+                                 fmt(r["tokens"])])
+        parts.append(md_table(["model", "dataset (val)", "loss", "perplexity", "bits/byte", "tokens"], rows))
+    rows = task_rows(results)
+    if rows:
+        parts.append(md_table(["task", "model", "n", "acc ± stderr", "acc_norm / grounded"], rows))
+    shots = results.get("shots")
+    if shots:
+        parts.append(f"Multiple-choice tasks scored with {shots} few-shot examples.")
+    return "\n\n".join(parts)
+
+
+# ---- the report ------------------------------------------------------------------------------------
+def render_report(view: RunView, out_dir: Path) -> str:
+    from foundry.eval.bakeoff import markdown_table
+
+    title = (view.pipeline or {}).get("name") or view.root.resolve().name
+    lines = [f"# Report card: {title}", "",
+             f"Run directory `{view.root}`, report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+             "See MODEL_CARD.md for lineage, data provenance and intended use.", ""]
+    lines += headlines(view)
+    # Timing
+    lines += ["## Stages and timing", ""]
+    rows = []
+    for s in view.stages:
+        top = s.name.split("/")[0]
+        seconds = view.timing.get(top)
+        train_s = s.results.get("train_seconds", s.results.get("seconds"))
+        rows.append([s.name, s.kind, s.record.get("created", "-"), fmt(seconds) if seconds is not None else "-",
+                     fmt(train_s) if isinstance(train_s, (int, float)) else "-",
+                     str(s.results.get("status", "-"))])
+    listed = {s.name.split("/")[0] for s in view.stages}
+    for name, seconds in view.timing.items():
+        if name not in listed:
+            rows.append([name, "-", "-", fmt(seconds), "-", "-"])
+    lines += [md_table(["stage", "kind", "created", "wall s (pipeline)", "train s", "status"], rows), ""]
+    if view.pipeline and view.pipeline.get("seconds") is not None:
+        lines += [f"Whole pipeline (last complete record): {fmt(view.pipeline['seconds'])} s.", ""]
+    elif view.timing:
+        lines += [f"Sum of finished stages: {fmt(round(sum(view.timing.values()), 1))} s.", ""]
+    # Training curves and final metrics
+    lines += ["## Stages", ""]
+    for s in view.stages:
+        lines += [f"### {s.name} ({s.kind})", ""]
+        plot = out_dir / "plots" / f"loss_{re.sub(r'[^A-Za-z0-9_.-]+', '_', s.name)}.png"
+        if plot_losses(s, plot):
+            lines += [f"![loss curves of {s.name}](plots/{plot.name})", ""]
+            series = loss_series(s.metrics)
+            summary = []
+            for name, (steps, values) in series.items():
+                summary.append([name, fmt(steps[0]), fmt(values[0]), fmt(steps[-1]), fmt(values[-1]), fmt(min(values))])
+            lines += [md_table(["curve", "first step", "first loss", "last step", "last loss", "min loss"], summary), ""]
+        metrics = final_metrics(s)
+        if metrics:
+            lines += ["Final metrics:", "", md_table(["metric", "value"], [list(p) for p in metrics]), ""]
+    # Evaluation
+    if view.evals:
+        lines += ["## Evaluation", ""]
+        for path, results in view.evals:
+            lines += [f"From `{_rel(path, view.root)}`:", "", eval_tables(results), ""]
+    if view.bakeoffs:
+        lines += ["## Bake-off", ""]
+        for path, summary in view.bakeoffs:
+            lines += [f"From `{_rel(path, view.root)}` ({summary.get('prompts', '?')} prompts; cells: mean ± "
+                      f"half-width of the {summary.get('ci', '95% interval')}):", "", markdown_table(summary), ""]
+            if summary.get("human_pending"):
+                lines += [f"Human criteria pending: {', '.join(summary['human_pending'])}.", ""]
+            if summary.get("ranking"):
+                lines += [f"Ranking: {' > '.join(summary['ranking'])}.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def headlines(view: RunView) -> list[str]:
+    """A few bullet points: each training stage's best validation loss, each task's scores, the bake-off winner."""
+    bullets = []
+    for s in view.stages:
+        if s.kind in ("pretrain", "continue", "sft", "dpo"):
+            best = {k.removeprefix("best/"): v for k, v in s.results.items()
+                    if k.startswith("best/") and isinstance(v, (int, float))}
+            if not best and isinstance(s.results.get("val/loss"), (int, float)):
+                best = {"val/loss": s.results["val/loss"]}
+            if best:
+                bullets.append(f"- **{s.name}** ({s.kind}): best " + ", ".join(f"{k} {fmt(v)}" for k, v in best.items()))
+    for _, results in view.evals:
+        tasks = sorted({t for m in results.get("models", []) for t in m.get("tasks", {})})
+        for t in tasks:
+            scores = [(m["name"], m["tasks"][t]["acc"]) for m in results["models"] if t in m.get("tasks", {})]
+            bullets.append(f"- **{t}** accuracy: " + ", ".join(f"{n} {fmt(a, 3)}" for n, a in scores))
+    for _, summary in view.bakeoffs:
+        if summary.get("ranking"):
+            bullets.append(f"- **bake-off** ranking: {' > '.join(summary['ranking'])}"
+                           + (" (human criteria pending)" if summary.get("human_pending") else ""))
+    return ["## Headlines", "", *bullets, ""] if bullets else []
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def markdown_to_html(text: str, title: str) -> str:
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;line-height:1.45}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f4f4f4}")
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, model_stage: str | None = None) -> dict:
+    """Write report.md, report.html, plots and MODEL_CARD.md; returns their paths."""
+    from foundry.eval.modelcard import render_model_card
+    from foundry.utils.io import atomic_write_text
+
+    view = discover(run_dir)
+    out = Path(out_dir) if out_dir is not None else view.root
+    out.mkdir(parents=True, exist_ok=True)
+    card = render_model_card(view, model_stage)  # before writing anything: a bad --model fails cleanly
+    report = render_report(view, out)
+    atomic_write_text(out / "report.md", report)
+    atomic_write_text(out / "report.html", markdown_to_html(report, "foundry report"))
+    atomic_write_text(out / "MODEL_CARD.md", card)
+    return {"report": out / "report.md", "html": out / "report.html", "model_card": out / "MODEL_CARD.md",
+            "plots": sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []}
+
+
+def main(argv: list[str]) -> int:
+    from foundry.cli import make_parser
+
+    p = make_parser("report")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from 'foundry run' or any stage)")
+    p.add_argument("--out", help="where to write report.md, report.html, plots/ and MODEL_CARD.md (default RUN_DIR)")
+    p.add_argument("--model", dest="model_stage", metavar="STAGE",
+                   help="the stage whose model the card describes (default: the last training stage)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    existing = [f for f in ("report.md", "MODEL_CARD.md") if (out / f).exists()]
+    if existing and not args.overwrite:
+        raise ConfigError(f"{out / existing[0]}: already exists; pass --overwrite to replace the report")
+    paths = write_report(args.run_dir, out, args.model_stage)
+    print(f"report: {paths['report']} (+ {paths['html'].name}, {len(paths['plots'])} plot(s))")
+    print(f"model card: {paths['model_card']}")
+    return 0

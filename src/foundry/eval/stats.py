@@ -1,0 +1,42 @@
+"""Small statistics for evaluation tables: means with confidence intervals, standard errors.
+
+Convention: a 95% interval on a mean is the Student-t interval, mean +- t(0.975, n-1) * s / sqrt(n),
+with s the sample standard deviation (ddof=1). It assumes the per-item scores are independent draws;
+for n = 1 there is no interval (None). Accuracy standard errors follow lm-evaluation-harness
+(`mean_stderr`: s / sqrt(n) with ddof=1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with `df` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> dict:
+    """{"mean", "n", "std", "ci_low", "ci_high", "half_width"}; the interval is None below two values."""
+    xs = [float(v) for v in values]
+    n = len(xs)
+    if n == 0:
+        return {"mean": None, "n": 0, "std": None, "ci_low": None, "ci_high": None, "half_width": None}
+    mean = sum(xs) / n
+    if n < 2:
+        return {"mean": mean, "n": 1, "std": None, "ci_low": None, "ci_high": None, "half_width": None}
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return {"mean": mean, "n": n, "std": std, "ci_low": mean - half, "ci_high": mean + half, "half_width": half}
+
+
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """Standard error of the mean (ddof=1), as lm-evaluation-harness reports next to acc."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)

@@ -1,0 +1,73 @@
+"""The bundled eval tasks and bake-off set: valid, deterministic, held out, and caught by decontamination."""
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from foundry.data.clean import clean_text, content_hash
+from foundry.data.decontam import Decontaminator
+from foundry.data.prepare import in_validation
+from foundry.data.sources import ReadStats, read_txt
+from foundry.eval.bakeoff import load_prompts, load_rubric
+from foundry.eval.tasks import load_task
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL = REPO / "data" / "eval"
+TASKS = ("kjv-continuation", "kjv-book", "pydocs-continuation")
+
+
+def _chapters():
+    for path in sorted((REPO / "data/general/kjv").glob("*.txt")):
+        for raw in read_txt(path, "formfeed", "error", ReadStats()):
+            yield clean_text(raw)
+
+
+def test_bundled_tasks_load_and_match_source_yaml():
+    source = yaml.safe_load((EVAL / "SOURCE.yaml").read_text())
+    for name in TASKS:
+        task = load_task(EVAL / f"{name}.jsonl")
+        meta = source["tasks"][name]
+        assert task.kind == "mc" and len(task.items) + len(task.fewshot) == meta["items"] >= 100
+        assert len(task.fewshot) == meta["fewshot"] == 5
+        assert all(len(i.choices) == 4 and len(set(i.choices)) == 4 for i in task.items)
+        answers = Counter(i.answer for i in task.items)
+        assert min(answers.values()) > len(task.items) / 8  # the answer position is not a giveaway
+
+
+def test_script_is_deterministic(tmp_path):
+    subprocess.run([sys.executable, str(REPO / "scripts/make_eval_tasks.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    for name in TASKS:
+        assert (tmp_path / "eval" / f"{name}.jsonl").read_bytes() == (EVAL / f"{name}.jsonl").read_bytes()
+    assert (tmp_path / "bakeoff/prompts.jsonl").read_bytes() == (REPO / "data/bakeoff/prompts.jsonl").read_bytes()
+
+
+def test_kjv_items_come_from_the_validation_split_and_decontamination_catches_them():
+    val = [c for c in _chapters() if in_validation(content_hash(c), 0.02)]
+    val_text = "\n".join(val)
+    items = [json.loads(line) for line in (EVAL / "kjv-continuation.jsonl").read_text().splitlines()]
+    for item in items:
+        prev_verse = item["context"].split("\n")[0]
+        assert re.match(r"^\d+ ", prev_verse) and prev_verse in val_text
+        true = item["choices"][item["answer"]]
+        assert item["context"].split("\n")[1] + true in val_text
+    decon = Decontaminator([str(EVAL / f"{t}.jsonl") for t in TASKS])
+    flagged = [c for c in val if decon.is_contaminated(c)]
+    assert len(flagged) >= len(val) * 0.8  # nearly every held-out chapter holds an item
+    train_sample = [c for c in _chapters() if not in_validation(content_hash(c), 0.02)][::10]
+    assert sum(decon.is_contaminated(c) for c in train_sample) <= len(train_sample) * 0.05
+
+
+def test_bundled_bakeoff_rubric_and_prompts():
+    criteria = load_rubric(REPO / "data/bakeoff/rubric.yaml", style_model="some/style/model")
+    assert {c["type"] for c in criteria} == {"reference_similarity", "must_include", "must_not_include", "length",
+                                             "style_perplexity", "human"}
+    prompts = load_prompts(REPO / "data/bakeoff/prompts.jsonl", criteria)
+    assert 20 <= len(prompts) <= 50 and all(p["reference"] and p["required"] for p in prompts)
+    cfg = yaml.safe_load((REPO / "data/bakeoff/bakeoff.yaml").read_text())
+    assert [m["name"] for m in cfg["models"]] == ["base_sft", "domain_sft"]
