@@ -1,6 +1,24 @@
-"""The one chat template: SFT masks, generation, export and the server all render through here."""
+"""The one chat template: SFT masks, generation, export and the server all render through here.
+
+Design choices:
+- One template, no newlines: `<|system|>{content}<|end|><|user|>{content}<|end|><|assistant|>{content}<|end|>`;
+  the generation prompt is `<|assistant|>`. `CHAT_TEMPLATE` is the same thing in Jinja, stored in
+  `tokenizer_config.json` so `transformers.apply_chat_template` renders identical ids.
+- The rendered string is encoded ONCE and the assistant mask comes from character spans of that string
+  mapped through the tokenizer's offsets, never by searching for a response marker in the ids, which
+  fails silently when the marker tokenises differently in context (trl #1820).
+- Each assistant turn's `<|end|>` is supervised, so a tuned model learns to stop (trl #1623).
+- Conversations longer than the context are truncated by one stated rule (`fit_conversation`), and counted.
+"""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from foundry.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 
@@ -11,3 +29,175 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )
+
+END = "<|end|>"
+GENERATION_PROMPT = "<|assistant|>"
+
+
+def role_marker(role: str) -> str:
+    return f"<|{role}|>"
+
+
+def render_text(messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    """The exact text `CHAT_TEMPLATE` renders, plus the character spans the loss is taken on.
+
+    A supervised span is an assistant turn's content and its `<|end|>`; the role marker is not in it.
+    """
+    parts: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for m in messages:
+        head, body = role_marker(m["role"]), m["content"] + END
+        parts += [head, body]
+        pos += len(head)
+        if m["role"] == "assistant":
+            spans.append((pos, pos + len(body)))
+        pos += len(body)
+    if add_generation_prompt:
+        parts.append(GENERATION_PROMPT)
+    return "".join(parts), spans
+
+
+def _encode_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    # foundry's Tokenizer wraps a Hugging Face `tokenizers.Tokenizer`; its Encoding carries character offsets.
+    hf = getattr(tokenizer, "_hf", tokenizer)
+    enc = hf.encode(text, add_special_tokens=False)
+    return list(enc.ids), [tuple(o) for o in enc.offsets]
+
+
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
+    """Token ids of the rendered conversation and, per token, whether the loss is taken on it.
+
+    Returns (ids, assistant_mask) with len(ids) == len(assistant_mask); mask[i] is True when token i is
+    part of an assistant turn's content or its `<|end|>`.
+    """
+    text, spans = render_text(messages, add_generation_prompt)
+    ids, offsets = _encode_with_offsets(tokenizer, text)
+    mask = [False] * len(ids)
+    j = 0  # spans and offsets are both sorted: one merge-like pass
+    for i, (start, end) in enumerate(offsets):
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        # Special tokens split the text before BPE, so no token straddles a span boundary.
+        mask[i] = j < len(spans) and spans[j][0] <= start and end <= spans[j][1] and end > start
+    return ids, mask
+
+
+def assistant_loss_targets(ids: list[int], mask: list[bool]) -> list[int]:
+    """Next-token targets for `ids`: targets[t] = ids[t+1] where token t+1 is supervised, else -100."""
+    return [ids[t + 1] if mask[t + 1] else -100 for t in range(len(ids) - 1)] + [-100]
+
+
+# ---- reading --------------------------------------------------------------------------------------
+
+def validate_messages(messages, where: str, need_assistant: bool = True) -> list[dict]:
+    """Check one conversation's structure; `where` is the `file:line` prefix for errors."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
+    out = []
+    for k, m in enumerate(messages, 1):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"{where}: message {k} must be an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise DataError(f"{where}: message {k} has unknown role {m['role']!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise DataError(f"{where}: message {k} content must be a string, got {type(m['content']).__name__}")
+        if m["role"] == "system" and k != 1:
+            raise DataError(f"{where}: message {k} is a system message; only the first message may be one")
+        out.append({"role": m["role"], "content": m["content"]})
+    if need_assistant and not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"{where}: conversation has no assistant turn, so there is nothing to learn from")
+    return out
+
+
+def iter_jsonl(path: str | Path, kind: str) -> Iterator[tuple[int, object]]:
+    """(1-based line, parsed value) for every non-blank line; `kind` names the data in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {kind} not found")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text") from None
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            yield lineno, value
+
+
+def read_chat_jsonl(path: str | Path) -> list[list[dict]]:
+    """Conversations from JSONL `{"messages": [{"role", "content"}, ...]}`, one per line (blank lines skipped)."""
+    conversations = []
+    for lineno, record in iter_jsonl(path, "chat data"):
+        if not isinstance(record, dict) or "messages" not in record:
+            raise DataError(f"{path}:{lineno}: expected an object with a 'messages' list")
+        conversations.append(validate_messages(record["messages"], f"{path}:{lineno}"))
+    if not conversations:
+        raise DataError(f"{path}: no conversations")
+    return conversations
+
+
+# ---- fitting into the context ----------------------------------------------------------------------
+
+@dataclass
+class TruncationStats:
+    """How many conversations each branch of the truncation rule touched."""
+
+    conversations: int = 0
+    dropped_turns: int = 0  # conversations that lost whole early turns
+    cut_tail: int = 0  # conversations whose last tokens were cut
+    skipped: int = 0  # conversations with no supervised token left after truncation
+    tokens: int = 0  # tokens kept
+    supervised: int = 0  # supervised tokens kept
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class EncodedChat:
+    ids: list[int]
+    mask: list[bool]
+    meta: dict = field(default_factory=dict)
+
+
+def fit_conversation(tokenizer, messages: list[dict], max_tokens: int,
+                     stats: TruncationStats | None = None) -> EncodedChat | None:
+    """Render `messages` into at most `max_tokens` tokens by the stated rule; None if nothing is left to learn.
+
+    Rule: (1) drop whole exchanges from the start, keeping the system prompt, each time removing
+    everything up to the next user turn, while at least one assistant turn remains; (2) if the last
+    exchange alone is still too long, cut the tail of the token sequence (the final assistant turn
+    loses its end, so that example does not teach stopping); (3) if no supervised token survives,
+    skip the conversation.
+    """
+    stats = stats if stats is not None else TruncationStats()
+    stats.conversations += 1
+    ids, mask = render_chat(tokenizer, messages)
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    dropped = False
+    while len(ids) > max_tokens:
+        # the next exchange starts at the second user turn; stop if dropping would lose every assistant turn
+        starts = [k for k, m in enumerate(rest) if m["role"] == "user" and k > 0]
+        if not starts or not any(m["role"] == "assistant" for m in rest[starts[0]:]):
+            break
+        rest = rest[starts[0]:]
+        dropped = True
+        ids, mask = render_chat(tokenizer, system + rest)
+    stats.dropped_turns += dropped
+    if len(ids) > max_tokens:
+        ids, mask = ids[:max_tokens], mask[:max_tokens]
+        stats.cut_tail += 1
+    # a supervised token at position 0 has no context to be predicted from
+    if not any(mask[1:]):
+        stats.skipped += 1
+        return None
+    stats.tokens += len(ids)
+    stats.supervised += sum(mask[1:])
+    return EncodedChat(ids, mask)

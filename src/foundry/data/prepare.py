@@ -2,8 +2,10 @@
 
 Per document, in order (the first rule that fires is the reason it is dropped, counted per source):
   clean (NFC, control characters, trim) -> too_short -> exact_duplicate -> contaminated -> near_duplicate
-then kept documents go to `val` when their content hash falls under --val-fraction, else to `train`.
-The split depends only on the text, so it is stable across runs, machines and input order.
+Kept documents go to `val` when their content hash falls under --val-fraction, else to `train`; the
+contamination rule applies to training documents only (held-out text may hold eval items, and the
+bundled tasks are built from it). The split depends only on the text, so it is stable across runs,
+machines and input order.
 
 Output (written to a temporary sibling and renamed into place, so no half dataset is ever visible):
   DIR/train.jsonl, DIR/val.jsonl   one {"id", "source", "text"} per line (id: content hash)
@@ -107,14 +109,16 @@ def prepare(sources: list[SourceFile], out: Path, *, text_field: str = "text", t
                     continue
                 seen.add(digest)
                 toks = words(text)  # split once, shared by decontamination and near-dedup
-                if decon and decon.is_contaminated(toks):
+                split = "val" if in_validation(digest, val_fraction) else "train"
+                # Only training text must not contain eval items; held-out text may (the bundled tasks
+                # are built from the validation split on purpose).
+                if split == "train" and decon and decon.is_contaminated(toks):
                     dropped["contaminated"] += 1
                     continue
                 doc_id = digest.hex()
                 if near is not None and near.is_near_duplicate(doc_id, toks) is not None:
                     dropped["near_duplicate"] += 1
                     continue
-                split = "val" if in_validation(digest, val_fraction) else "train"
                 line = json.dumps({"id": doc_id, "source": str(src.path), "text": text}, ensure_ascii=False)
                 (val_f if split == "val" else train_f).write(line + "\n")
                 counts[split] += 1
