@@ -29,6 +29,8 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -167,24 +169,25 @@ def main() -> int:
         write_jsonl(args.out / f"{stem}_val.jsonl", val)
         splits[stem] = (len(train), len(val))
     bias = audit_pairs([parse_preference(r, "generated", i + 1) for i, r in enumerate(prefs)])["length_bias"]
-    source = f"""name: foundry post-training sets generated from the King James Bible
-license: public-domain
-origin: data/general/kjv (King James Bible, Authorized Version 1611; public domain; see its SOURCE.yaml)
-generator: scripts/make_post_training_data.py --seed {args.seed}
-files:
-  instructions.jsonl: {splits['instructions'][0]} chats (SFT, {{"messages": [...]}})
-  instructions_val.jsonl: {splits['instructions'][1]} chats
-  preferences.jsonl: {splits['preferences'][0]} pairs ({{"prompt" or "messages", "chosen", "rejected"}})
-  preferences_val.jsonl: {splits['preferences'][1]} pairs
-audit: the generator drops any pair 'foundry audit prefs' flags ({len(flagged)} dropped)
-length_bias:
-  chosen_longer_share: {bias['chosen_longer_share']:.3f}
-  length_rule_accuracy: {bias['length_rule_accuracy']:.3f}
-notes: >-
-  Questions are templates over the verse text, book order and chapter counts; train and validation
-  never share a prompt (split by a hash of the first user message). Regenerate with the command above;
-  the output is byte-identical for the same KJV files and seed.
-"""
+    source = yaml.safe_dump({
+        "name": "foundry post-training sets generated from the King James Bible",
+        "license": "public-domain",
+        "origin": "data/general/kjv (King James Bible, Authorized Version 1611; public domain; see its SOURCE.yaml)",
+        "generator": f"scripts/make_post_training_data.py --seed {args.seed}",
+        "files": {
+            "instructions.jsonl": f"{splits['instructions'][0]} chats (SFT, {{\"messages\": [...]}})",
+            "instructions_val.jsonl": f"{splits['instructions'][1]} chats",
+            "preferences.jsonl": f"{splits['preferences'][0]} pairs ({{\"prompt\" or \"messages\", \"chosen\", "
+                                 f"\"rejected\"}})",
+            "preferences_val.jsonl": f"{splits['preferences'][1]} pairs",
+        },
+        "audit": f"the generator drops any pair 'foundry audit prefs' flags ({len(flagged)} dropped)",
+        "length_bias": {"chosen_longer_share": round(bias["chosen_longer_share"], 3),
+                        "length_rule_accuracy": round(bias["length_rule_accuracy"], 3)},
+        "notes": "Questions are templates over the verse text, book order and chapter counts; train and "
+                 "validation never share a prompt (split by a hash of the first user message). Regenerate "
+                 "with the command above; the output is byte-identical for the same KJV files and seed.",
+    }, sort_keys=False, allow_unicode=True, width=110)
     (args.out / "SOURCE.yaml").write_text(source, encoding="utf-8")
     print(f"instructions: {splits['instructions']} (train, val); preferences: {splits['preferences']} "
           f"(train, val), {len(flagged)} generated pairs dropped by the audit; length-rule accuracy "
