@@ -33,6 +33,8 @@ class TrainConfig(StrictModel):
     max_seconds: float | None = Field(None, gt=0, description="stop (and checkpoint) after this wall time")
     micro_batch_size: int = Field(16, gt=0, description="sequences per micro-batch per rank")
     grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimiser step per rank")
+    global_batch_size: int | None = Field(None, gt=0, description="sequences per optimiser step over all ranks; "
+                                          "if set, grad_accum_steps = it / (micro_batch_size * world size)")
     block_size: int = Field(256, gt=1, description="tokens per training sequence")
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")

@@ -1,0 +1,155 @@
+"""Training throughput: foundry's Llama vs transformers' LlamaForCausalLM, same config, batch and threads.
+
+One training step = forward, loss, backward, AdamW step. Both models start from the same weights and
+are timed alternately in one process (A, B, A, B, ...) so drift in a shared machine's load hits both.
+MFU is against a 2048x2048 fp32 matmul rate measured in the same run on CPU (the practical peak), or
+the GPU's bf16 table peak on CUDA (bf16 autocast there).
+
+    python benchmarks/train_throughput.py                        # ~4M and ~14M configs, CPU
+    python benchmarks/train_throughput.py --configs 124m --batch 16 --block 1024   # on a GPU
+    python benchmarks/train_throughput.py --compile              # also time torch.compile'd foundry
+    python benchmarks/train_throughput.py --profile 4m           # where foundry's step spends its time
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from foundry.config import TrainConfig
+from foundry.model.llama import Llama, config_from_preset
+from foundry.train.loop import GPU_PEAK_BF16, measure_matmul_flops
+from foundry.train.objectives import NextTokenObjective
+from foundry.train.optim import build_optimizer
+
+
+def hf_model_from(ours: Llama):
+    """transformers' LlamaForCausalLM with our config and, via the shared key names, our weights."""
+    from transformers import LlamaConfig as HFConfig
+    from transformers import LlamaForCausalLM
+
+    c = ours.config
+    hf = LlamaForCausalLM(HFConfig(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+        head_dim=c.head_dim, max_position_embeddings=c.max_seq_len, rope_theta=c.rope_theta,
+        rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings, attention_bias=c.attention_bias,
+        attn_implementation="sdpa"))
+    hf.load_state_dict(ours.state_dict(), strict=False)
+    return hf.to(next(ours.parameters()).device)
+
+
+def make_step(model, is_hf: bool, device: torch.device, amp: bool):
+    # foundry: the loop's own optimiser; transformers: Trainer's default for torch >= 2.8, fused AdamW.
+    opt = (torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True) if is_hf
+           else build_optimizer(model, TrainConfig(lr=1e-4)))
+    objective = NextTokenObjective()
+
+    def step(batch):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            if is_hf:  # the library's own loss path: labels shifted inside, float32 cross-entropy
+                loss = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+            else:
+                loss_sum, _ = objective.loss(model, batch)
+                loss = loss_sum / batch["targets"].numel()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_steps(step, batch, n: int, device) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        step(batch)
+    sync()
+    return time.perf_counter() - start
+
+
+def bench_config(name: str, args, device, peak: float) -> None:
+    torch.manual_seed(0)
+    ours = Llama(config_from_preset(name, max_seq_len=args.block)).to(device)
+    hf = hf_model_from(ours)
+    amp = device.type == "cuda"
+    contenders = {"foundry": make_step(ours, False, device, amp), "transformers": make_step(hf, True, device, amp)}
+    if args.compile:
+        torch.manual_seed(0)
+        compiled = Llama(config_from_preset(name, max_seq_len=args.block)).to(device)
+        contenders["foundry+compile"] = make_step(torch.compile(compiled), False, device, amp)
+    gen = torch.Generator().manual_seed(0)
+    window = torch.randint(0, ours.config.vocab_size, (args.batch, args.block + 1), generator=gen)
+    batch = {"input_ids": window[:, :-1].to(device), "targets": window[:, 1:].to(device)}
+    for step in contenders.values():  # warm-up (allocator, kernels, compilation)
+        time_steps(step, batch, args.warmup, device)
+    seconds = {k: 0.0 for k in contenders}
+    for _ in range(args.rounds):
+        for key, step in contenders.items():
+            seconds[key] += time_steps(step, batch, args.steps, device)
+    tokens = args.batch * args.block * args.steps * args.rounds
+    flops = ours.config.flops_per_token(args.block)
+    print(f"\n{name}: {ours.num_params() / 1e6:.2f}M params, batch {args.batch}x{args.block}, "
+          f"{torch.get_num_threads()} threads, {device}")
+    rate = {k: tokens / s for k, s in seconds.items()}
+    for key, r in rate.items():
+        print(f"  {key:<16} {r:>10,.0f} tokens/s   MFU {r * flops / peak:6.1%}")
+    print(f"  ratio foundry / transformers: {rate['foundry'] / rate['transformers']:.2f}x")
+    if args.compile:
+        print(f"  torch.compile effect: {rate['foundry+compile'] / rate['foundry']:.2f}x")
+
+
+def profile_config(name: str, args, device) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    ours = Llama(config_from_preset(name, max_seq_len=args.block)).to(device)
+    step = make_step(ours, False, device, device.type == "cuda")
+    window = torch.randint(0, ours.config.vocab_size, (args.batch, args.block + 1))
+    batch = {"input_ids": window[:, :-1].to(device), "targets": window[:, 1:].to(device)}
+    time_steps(step, batch, 2, device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        time_steps(step, batch, args.steps, device)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total" if device.type == "cpu" else "self_cuda_time_total",
+                                    row_limit=25))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["4m", "14m"], help="model presets to compare")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--block", type=int, default=256)
+    p.add_argument("--steps", type=int, default=2, help="steps per timed run")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timed runs per contender")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(foundry)")
+    p.add_argument("--profile", metavar="PRESET", help="profile foundry's training step instead")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if args.profile:
+        profile_config(args.profile, args, device)
+        return
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None) or measure_matmul_flops(
+            device, dtype=torch.bfloat16)
+        print(f"{name}: peak {peak / 1e12:.0f} TFLOP/s (bf16)")
+    else:
+        peak = measure_matmul_flops(device, n=2048, seconds=2.0)
+        print(f"CPU: 2048x2048 fp32 matmul {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} threads")
+    for name in args.configs:
+        bench_config(name, args, device, peak)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Checkpoints: self-contained directories, written atomically, verified by checksum when read.
+
+Layout (docs/ARCHITECTURE.md): `model.safetensors`, `model_config.json`, `tokenizer.json` +
+`tokenizer_config.json`, optional `train_state.pt`, and `meta.json` last (step, stage, val_loss and the
+sha256 of every other file). The directory is built as `NAME.tmp/`, every file fsynced, then renamed
+into place, so a kill at any moment leaves either the previous checkpoint or the complete new one.
+
+Never unpickle: weights are safetensors and `train_state.pt` holds only tensors and plain Python
+values (RNG states are converted to tensors/lists), so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from foundry.errors import CheckpointError
+from foundry.utils.io import fsync_dir, sha256_file
+
+MODEL_FILE, CONFIG_FILE, STATE_FILE, META_FILE = "model.safetensors", "model_config.json", "train_state.pt", "meta.json"
+
+
+def _warn(message: str) -> None:
+    print(f"foundry: warning: {message}", file=sys.stderr)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def model_state_for_saving(model: torch.nn.Module, full_state: dict | None = None) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors with HF names; a tied lm_head is left out (it is the embedding).
+
+    `full_state`: the whole state dict already gathered (`distributed.full_model_state`, under FSDP)."""
+    from foundry.train.distributed import unwrap
+
+    model = unwrap(model)
+    state = {}
+    for name, tensor in (full_state if full_state is not None else model.state_dict()).items():
+        if hasattr(tensor, "full_tensor"):  # FSDP2 DTensor shard -> the whole tensor
+            tensor = tensor.full_tensor()
+        state[name] = tensor.detach().to("cpu").contiguous()
+    if getattr(model.config, "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def save_checkpoint(path, model, tokenizer, train_state: dict | None = None, meta: dict | None = None,
+                    model_state: dict | None = None, directories: dict | None = None) -> Path:
+    """Write a checkpoint directory at `path` (replacing an existing one only once the new one is complete).
+
+    `model_state`: a gathered full state dict to write instead of `model.state_dict()` (FSDP);
+    `directories`: {name: staged directory} moved inside (the DCP optimiser shards), checksummed too."""
+    from safetensors.torch import save_file
+
+    from foundry.train.distributed import unwrap
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():  # left by a killed writer; never a valid checkpoint
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(model_state_for_saving(model, model_state), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(unwrap(model).config.to_dict(), indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if train_state is not None:
+            torch.save(train_state, tmp / STATE_FILE)
+        for name, staged in (directories or {}).items():
+            os.replace(staged, tmp / name)
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        for name in files:
+            _fsync_file(tmp / name)
+        record = {"step": None, "stage": None, "val_loss": None, **(meta or {}),
+                  "sha256": {name: sha256_file(tmp / name) for name in files}}
+        (tmp / META_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        _fsync_file(tmp / META_FILE)
+        fsync_dir(tmp)
+        if path.exists():  # e.g. `best`: move the old one aside first, so one of them always exists
+            old = path.with_name(path.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def verify_checkpoint(path) -> str | None:
+    """None if `path` is a complete checkpoint whose files match meta.json's checksums, else why not."""
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        return "no meta.json (incomplete write)"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "meta.json is not valid JSON"
+    for name, digest in meta.get("sha256", {}).items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if sha256_file(path / name) != digest:
+            return f"{name} does not match its checksum in meta.json"
+    if not (path / MODEL_FILE).is_file():
+        return f"{MODEL_FILE} is missing"
+    return None
+
+
+def read_meta(path) -> dict:
+    return json.loads((Path(path) / META_FILE).read_text())
+
+
+def step_checkpoints(run_dir) -> list[Path]:
+    """`RUN/checkpoints/step_*` directories, oldest first."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """Newest `RUN/checkpoints/step_*` whose checksums hold; damaged ones are skipped with a warning."""
+    for path in reversed(step_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        _warn(f"{path}: skipping damaged checkpoint ({problem})")
+    return None
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint directory, or a run directory (its `best`, else its latest valid checkpoint)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint or run directory")
+    if (path / MODEL_FILE).is_file() or (path / META_FILE).is_file():
+        return path
+    best = path / "checkpoints" / "best"
+    if best.is_dir() and verify_checkpoint(best) is None:
+        return best
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path}: not a checkpoint and holds no valid checkpoints/ (expected {MODEL_FILE})")
+    return latest
+
+
+def load_model_config(path):
+    from foundry.model.llama import LlamaConfig
+
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; not a foundry checkpoint")
+    try:
+        return LlamaConfig.from_dict(json.loads(file.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{file}: not a valid model config ({exc})") from None
+
+
+def load_weights(model: torch.nn.Module, path) -> None:
+    """Load `path`'s weights into `model`; a different model shape is a one-line CheckpointError."""
+    from safetensors.torch import load_file
+
+    from foundry.train.distributed import unwrap
+
+    path = Path(path)
+    model = unwrap(model)
+    saved = load_model_config(path).to_dict()
+    mine = model.config.to_dict()
+    diffs = [f"{k} {saved.get(k)} vs {mine[k]}" for k in mine if saved.get(k) != mine[k]]
+    if diffs:
+        raise CheckpointError(f"{path}: checkpoint model shape differs from the recipe ({', '.join(diffs)})")
+    problem = verify_checkpoint(path) if (path / META_FILE).is_file() else None
+    if problem:
+        raise CheckpointError(f"{path}: damaged checkpoint ({problem})")
+    try:
+        state = load_file(str(path / MODEL_FILE))
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise CheckpointError(f"{path / MODEL_FILE}: cannot read weights ({exc})") from None
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(f"{path / MODEL_FILE}: weights do not fit the model "
+                              f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    from foundry.train.distributed import load_model_state
+
+    load_model_state(model, state)  # under FSDP each rank keeps its shard
+
+
+def load_model(path, device="cpu"):
+    """(model, tokenizer) from a checkpoint directory or a run directory, in eval mode on `device`."""
+    from foundry.data.tokenizer import Tokenizer
+    from foundry.model.llama import Llama
+
+    path = resolve_checkpoint(path)
+    model = Llama(load_model_config(path))
+    load_weights(model, path)
+    model.to(device).eval()
+    return model, Tokenizer.load(path)
+
+
+def load_train_state(path) -> dict:
+    """`train_state.pt` of a checkpoint (tensors and plain values only; never unpickles objects)."""
+    file = Path(path) / STATE_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing; this checkpoint holds weights only and cannot resume training")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{file}: cannot read training state ({str(exc).splitlines()[0]})") from None
+
+
+# ---- RNG states as tensors and plain values (weights_only-safe) ----------------------------------
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "internal": list(py_internal), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,478 @@
+"""THE training loop: every stage (pretrain, continual pretrain, SFT, DPO) is an objective, a batch
+source and a starting model handed to `train`.
+
+One optimiser step:
+  1. draw all `grad_accum_steps` micro-batches first and count their units (target tokens, pairs), summed
+     over ranks, so every micro-batch's loss is divided by the units of the whole step: k micro-batches of
+     B equal one batch of k*B exactly (trl #2175, transformers PR #34191);
+  2. forward + backward each micro-batch (gradient sync only on the last, `distributed.sync_context`);
+  3. clip, check the loss and gradient norm are finite, and step AdamW at `lr_at(step) * lr_scale`.
+A non-finite step is skipped (no update) and logged; `max_bad_steps` in a row roll the run back to the
+last checkpoint with the learning rate scaled by `rollback_lr_factor`.
+
+Resume is exact: a checkpoint holds weights, optimiser, RNG states, the data source's position and the
+step, so on CPU a resumed run reproduces the uninterrupted run's losses bit for bit (accelerate #2016).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from foundry.errors import CheckpointError, TrainingError
+from foundry.train import distributed as dist_utils
+from foundry.train.checkpoint import (
+    latest_checkpoint, load_train_state, load_weights, rng_state, save_checkpoint, set_rng_state,
+    step_checkpoints,
+)
+from foundry.train.optim import build_optimizer, lr_at
+from foundry.utils.io import atomic_write_text, write_run_record
+
+Evaluator = Callable[[torch.nn.Module], dict]
+
+# Dense bf16 peak FLOP/s (no sparsity) of GPUs we know; MFU (PaLM, Chowdhery et al. 2022, appendix B).
+GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
+                 "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
+_MEASURED_PEAK: dict[str, float] = {}
+
+
+def measure_matmul_flops(device: torch.device | str = "cpu", n: int = 2048, dtype=torch.float32,
+                         seconds: float = 0.5) -> float:
+    """FLOP/s of an n x n matmul on `device`: the practical peak that CPU MFU is measured against."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    reps, start = 0, time.perf_counter()
+    while True:
+        a @ b
+        reps += 1
+        sync()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds or reps >= 50:
+            return 2 * n**3 * reps / elapsed
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Peak FLOP/s for MFU: a table for known GPUs, else a matmul measured once per process."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name:
+                return value if dtype == torch.bfloat16 else value / 2  # TF32 is half the bf16 rate
+    key = f"{device}:{dtype}"
+    if key not in _MEASURED_PEAK:
+        _MEASURED_PEAK[key] = measure_matmul_flops(device, dtype=dtype if device.type == "cuda" else torch.float32,
+                                                   seconds=0.3)
+    return _MEASURED_PEAK[key]
+
+
+def schedule_position(step: int, elapsed: float, cfg) -> float:
+    """The step the lr schedule is at: with a `max_seconds` budget, whichever budget is further along.
+
+    A time budget on a shared or unknown machine cannot be turned into a step count in advance; this
+    way the cool-down still ends when the time does, so a time-boxed run finishes annealed rather than
+    being cut off at peak lr. Warm-up always counts real steps. (Runs bounded by time are not
+    bit-reproducible on resume; runs bounded by steps are.)
+    """
+    if cfg.max_seconds is None or step < cfg.warmup_steps:
+        return step
+    return max(step, min(1.0, elapsed / cfg.max_seconds) * cfg.max_steps)
+
+
+def autocast_dtype(cfg, device: torch.device) -> torch.dtype:
+    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def batch_tokens(batch: dict) -> int:
+    """Tokens the model processes for this batch (for tokens/s), whatever the objective's units are."""
+    ids = [v for k, v in batch.items() if k.endswith("input_ids") and isinstance(v, torch.Tensor)]
+    return sum(int(t.numel()) for t in ids)
+
+
+def loss_evaluator(objective, batches: Callable[[], Iterable[dict]], device: torch.device | str | None = None,
+                   bytes_per_token: float | None = None) -> Evaluator:
+    """An evaluator: mean loss (per unit) of `objective` over `batches()`, perplexity, and bits per byte.
+
+    bits per byte = loss_nats / ln 2 * tokens / bytes (the index's ratio for the split), comparable
+    across tokenizers, unlike the per-token loss.
+    """
+
+    def evaluate(model: torch.nn.Module) -> dict:
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+        total, units = 0.0, 0
+        for batch in batches():
+            units += objective.units(batch)
+            loss_sum, _ = objective.loss(model, to_device(batch, dev))
+            total += float(loss_sum)
+        if units == 0:
+            raise TrainingError("evaluation set is empty: no target tokens")
+        loss = total / units
+        out = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
+        if bytes_per_token is not None:
+            out["bpb"] = loss / math.log(2) * (1.0 / bytes_per_token)
+        return out
+
+    return evaluate
+
+
+class _MetricsLog:
+    """`RUN/metrics.jsonl` (one JSON object per line) and TensorBoard scalars in `RUN/tb`."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            # Drop what was logged after the checkpoint we resume from: those steps are re-run.
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.file = open(self.path, "a", encoding="utf-8")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+        except ImportError:  # tensorboard is optional; the JSONL log is the record
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+class _Interrupt:
+    """SIGINT sets a flag; the loop finishes the current step, saves a checkpoint and stops."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nfoundry: interrupt received; saving a checkpoint after this step (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
+          evaluators: dict[str, Evaluator] | None = None, resume: bool = False, stage: str = "pretrain",
+          parents: dict | None = None, data_manifests: dict | None = None, best_metric: str | None = None,
+          record_config=None) -> dict:
+    """Train `model` on `source` with `objective` under `cfg` (a TrainConfig); returns the final metrics.
+
+    `evaluators` map a name to fn(model) -> {metric: value}; they run every `cfg.eval_every` steps and at
+    the end, logged as "name/metric". `best_metric` (default: the first evaluator's "loss") picks
+    `checkpoints/best`, lower is better. `record_config` is the stage's whole config for run.json
+    (default `cfg`). With `resume`, training continues from the latest valid checkpoint in `run_dir`.
+    """
+    run_dir = Path(run_dir)
+    evaluators = dict(evaluators or {})
+    if best_metric is None and evaluators:
+        best_metric = f"{next(iter(evaluators))}/loss"
+    env = dist_utils.setup_distributed(cfg)
+    device = env.device
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp_dtype = autocast_dtype(cfg, device)
+    torch.manual_seed(cfg.seed)
+
+    # ---- state: fresh or resumed -------------------------------------------------------------------
+    base = dist_utils.unwrap(model)
+    step, lr_scale, best_value, state = 0, 1.0, math.inf, None
+    elapsed_before = 0.0  # training seconds spent before this process (resume), for max_seconds
+    resume_ckpt = None
+    if resume:
+        resume_ckpt = latest_checkpoint(run_dir)
+        if resume_ckpt is None:
+            raise CheckpointError(f"{run_dir}: no valid checkpoint to resume from (checkpoints/step_* missing)")
+        load_weights(base, resume_ckpt)
+        state = load_train_state(resume_ckpt)
+    base.to(device)
+    model = dist_utils.wrap_model(base, cfg, env)
+    optimizer = build_optimizer(dist_utils.unwrap(model), cfg)
+    forward_model = torch.compile(model) if cfg.compile else model
+    if state is not None:
+        dist_utils.restore_optimizer(model, optimizer, state, resume_ckpt, env)  # checks the world size
+        source.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        step, lr_scale, best_value = int(state["step"]), float(state["lr_scale"]), float(state["best_value"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+
+    is_main = env.rank == 0
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(run_dir, stage, record_config if record_config is not None else cfg, parents,
+                         data_manifests, results={"status": "running"})
+    log = _MetricsLog(run_dir, is_main, step if resume else None)
+    if resume and is_main:
+        log.write({"step": step, "event": "resume", "checkpoint": str(resume_ckpt)})
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    flops_per_token = base.config.flops_per_token(cfg.block_size) if hasattr(base, "config") else 0.0
+    peak = peak_flops(device, amp_dtype) * env.world_size if flops_per_token else 0.0
+
+    def train_state() -> dict:
+        return {"step": step, "lr_scale": lr_scale, "best_value": best_value,
+                "elapsed_s": elapsed_before + time.perf_counter() - started, "data": source.state_dict(), "rng": rng_state(), "stage": stage}
+
+    def save_step_checkpoint(val_loss=None) -> None:
+        path = run_dir / "checkpoints" / f"step_{step:07d}"
+        # Collectives under FSDP (every rank): gather the weights to rank 0, write the optimiser shards.
+        weights = dist_utils.full_model_state(model, env)
+        staging = path.with_name(path.name + ".optimizer.tmp")
+        optimizer_state = dist_utils.optimizer_state_for_checkpoint(model, optimizer, env, staging)
+        if is_main:
+            save_checkpoint(path, base, tokenizer, {**train_state(), **optimizer_state},
+                            {"step": step, "stage": stage, "val_loss": val_loss}, model_state=weights,
+                            directories={dist_utils.OPTIMIZER_DIR: staging} if staging.exists() else None)
+            for old in step_checkpoints(run_dir)[:-cfg.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        dist_utils.barrier(env)
+
+    def run_evaluators() -> dict:
+        results = {}
+        was_training = base.training
+        base.eval()
+        with torch.no_grad(), autocast_context(device, amp_dtype):
+            for name, fn in evaluators.items():
+                for key, value in fn(base).items():
+                    results[f"{name}/{key}"] = float(value)
+        base.train(was_training)
+        return results
+
+    def roll_back() -> None:
+        nonlocal step, lr_scale, best_value
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise TrainingError(f"{run_dir}: {cfg.max_bad_steps} non-finite steps in a row before any checkpoint; "
+                                f"lower train.lr (now {cfg.lr}) or train.checkpoint_every")
+        if lr_scale * cfg.rollback_lr_factor < 1e-3:
+            raise TrainingError(f"{run_dir}: still non-finite after rolling back with lr scaled to {lr_scale:g}; "
+                                "check the data and lower train.lr")
+        load_weights(base, ckpt)
+        saved = load_train_state(ckpt)
+        dist_utils.restore_optimizer(model, optimizer, saved, ckpt, env)
+        # The data position moves on (the batches that blew up are not replayed); step and weights go back.
+        from_step = step
+        step, best_value = int(saved["step"]), float(saved["best_value"])
+        lr_scale = float(saved["lr_scale"]) * cfg.rollback_lr_factor
+        log.write({"step": step, "event": "rollback", "from_step": from_step, "checkpoint": str(ckpt),
+                   "lr_scale": lr_scale})
+
+    progress = None
+    if is_main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=cfg.max_steps, initial=step, desc=stage, unit="step", dynamic_ncols=True,
+                        file=sys.stderr)
+
+    final: dict = {}
+    bad_in_a_row = 0
+    window_tokens, window_start = 0, time.perf_counter()
+    started = time.perf_counter()
+    last_eval: dict = {}
+    stopped_by = "max_steps"
+    model.train()
+    with _Interrupt() as interrupt:
+        try:
+            while step < cfg.max_steps:
+                elapsed = elapsed_before + time.perf_counter() - started
+                if cfg.max_seconds is not None and env.enabled:  # one clock for all ranks: the same lr everywhere
+                    elapsed = float(dist_utils.all_reduce_sum(
+                        torch.tensor(elapsed, device=device, dtype=torch.float64), env)) / env.world_size
+                if cfg.max_seconds is not None and dist_utils.any_rank(
+                        elapsed >= cfg.max_seconds, env):  # all ranks stop together
+                    stopped_by = "max_seconds"
+                    break
+                lr = lr_at(schedule_position(step, elapsed, cfg), cfg) * lr_scale
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+
+                # 1. all micro-batches of the step first, so the loss is normalised by the step's units
+                batches = [source.next_batch(cfg.micro_batch_size) for _ in range(cfg.grad_accum_steps)]
+                units = torch.tensor(float(sum(objective.units(b) for b in batches)), device=device,
+                                     dtype=torch.float64)
+                total_units = float(dist_utils.all_reduce_sum(units, env))
+                if total_units == 0:
+                    raise TrainingError(f"{run_dir}: step {step} has no target units (every target masked)")
+                # 2. forward + backward per micro-batch; gradients sync across ranks on the last one only
+                loss_total = torch.zeros((), device=device, dtype=torch.float64)
+                metric_totals: dict[str, torch.Tensor] = {}
+                for i, batch in enumerate(batches):
+                    window_tokens += batch_tokens(batch) * env.world_size
+                    batch = to_device(batch, device)
+                    with dist_utils.sync_context(model, sync=i == len(batches) - 1):
+                        with autocast_context(device, amp_dtype):
+                            loss_sum, metric_sums = objective.loss(forward_model, batch)
+                        (loss_sum / total_units).backward()
+                    loss_total += loss_sum.detach().double()
+                    for key, value in metric_sums.items():
+                        metric_totals[key] = metric_totals.get(key, 0) + value.detach().double()
+                loss_total = dist_utils.all_reduce_sum(loss_total, env)
+                loss = float(loss_total) / total_units
+                # 3. clip, guard, update
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf, foreach=True)
+                                  if params else 0.0)
+                finite = math.isfinite(loss) and math.isfinite(grad_norm)
+                if finite:
+                    optimizer.step()
+                    bad_in_a_row = 0
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if not finite:
+                    bad_in_a_row += 1
+                    log.write({"step": step, "event": "skipped_non_finite", "loss": loss if math.isfinite(loss)
+                               else str(loss), "grad_norm": grad_norm if math.isfinite(grad_norm) else str(grad_norm)})
+                    if progress is not None:
+                        progress.write(f"step {step}: non-finite loss or gradient ({loss}, {grad_norm}); step skipped")
+                    if bad_in_a_row >= cfg.max_bad_steps:
+                        roll_back()
+                        bad_in_a_row = 0
+                        if progress is not None:
+                            progress.reset(total=cfg.max_steps)
+                            progress.update(step)
+                    continue
+
+                # ---- logging -----------------------------------------------------------------------
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    now = time.perf_counter()
+                    tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                    record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                              "tokens_per_s": round(tokens_per_s, 1),
+                              "mfu": round(tokens_per_s * flops_per_token / peak, 4) if peak else None,
+                              "elapsed_s": round(elapsed_before + now - started, 2)}
+                    for key, value in metric_totals.items():
+                        record[key] = float(dist_utils.all_reduce_sum(value, env)) / total_units
+                    log.write(record)
+                    if progress is not None:
+                        time_left = {} if cfg.max_seconds is None else {  # the bar's own ETA counts steps
+                            "left": f"{max(0.0, cfg.max_seconds - record['elapsed_s']):.0f}s"}
+                        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
+                                             mfu=f"{record['mfu']:.1%}" if peak else "-", **time_left,
+                                             refresh=False)
+                    window_tokens, window_start = 0, now
+                    final.update(record)
+                if progress is not None:
+                    progress.update(1)
+
+                # ---- evaluation, checkpoints ---------------------------------------------------------
+                if evaluators and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                    last_eval = run_evaluators()
+                    log.write({"step": step, **last_eval})
+                    if progress is not None:
+                        progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                    best_value = _maybe_save_best(last_eval, best_metric, best_value, run_dir, base, tokenizer,
+                                                  step, stage, is_main, env)
+                    window_start = time.perf_counter()  # evaluation time is not training throughput
+                if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                    save_step_checkpoint(last_eval.get(best_metric) if best_metric else None)
+                    window_start = time.perf_counter()
+                if dist_utils.any_rank(interrupt.requested, env):
+                    stopped_by = "interrupt"
+                    break
+        finally:
+            if progress is not None:
+                progress.close()
+
+        # ---- the end: evaluate, save, record --------------------------------------------------------
+        if evaluators and stopped_by != "interrupt":
+            last_eval = run_evaluators()
+            log.write({"step": step, **last_eval})
+            best_value = _maybe_save_best(last_eval, best_metric, best_value, run_dir, base, tokenizer, step,
+                                          stage, is_main, env)
+        save_step_checkpoint(last_eval.get(best_metric) if best_metric else None)
+        log.close()
+        final.update(last_eval)
+        final.update({"step": step, "stopped_by": stopped_by, "train_seconds": round(time.perf_counter() - started, 2),
+                      "lr_scale": lr_scale})
+        if best_metric and math.isfinite(best_value):
+            final["best/" + best_metric] = best_value
+        if is_main:
+            write_run_record(run_dir, stage, record_config if record_config is not None else cfg, parents,
+                             data_manifests, results={"status": "interrupted" if stopped_by == "interrupt" else
+                                                      "finished", **final})
+        if stopped_by == "interrupt":
+            raise KeyboardInterrupt
+    return final
+
+
+def _maybe_save_best(results: dict, best_metric: str | None, best_value: float, run_dir: Path, model, tokenizer,
+                     step: int, stage: str, is_main: bool, env) -> float:
+    if not best_metric or best_metric not in results:
+        return best_value
+    value = results[best_metric]
+    if math.isfinite(value) and value < best_value:
+        weights = dist_utils.full_model_state(model, env)  # a collective under FSDP
+        if is_main:
+            save_checkpoint(run_dir / "checkpoints" / "best", model, tokenizer, None,
+                            {"step": step, "stage": stage, "val_loss": value, "metric": best_metric},
+                            model_state=weights)
+        dist_utils.barrier(env)
+        return value
+    return best_value
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of `RUN/metrics.jsonl` (a torn last line from a killed run is skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                records.append(json.loads(line))
+    return records

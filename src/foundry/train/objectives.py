@@ -1,0 +1,62 @@
+"""Training objectives: what a stage optimises, as small objects the one training loop calls.
+
+An objective has a `name`, `units(batch) -> int` (what the loss is averaged over: target tokens for
+language modelling, pairs for preference optimisation) and `loss(model, batch) -> (loss_sum,
+metric_sums)`. Both the loss and every metric are SUMS over the batch's units; the loop divides by the
+units of the whole optimiser step (all micro-batches, all ranks), so accumulating k micro-batches gives
+exactly the gradient of one batch k times larger (trl #2175, transformers PR #34191).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # targets equal to this are not predicted (prompt tokens in SFT, padding)
+
+
+class Objective(Protocol):
+    name: str
+
+    def units(self, batch: dict) -> int: ...
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:
+    """Sum of -log p(target) over targets != -100, computed in float32.
+
+    logits (B, T, V) may be bf16 under autocast; upcasting them all at once costs B*T*V*4 bytes, so
+    rows are upcast a chunk at a time (on fp32 logits the chunking is a no-op in cost).
+    """
+    V = logits.shape[-1]
+    flat_logits, flat_targets = logits.reshape(-1, V), targets.reshape(-1)  # (B*T, V), (B*T,)
+    if flat_logits.dtype == torch.float32 or flat_logits.shape[0] <= chunk_rows:
+        return F.cross_entropy(flat_logits.float(), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    total = flat_logits.new_zeros((), dtype=torch.float32)
+    for start in range(0, flat_logits.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        total = total + F.cross_entropy(flat_logits[rows].float(), flat_targets[rows],
+                                        ignore_index=IGNORE_INDEX, reduction="sum")
+    return total
+
+
+class NextTokenObjective:
+    """Next-token cross-entropy: pretraining, continual pretraining, and SFT (targets masked to -100).
+
+    The batch holds `input_ids` and `targets` (B, T) and, for packed examples, `position_ids` and
+    `segment_ids` (B, T), which the model turns into per-example positions and a block-diagonal mask.
+    """
+
+    name = "next_token"
+
+    def units(self, batch: dict) -> int:
+        return int((batch["targets"] != IGNORE_INDEX).sum())
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        kwargs = {k: batch[k] for k in ("position_ids", "segment_ids") if batch.get(k) is not None}
+        logits = model(batch["input_ids"], **kwargs)  # (B, T, V)
+        loss_sum = token_cross_entropy_sum(logits, batch["targets"])
+        return loss_sum, {}

@@ -1,0 +1,139 @@
+"""`foundry pretrain`: next-token pretraining from random initialisation on packed token shards.
+
+    foundry pretrain --config recipes/pretrain-kjv.yaml [--resume] [train.max_steps=500 ...]
+
+The recipe names a tokenised dataset (`foundry data tokenize`), its tokenizer, a model (a preset plus
+overrides) and a `train:` section (TrainConfig). Everything lands in `out_dir`: checkpoints, metrics,
+TensorBoard events and `run.json`. Validation reports loss, perplexity and bits per byte.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pydantic import Field
+
+from foundry.config import StrictModel, TrainConfig, dump_config, load_config
+from foundry.errors import CheckpointError, ConfigError
+
+
+class ModelSpec(StrictModel):
+    """A preset from foundry.model.llama.PRESETS plus any field overridden."""
+
+    preset: str = "4m"
+    vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's vocabulary size")
+    n_layer: int | None = Field(None, gt=0)
+    n_head: int | None = Field(None, gt=0)
+    n_kv_head: int | None = Field(None, gt=0)
+    n_embd: int | None = Field(None, gt=0)
+    intermediate_size: int | None = Field(None, gt=0)
+    head_dim: int | None = Field(None, gt=0)
+    max_seq_len: int | None = Field(None, gt=1, description="default: train.block_size")
+    rope_theta: float | None = Field(None, gt=0)
+    norm_eps: float | None = Field(None, gt=0)
+    tie_embeddings: bool | None = None
+    init_std: float | None = Field(None, gt=0)
+
+
+class PretrainConfig(StrictModel):
+    out_dir: str
+    data: str = Field(description="dataset directory holding tokens/ (from 'foundry data tokenize')")
+    tokenizer: str = Field(description="tokenizer directory (or tokenizer.json)")
+    model: ModelSpec = ModelSpec()
+    train: TrainConfig = TrainConfig()
+    overwrite: bool = False
+
+
+def build_model_config(spec: ModelSpec, tokenizer, block_size: int):
+    from foundry.model.llama import config_from_preset
+
+    overrides = {k: v for k, v in spec.model_dump().items() if k != "preset" and v is not None}
+    overrides.setdefault("vocab_size", tokenizer.vocab_size)
+    overrides.setdefault("max_seq_len", block_size)
+    if overrides["vocab_size"] < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={overrides['vocab_size']} is smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size} tokens")
+    if block_size > overrides["max_seq_len"]:
+        raise ConfigError(f"train.block_size={block_size} exceeds model.max_seq_len={overrides['max_seq_len']}")
+    return config_from_preset(spec.preset, **overrides)
+
+
+def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
+    """Pretrain as `cfg` says; returns the final metrics (val/loss, val/ppl, val/bpb, step, ...)."""
+    import torch
+
+    from foundry.data.shards import TokenBlocks, check_tokenizer_matches, load_token_index
+    from foundry.data.tokenizer import Tokenizer
+    from foundry.model.llama import Llama
+    from foundry.train.distributed import barrier, setup_distributed
+    from foundry.train.loop import loss_evaluator, train
+    from foundry.train.objectives import NextTokenObjective
+    from foundry.utils.io import atomic_write_text, sha256_file
+
+    out_dir = Path(cfg.out_dir)
+    if resume and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: no run to resume (directory not found)")
+    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+        if not cfg.overwrite:
+            raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or overwrite=true "
+                              "to start over")
+    tokenizer = Tokenizer.load(cfg.tokenizer)
+    check_tokenizer_matches(cfg.data, tokenizer)
+    index = load_token_index(cfg.data)
+    tc = cfg.train
+    model_config = build_model_config(cfg.model, tokenizer, tc.block_size)
+    env = setup_distributed(tc)
+    train_blocks = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed, env.rank, env.world_size)
+    if "val" not in index["splits"]:
+        raise ConfigError(f"{index['dir']}: no 'val' split to evaluate on; re-run 'foundry data prepare'")
+    val_blocks = TokenBlocks(cfg.data, "val", tc.block_size, tc.seed)
+    val_info = index["splits"]["val"]
+    bytes_per_token = val_info["bytes"] / max(1, val_info["tokens"]) if val_info.get("bytes") else None
+
+    if not resume and out_dir.exists() and cfg.overwrite and env.is_main:
+        shutil.rmtree(out_dir)
+    barrier(env)  # under torchrun: no rank writes into out_dir before rank 0 has cleared it
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:  # a resumed run's (possibly overridden) config goes to run.json, once its checkpoint loads
+        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+
+    torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
+    model = Llama(model_config)
+    objective = NextTokenObjective()
+    evaluator = loss_evaluator(objective, lambda: val_blocks.eval_batches(tc.micro_batch_size, tc.eval_batches),
+                               bytes_per_token=bytes_per_token)
+    manifest = Path(cfg.data) / "manifest.json"
+    parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve()),
+               "tokenizer_sha256": tokenizer.sha256}
+    manifests = {Path(cfg.data).name: sha256_file(manifest)} if manifest.is_file() else {}
+    n_params = model.num_params()
+    if env.rank == 0:
+        print(f"foundry pretrain: {n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size}, "
+              f"block {tc.block_size}, {tc.micro_batch_size * tc.grad_accum_steps * env.world_size * tc.block_size:,} "
+              f"tokens/step, {train_blocks.stream.num_tokens:,} train tokens -> {out_dir}")
+    results = train(model, objective, train_blocks, tc, out_dir, tokenizer, evaluators={"val": evaluator},
+                    resume=resume, stage="pretrain", parents=parents, data_manifests=manifests,
+                    best_metric="val/loss", record_config=cfg)
+    results["params"] = n_params
+    return results
+
+
+def main(argv: list[str]) -> int:
+    from foundry.cli import make_parser
+    from foundry.train.distributed import is_main_process
+
+    p = make_parser("pretrain")
+    p.add_argument("--config", required=True, help="recipe YAML (see recipes/pretrain-kjv.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its latest checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.max_steps=100")
+    args = p.parse_args(argv)
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    results = run_pretrain(cfg, resume=args.resume)
+    parts = [f"step {results['step']}"]
+    for key in ("val/loss", "val/ppl", "val/bpb"):
+        if key in results:
+            parts.append(f"{key} {results[key]:.4f}")
+    if is_main_process():  # one line per run, not per torchrun rank
+        print("foundry pretrain: done: " + ", ".join(parts) + f" -> {cfg.out_dir}")
+    return 0

@@ -1,0 +1,175 @@
+"""The training loop: accumulation equals a bigger batch, loss falls, NaN guard rolls back, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from foundry.config import TrainConfig
+from foundry.model.llama import Llama, config_from_preset
+from foundry.train.loop import read_metrics, schedule_position, train
+from foundry.train.objectives import NextTokenObjective
+from foundry.train.optim import build_optimizer, lr_at
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+torch.set_num_threads(1)
+
+
+class FixedBatches:
+    """A source serving a fixed list of micro-batches in order (cycling), with a resumable position."""
+
+    def __init__(self, batches):
+        self.batches, self.pos = batches, 0
+
+    def next_batch(self, batch_size):
+        batch = self.batches[self.pos % len(self.batches)]
+        assert batch["input_ids"].shape[0] == batch_size
+        self.pos += 1
+        return batch
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = state["pos"]
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return Llama(config_from_preset("test", vocab_size=64, max_seq_len=32))
+
+
+def cfg(**kw):
+    base = dict(max_steps=1, micro_batch_size=4, block_size=16, lr=1e-2, warmup_steps=0, schedule="constant",
+                eval_every=1000, checkpoint_every=1000, log_every=1, threads=1, progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def random_batch(gen, B, T=16, masked_fraction=0.0):
+    ids = torch.randint(0, 64, (B, T + 1), generator=gen)
+    targets = ids[:, 1:].clone()
+    targets[torch.rand(B, T, generator=gen) < masked_fraction] = -100
+    return {"input_ids": ids[:, :-1].clone(), "targets": targets}
+
+
+def test_two_micro_batches_equal_one_batch_twice_as_large(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    # Uneven masking: the halves hold different numbers of targets, so averaging per micro-batch would differ.
+    half_a, half_b = random_batch(gen, 4, masked_fraction=0.7), random_batch(gen, 4, masked_fraction=0.1)
+    assert (half_a["targets"] != -100).sum() != (half_b["targets"] != -100).sum()
+    whole = {k: torch.cat([half_a[k], half_b[k]]) for k in half_a}
+
+    captured = []  # the gradients AdamW is about to apply, per run
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: captured.append([p.grad.clone() for g in opt.param_groups for p in g["params"]]))
+    try:
+        big, accumulated = tiny_model(), tiny_model()
+        train(big, NextTokenObjective(), FixedBatches([whole]), cfg(micro_batch_size=8), tmp_path / "a", None)
+        train(accumulated, NextTokenObjective(), FixedBatches([half_a, half_b]),
+              cfg(micro_batch_size=4, grad_accum_steps=2), tmp_path / "b", None)
+    finally:
+        hook.remove()
+    grads_big, grads_acc = captured
+    assert len(grads_big) == len(list(big.parameters()))
+    for g_big, g_acc in zip(grads_big, grads_acc):
+        torch.testing.assert_close(g_acc, g_big, rtol=0, atol=1e-6)
+    # ...and so the weights after the step agree (Adam's first step is ~lr * sign(grad), so 1e-6 of
+    # gradient noise on a near-zero entry can move a weight by up to lr; compare nearly all of them).
+    untouched = tiny_model()
+    for p_big, p_acc, p_init in zip(big.parameters(), accumulated.parameters(), untouched.parameters()):
+        close = ((p_acc - p_big).abs() <= 1e-6).float().mean().item()
+        assert close > 0.99
+        assert (p_big - p_init).abs().max() > 1e-3  # the step really changed the weights
+    loss_big = read_metrics(tmp_path / "a")[0]["loss"]
+    loss_acc = read_metrics(tmp_path / "b")[0]["loss"]
+    assert abs(loss_big - loss_acc) < 1e-6
+
+
+def test_overfits_one_batch(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    batch = random_batch(gen, 2)
+    model = tiny_model()
+    result = train(model, NextTokenObjective(), FixedBatches([batch]), cfg(max_steps=80, micro_batch_size=2),
+                   tmp_path / "run", None)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert losses[0] > 3.5  # ~ln(64) at random init
+    assert result["loss"] < 0.3, losses[-5:]
+    assert (tmp_path / "run" / "run.json").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "step_0000080" / "model.safetensors").is_file()
+
+
+class NaNOnCalls(NextTokenObjective):
+    """Next-token loss, except the loss is NaN on the given (1-based) call numbers: an injected blow-up."""
+
+    def __init__(self, bad_calls):
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def loss(self, model, batch):
+        self.calls += 1
+        loss_sum, metrics = super().loss(model, batch)
+        if self.calls in self.bad_calls:
+            loss_sum = loss_sum * float("nan")
+        return loss_sum, metrics
+
+
+def test_nan_guard_skips_then_rolls_back_with_lower_lr(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    source = FixedBatches([random_batch(gen, 2) for _ in range(4)])
+    model = tiny_model()
+    # Steps 5, 6 and 7 blow up: two skips, the third in a row rolls back to the step-4 checkpoint.
+    objective = NaNOnCalls({5, 6, 7})
+    result = train(model, objective, source, cfg(max_steps=10, micro_batch_size=2, checkpoint_every=4,
+                                                 max_bad_steps=3, rollback_lr_factor=0.5), tmp_path / "run", None)
+    records = read_metrics(tmp_path / "run")
+    skipped = [r for r in records if r.get("event") == "skipped_non_finite"]
+    rollbacks = [r for r in records if r.get("event") == "rollback"]
+    assert [r["step"] for r in skipped] == [5, 6, 7]
+    assert len(rollbacks) == 1 and rollbacks[0]["step"] == 4 and rollbacks[0]["lr_scale"] == 0.5
+    assert result["step"] == 10 and result["lr_scale"] == 0.5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(result["loss"])
+    after = [r for r in records if "loss" in r and "event" not in r and r["step"] > 4]
+    assert after and all(r["lr"] == pytest.approx(0.5 * 1e-2) for r in after)
+
+
+def test_nan_guard_without_checkpoint_stops_with_one_line_error(tmp_path):
+    from foundry.errors import TrainingError
+
+    gen = torch.Generator().manual_seed(3)
+    with pytest.raises(TrainingError, match="non-finite steps in a row before any checkpoint"):
+        train(tiny_model(), NaNOnCalls(range(1, 100)), FixedBatches([random_batch(gen, 2)]),
+              cfg(max_steps=5, micro_batch_size=2, max_bad_steps=2), tmp_path / "run", None)
+
+
+def test_schedules():
+    c = cfg(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule="cosine")
+    assert lr_at(0, c) == pytest.approx(0.1) and lr_at(9, c) == pytest.approx(1.0)
+    assert lr_at(55, c) == pytest.approx(0.55)  # halfway through the cosine: midpoint of lr and min_lr
+    assert lr_at(100, c) == pytest.approx(0.1)
+    w = cfg(max_steps=100, warmup_steps=10, lr=1.0, min_lr_ratio=0.0, schedule="wsd", decay_fraction=0.2)
+    assert lr_at(50, w) == 1.0 and lr_at(79, w) == 1.0
+    assert lr_at(90, w) == pytest.approx(1 - math.sqrt(0.5)) and lr_at(100, w) == pytest.approx(0.0)
+    assert lr_at(60, cfg(max_steps=100, warmup_steps=10, lr=1.0, schedule="constant")) == 1.0
+
+
+def test_weight_decay_only_on_projection_matrices():
+    model = tiny_model()
+    decay, no_decay = build_optimizer(model, cfg(weight_decay=0.1)).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("proj.weight") for p in decay["params"])
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert "model.embed_tokens.weight" in no_decay_names and "model.norm.weight" in no_decay_names
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_time_budget_drives_the_schedule_so_the_cool_down_ends_in_time():
+    c = cfg(max_steps=1000, warmup_steps=10, max_seconds=100.0, schedule="wsd", decay_fraction=0.2, lr=1.0,
+            min_lr_ratio=0.0)
+    assert schedule_position(5, 99.0, c) == 5  # warm-up counts real steps
+    assert schedule_position(50, 50.0, c) == 500  # half the time gone: half the schedule, though few steps ran
+    assert lr_at(schedule_position(60, 99.9, c), c) < 0.05  # nearly annealed when time is nearly up
+    assert schedule_position(50, 50.0, cfg(max_steps=1000, warmup_steps=10)) == 50  # no time budget: steps
