@@ -44,6 +44,13 @@ def build_split(work: Path, vocab_size: int) -> tuple[Path, Path, Path]:
     return dataset, tok_dir, raw
 
 
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300)
@@ -61,8 +68,12 @@ def main() -> None:
                     "train.progress=false", "overwrite=true"], check=True)
     wall = time.time() - t0
     run = json.loads((out / "run.json").read_text())
-    ours = {"system": "foundry", "train_seconds": args.seconds, "wall_seconds": round(wall, 1),
-            "held_out_bpb": run["results"].get("val/bpb"), "params": run["results"].get("params")}
+    from safetensors import safe_open
+
+    with safe_open(str(out / "checkpoints" / "best" / "model.safetensors"), "pt") as f:
+        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # tied lm_head stored once
+    ours = {"system": "foundry", "params": params, "train_seconds": args.seconds, "wall_seconds": round(wall, 1),
+            "steps": run["results"].get("step"), "held_out_bpb": run["results"].get("val/bpb")}
     print(json.dumps(ours))
     if args.peer:
         peer_out = subprocess.run([sys.executable, str(REPO / "benchmarks/hf_baseline_pretrain.py"), str(raw),
