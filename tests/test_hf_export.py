@@ -1,0 +1,76 @@
+"""`foundry export --format hf`: transformers loads it offline with the same logits, greedy tokens and chat text."""
+
+import json
+
+import pytest
+import torch
+
+from foundry.cli import main as cli
+from foundry.data.chat import render_chat
+from foundry.model.hf import export_hf
+from foundry.serve.generate import generate
+
+from _serve_fixtures import tiny_checkpoint, tiny_model, tiny_tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+
+def _hf_logits(hf_model, ids):
+    with torch.no_grad():
+        return hf_model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("tie,bias", [(True, False), (False, False), (True, True)])
+def test_export_logits_and_greedy_match_transformers(tmp_path, tie, bias):
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=1, tie_embeddings=tie, attention_bias=bias)
+    if bias:  # non-zero q/k/v biases, so a dropped bias would show in the logits
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith(".bias"):
+                    p.normal_(0.0, 0.5)
+    out = export_hf(model, tok, tmp_path / "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["tie_word_embeddings"] is tie
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.randint(0, tok.vocab_size, (2, 37), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(ids)
+    err = (ours - _hf_logits(hf, ids)).abs().max().item()
+    assert err < 1e-4, err
+    prompt = tok.encode("the river town was founded by")
+    mine = list(generate(model, tok, prompt, max_new_tokens=20, temperature=0, stop_ids=[]))
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
+                         eos_token_id=None, pad_token_id=tok.pad_id)[0, len(prompt):].tolist()
+    assert mine == theirs and len(mine) == 20
+
+
+def test_export_tokenizer_and_chat_template(tmp_path):
+    tok = tiny_tokenizer()
+    out = export_hf(tiny_model(tok), tok, tmp_path / "hf")
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert gen["eos_token_id"] == [tok.eos_id, tok.eot_id]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello world"},
+                {"role": "assistant", "content": "the river"}, {"role": "user", "content": "question?"}]
+    ours, _ = render_chat(tok, messages, add_generation_prompt=True)
+    theirs = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    theirs = theirs["input_ids"] if isinstance(theirs, dict) or hasattr(theirs, "keys") else theirs
+    assert list(theirs) == ours
+    text = "the river town, café 日本"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+
+
+def test_export_cli_refuses_existing_target_unless_overwrite(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    tiny_checkpoint(ckpt)
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert cli(["export", str(ckpt), "--out", str(out), "--format", "hf"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("foundry: error:") and "already exists" in err and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "precious"
+    assert cli(["export", str(ckpt), "--out", str(out), "--format", "hf", "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    transformers.AutoModelForCausalLM.from_pretrained(out)
