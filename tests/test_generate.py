@@ -82,3 +82,24 @@ def test_generate_cli_streams_from_a_checkpoint(tmp_path, model, tokenizer, caps
                  "--max-new-tokens", "5"]) == 0
     assert main(["generate", str(tmp_path / "nope"), "--prompt", "x"]) == 1
     assert "foundry: error: " in capsys.readouterr().err
+
+
+def test_generate_cli_grounds_the_prompt_in_retrieved_passages(tmp_path, model, tokenizer, capsys):
+    from foundry.cli import main
+    from foundry.serve.retrieval import Index, grounded_prompt
+    from foundry.train.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "harbour.md").write_text("Copper is mined in the hills above the harbour of Lindqvist every summer.\n")
+    (docs / "light.md").write_text("The lighthouse of Morrow Point was built from grey granite blocks.\n")
+    assert main(["index", "build", str(docs), "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    question = "What is mined near Lindqvist?"
+    assert main(["generate", str(tmp_path / "ckpt"), "--prompt", question, "--index", str(tmp_path / "idx"),
+                 "--passages", "1", "--max-new-tokens", "4", "--temperature", "0", "--no-stream"]) == 0
+    out = capsys.readouterr().out
+    prompt = grounded_prompt(Index.load(tmp_path / "idx"), question, 1)
+    assert out.startswith(prompt) and "[harbour.md] Copper is mined" in out and "granite" not in out
+    assert out == prompt + generate_text(model, tokenizer, prompt, max_new_tokens=4, temperature=0) + "\n"

@@ -114,3 +114,17 @@ def test_cli_one_line_error_for_missing_recipe(tmp_path, capsys):
     assert cli.main(["run", str(tmp_path / "missing.yaml")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing.yaml: recipe not found" in err[0]
+
+
+def test_stage_reading_the_run_directory_reruns_when_any_stage_changes(tmp_path, fake_verb):
+    def recipe(value):
+        return {"name": "t", "out_dir": str(tmp_path / "run"), "stages": [
+            {"name": "a", "verb": "fake", "args": ["--out", "{out}", "--value", value]},
+            {"name": "summary", "verb": "fake", "args": ["--out", "{out}", "--value", "{run}"]}]}
+
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe("1")))
+    run_recipe(load_recipe(path), path)
+    path.write_text(json.dumps(recipe("2")))
+    record = run_recipe(load_recipe(path), path)
+    assert [s["status"] for s in record["stages"]] == ["ran", "ran"]

@@ -113,7 +113,9 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
         out = Path(_substitute(stage.output, mapping))
         args = _substitute(stage.args, mapping)
         config = _substitute(stage.config, mapping) if stage.config is not None else None
-        fp = _fingerprint(stage, args, config, [prints[p] for p in _references(stage)])
+        # A stage that reads the whole run directory (a report) depends on every stage before it.
+        parents = list(prints) if "{run}" in json.dumps([stage.args, stage.config]) else _references(stage)
+        fp = _fingerprint(stage, args, config, [prints[p] for p in parents])
         done_file = state_dir / f"{stage.name}.json"
         done = read_json(done_file) if done_file.is_file() else None
         entry = {"name": stage.name, "verb": stage.verb, "fingerprint": fp, "output": str(out)}

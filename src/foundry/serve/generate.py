@@ -114,6 +114,7 @@ def stream_text(tokenizer, tokens: Iterator[int], out=None) -> str:
 
 def main(argv: list[str]) -> int:
     from foundry.cli import make_parser
+    from foundry.serve.retrieval import add_index_argument, grounded_prompt, load_index_arg
     from foundry.train.checkpoint import load_model
     from foundry.train.distributed import pick_device
 
@@ -129,10 +130,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--device", default="auto")
+    add_index_argument(p)
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    index = load_index_arg(args)
     model, tokenizer = load_model(args.model, device=pick_device(args.device))
+    if index is not None:  # the retrieved passages, with their sources, go in front of the question
+        args.prompt = grounded_prompt(index, args.prompt, args.passages)
     prompt_ids = chat_prompt_ids(tokenizer, args.prompt) if args.chat else tokenizer.encode(args.prompt)
     tokens = generate(model, tokenizer, prompt_ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, use_cache=not args.no_cache)
