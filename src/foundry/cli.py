@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         code = func(rest)
         return int(code or 0)
     except FoundryError as exc:
-        print(f"foundry: error: {exc}", file=sys.stderr)
+        # one line, even when the message quotes a library error that spans several (YAML's do)
+        print("foundry: error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("foundry: interrupted", file=sys.stderr)

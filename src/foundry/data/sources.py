@@ -23,6 +23,7 @@ import datetime
 import gzip
 import json
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -157,7 +158,7 @@ def read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
 
 
@@ -217,7 +218,7 @@ def iter_lines(path: Path, on_bad_utf8: str, stats: ReadStats) -> Iterator[tuple
                 text = decode_line(path, lineno, raw, on_bad_utf8, stats)
                 if text is not None:
                     yield lineno, text
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise DataError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
 
 

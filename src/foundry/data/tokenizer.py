@@ -80,7 +80,13 @@ class Tokenizer:
                 special = json.loads(config.read_text(encoding="utf-8")).get("foundry_special_tokens")
             except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
                 special = None
-        return cls(hf, text, special_tokens=special)
+            if special is not None and not (isinstance(special, dict) and all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in special.items())):
+                raise DataError(f"{config}: 'foundry_special_tokens' must map roles (eos, bos, pad, eot) to tokens")
+        try:
+            return cls(hf, text, special_tokens=special)
+        except DataError as exc:  # wrong special tokens: say which file
+            raise DataError(f"{file}: {str(exc).removeprefix('tokenizer: ')}") from None
 
     @classmethod
     def from_foreign(cls, json_text: str, special_tokens: dict[str, str]) -> "Tokenizer":

@@ -132,6 +132,8 @@ def load_rubric(path: str | Path, style_model: str | None = None) -> list[dict]:
         mark = getattr(exc, "problem_mark", None)
         raise ConfigError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML "
                           f"({getattr(exc, 'problem', exc)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict) or not isinstance(data.get("criteria"), list) or not data["criteria"]:
         raise ConfigError(f"{path}: a rubric is a mapping with a non-empty 'criteria' list")
     extra = set(data) - {"name", "description", "criteria", "__line__", "__lines__"}
@@ -144,7 +146,7 @@ def load_rubric(path: str | Path, style_model: str | None = None) -> list[dict]:
         where = f"{path}:{raw.pop('__line__')}"
         lines = raw.pop("__lines__")
         kind = raw.get("type")
-        if kind not in CRITERION_KEYS:
+        if not isinstance(kind, str) or kind not in CRITERION_KEYS:
             where = f"{path}:{lines.get('type', where.rsplit(':', 1)[1])}"
             raise ConfigError(f"{where}: unknown criterion type {kind!r}; expected one of {', '.join(CRITERION_KEYS)}")
         name = raw.get("name")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from foundry.errors import CheckpointError, ConfigError
+from foundry.errors import CheckpointError, ConfigError, FoundryError
 from foundry.model.llama import Llama, LlamaConfig
 from foundry.utils.io import atomic_directory, atomic_write_json, read_json
 
@@ -131,6 +131,13 @@ def _rope(cfg: dict, path: Path) -> float:
 
 def config_from_hf(cfg: dict, path: Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN) -> LlamaConfig:
     """Map a transformers config.json (Llama, Mistral, Qwen2) to ours, or refuse what we cannot run."""
+    try:
+        return _map_hf_config(cfg, path, max_seq_len)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a field of the wrong type or shape
+        raise CheckpointError(f"{path}: not a valid config ({type(exc).__name__}: {exc})") from None
+
+
+def _map_hf_config(cfg: dict, path: Path, max_seq_len: int) -> LlamaConfig:
     model_type = cfg.get("model_type")
     archs = cfg.get("architectures") or [SUPPORTED.get(model_type, str(model_type))]
     if model_type not in SUPPORTED or any(a not in SUPPORTED.values() for a in archs):
@@ -297,8 +304,14 @@ def import_hf(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
                                       f"config implies {tuple(target.shape)}")
             target.copy_(src.to(torch.float32))
 
-    text = tok_path.read_text(encoding="utf-8")
-    tokenizer = Tokenizer.from_foreign(text, foreign_special_tokens(hf_dir, cfg, text))
+    try:
+        text = tok_path.read_text(encoding="utf-8")
+        special = foreign_special_tokens(hf_dir, cfg, text)
+    except FoundryError:
+        raise
+    except Exception as exc:  # UnicodeDecodeError, or tokenizers' bare Exception on malformed JSON
+        raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
+    tokenizer = Tokenizer.from_foreign(text, special)
     if tokenizer.vocab_size > config.vocab_size:
         raise CheckpointError(f"{tok_path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
                               f"embedding only {config.vocab_size}")

@@ -44,6 +44,11 @@ class LlamaConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "max_seq_len", "intermediate_size",
+                     "head_dim"):
+            value, least = getattr(self, name), 0 if name in ("intermediate_size", "head_dim") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"model: {name} must be an integer >= {least}, got {value!r}")
         if self.intermediate_size == 0:
             self.intermediate_size = 64 * math.ceil(8 * self.n_embd / 3 / 64)
         if self.head_dim == 0:

@@ -48,6 +48,8 @@ def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int = 128,
         raise ConfigError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
+    if seed is not None and not -(2**63) <= seed < 2**64:  # what torch.Generator.manual_seed accepts
+        raise ConfigError(f"seed must fit in 64 bits, got {seed}")
     if stop_ids is None:
         stop_ids = [tokenizer.eos_id, tokenizer.eot_id]
     stop = set(stop_ids)

@@ -308,6 +308,8 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
                            code="invalid_value")
         if req.top_p is not None and not 0 < req.top_p <= 1:
             raise APIError(400, f"top_p must be in (0, 1], got {req.top_p}", param="top_p", code="invalid_value")
+        if req.seed is not None and not -(2**63) <= req.seed < 2**64:
+            raise APIError(400, f"seed must fit in 64 bits, got {req.seed}", param="seed", code="invalid_value")
         if req.top_k is not None and req.top_k < 1:
             raise APIError(400, f"top_k must be at least 1, got {req.top_k}", param="top_k", code="invalid_value")
         if len(prompt_ids) > max_prompt:

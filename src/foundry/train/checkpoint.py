@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from foundry.errors import CheckpointError
+from foundry.errors import CheckpointError, ConfigError
 from foundry.utils.io import fsync_dir, sha256_file
 
 MODEL_FILE, CONFIG_FILE, STATE_FILE, META_FILE = "model.safetensors", "model_config.json", "train_state.pt", "meta.json"
@@ -59,6 +59,7 @@ def save_checkpoint(path, model, tokenizer, train_state: dict | None = None, met
 
     `model_state`: a gathered full state dict to write instead of `model.state_dict()` (FSDP);
     `directories`: {name: staged directory} moved inside (the DCP optimiser shards), checksummed too."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from foundry.train.distributed import unwrap
@@ -95,10 +96,29 @@ def save_checkpoint(path, model, tokenizer, train_state: dict | None = None, met
         else:
             os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        old = path.with_name(path.name + ".old")
+        if old.is_dir() and not path.exists():  # failed between the two renames: put the previous one back
+            os.replace(old, path)
+        # a full disk surfaces as OSError, safetensors' SafetensorError or torch.save's RuntimeError
+        if isinstance(exc, (OSError, RuntimeError, SafetensorError)):
+            reason = getattr(exc, "strerror", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path}: checkpoint write failed ({reason}); the previous checkpoint is "
+                                  "intact") from exc
         raise
     return path
+
+
+def remove_checkpoint(path) -> None:
+    """Delete a checkpoint so that no moment leaves a half-deleted one under its name: it is renamed out of
+    the `step_*` names first (a kill during the delete leaves only `NAME.deleting`, which nothing reads)."""
+    path = Path(path)
+    doomed = path.with_name(path.name + ".deleting")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def verify_checkpoint(path) -> str | None:
@@ -168,7 +188,7 @@ def load_model_config(path):
         raise CheckpointError(f"{file}: missing; not a foundry checkpoint")
     try:
         return LlamaConfig.from_dict(json.loads(file.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{file}: not a valid model config ({exc})") from None
 
 
@@ -194,10 +214,16 @@ def load_weights(model: torch.nn.Module, path) -> None:
         raise CheckpointError(f"{path / MODEL_FILE}: cannot read weights ({exc})") from None
     if model.config.tie_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
         raise CheckpointError(f"{path / MODEL_FILE}: weights do not fit the model "
                               f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    wrong = [k for k in expected if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        name = wrong[0]
+        raise CheckpointError(f"{path / MODEL_FILE}: tensor {name} has shape {tuple(state[name].shape)} but "
+                              f"{CONFIG_FILE} implies {tuple(expected[name].shape)} ({len(wrong)} tensors differ)")
     from foundry.train.distributed import load_model_state
 
     load_model_state(model, state)  # under FSDP each rank keeps its shard

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import shutil
 import signal
 import sys
 import threading
@@ -33,7 +32,7 @@ from foundry.errors import CheckpointError, TrainingError
 from foundry.train import distributed as dist_utils
 from foundry.train.checkpoint import (
     latest_checkpoint, load_train_state, load_weights, rng_state, save_checkpoint, set_rng_state,
-    step_checkpoints,
+    remove_checkpoint, step_checkpoints,
 )
 from foundry.train.optim import build_optimizer, lr_at
 from foundry.utils.io import atomic_write_text, write_run_record
@@ -238,10 +237,14 @@ def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
     resume_ckpt = None
     if resume:
         resume_ckpt = latest_checkpoint(run_dir)
-        if resume_ckpt is None:
-            raise CheckpointError(f"{run_dir}: no valid checkpoint to resume from (checkpoints/step_* missing)")
-        load_weights(base, resume_ckpt)
-        state = load_train_state(resume_ckpt)
+        if resume_ckpt is None and step_checkpoints(run_dir):
+            raise CheckpointError(f"{run_dir}: no valid checkpoint to resume from (all checkpoints/step_* are damaged)")
+        if resume_ckpt is None:  # stopped before its first checkpoint: nothing to lose, start over
+            if env.is_main:
+                print(f"foundry: warning: {run_dir}: no checkpoint yet; starting from step 0", file=sys.stderr)
+        else:
+            load_weights(base, resume_ckpt)
+            state = load_train_state(resume_ckpt)
     base.to(device)
     model = dist_utils.wrap_model(base, cfg, env)
     optimizer = build_optimizer(dist_utils.unwrap(model), cfg)
@@ -281,7 +284,7 @@ def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
                             {"step": step, "stage": stage, "val_loss": val_loss}, model_state=weights,
                             directories={dist_utils.OPTIMIZER_DIR: staging} if staging.exists() else None)
             for old in step_checkpoints(run_dir)[:-cfg.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_checkpoint(old)
         dist_utils.barrier(env)
 
     def run_evaluators() -> dict:
