@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from foundry.errors import ConfigError
+from foundry.errors import ConfigError, FoundryError
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -90,23 +90,29 @@ def _known_keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: recipe not found")
+def load_yaml_mapping(path: Path, error: type[FoundryError] = ConfigError,
+                      expected: str = "a recipe must be a mapping of keys to values") -> dict:
+    """A YAML file that must hold a mapping (empty file: {}); errors are `error`s naming file and line."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise error(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
+        raise error(f"{path}: not UTF-8 text") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys to values, got {type(data).__name__}")
+        raise error(f"{path}: {expected}, got {type(data).__name__}")
     return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe not found")
+    return load_yaml_mapping(path)
 
 
 def config_from_dict(cls: type[C], data: dict, source: str = "config") -> C:

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
+from foundry.config import load_yaml_mapping
 from foundry.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
@@ -61,18 +60,7 @@ class SourceFile:
 
 def read_sidecar(path: Path) -> dict:
     """Parse a SOURCE.yaml; errors name the file and line."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise DataError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a mapping such as 'license: CC0-1.0', got {type(data).__name__}")
+    data = load_yaml_mapping(path, DataError, "expected a mapping such as 'license: CC0-1.0'")
     out = {}
     for key, value in data.items():
         if isinstance(value, (datetime.date, datetime.datetime)):

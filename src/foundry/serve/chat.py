@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import sys
 
-from foundry.errors import ConfigError
-
 HELP = "commands: /reset (forget the conversation), /exit (quit), /help"
 
 
@@ -89,26 +87,12 @@ def chat_loop(model, tokenizer, system: str | None = None, index=None, passages:
 
 
 def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-    from foundry.serve.retrieval import add_index_argument, load_index_arg
-    from foundry.train.checkpoint import load_model
-    from foundry.train.distributed import pick_device
+    from foundry.serve.generate import load_for_sampling, sampling_parser
 
-    p = make_parser("chat")
-    p.add_argument("model", metavar="MODEL_PATH", help="checkpoint directory or run directory")
+    p = sampling_parser("chat", max_new_tokens=256, temperature=0.7)
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    add_index_argument(p)
     args = p.parse_args(argv)
-    if args.max_new_tokens < 1:
-        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    index = load_index_arg(args)
-    model, tokenizer = load_model(args.model, device=pick_device(args.device))
+    model, tokenizer, index = load_for_sampling(args)
     chat_loop(model, tokenizer, system=args.system, index=index, passages=args.passages,
               max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
               top_p=args.top_p, seed=args.seed)

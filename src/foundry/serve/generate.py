@@ -114,30 +114,46 @@ def stream_text(tokenizer, tokens: Iterator[int], out=None) -> str:
     return text
 
 
-def main(argv: list[str]) -> int:
+def sampling_parser(verb: str, max_new_tokens: int, temperature: float):
+    """The options every sampling verb (generate, chat) shares: model, sampling, device, retrieval."""
     from foundry.cli import make_parser
-    from foundry.serve.retrieval import add_index_argument, grounded_prompt, load_index_arg
-    from foundry.train.checkpoint import load_model
-    from foundry.train.distributed import pick_device
+    from foundry.serve.retrieval import add_index_argument
 
-    p = make_parser("generate")
+    p = make_parser(verb)
     p.add_argument("model", metavar="MODEL_PATH", help="checkpoint directory or run directory")
-    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    p.add_argument("--no-stream", action="store_true", help="print the completion once finished")
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     p.add_argument("--device", default="auto")
     add_index_argument(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def load_for_sampling(args):
+    """Check the shared options, then load (model, tokenizer, retrieval index or None)."""
+    from foundry.serve.retrieval import load_index_arg
+    from foundry.train.checkpoint import load_model
+    from foundry.train.distributed import pick_device
+
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     index = load_index_arg(args)
     model, tokenizer = load_model(args.model, device=pick_device(args.device))
+    return model, tokenizer, index
+
+
+def main(argv: list[str]) -> int:
+    from foundry.serve.retrieval import grounded_prompt
+
+    p = sampling_parser("generate", max_new_tokens=200, temperature=0.8)
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--no-stream", action="store_true", help="print the completion once finished")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context each token")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    args = p.parse_args(argv)
+    model, tokenizer, index = load_for_sampling(args)
     if index is not None:  # the retrieved passages, with their sources, go in front of the question
         args.prompt = grounded_prompt(index, args.prompt, args.passages)
     prompt_ids = chat_prompt_ids(tokenizer, args.prompt) if args.chat else tokenizer.encode(args.prompt)
