@@ -112,6 +112,21 @@ def questions(t: dict) -> list[dict]:
             for k, (q, values) in enumerate(qa)]
 
 
+def multiple_choice(towns: list[dict], rng: random.Random) -> list[dict]:
+    """The same questions as log-likelihood multiple choice: the true fact against three of the same kind
+    from other towns, so closed-book is at chance (0.25) and only the passage can lift it."""
+    fields = ["year", "river", "export", "founder", "landmark"]
+    rows = []
+    for t in towns:
+        for q, field_ in zip(questions(t), fields):
+            others = rng.sample([o[field_] for o in towns if o[field_] != t[field_]], 3)
+            choices = others + [t[field_]]
+            rng.shuffle(choices)
+            rows.append({"id": q["id"], "context": q["prompt"], "choices": [f" {c}" for c in choices],
+                         "answer": choices.index(t[field_])})
+    return rows
+
+
 def main(out: Path) -> None:
     rng = random.Random(SEED)
     towns = make_towns(rng)
@@ -121,6 +136,8 @@ def main(out: Path) -> None:
         (docs / f"{t['town'].lower()}.md").write_text(document(t), encoding="utf-8")
     rows = [q for t in towns for q in questions(t)]
     (out / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    mc = multiple_choice(towns, random.Random(SEED + 2))
+    (out / "questions_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc), encoding="utf-8")
     taken = {t["town"] for t in towns} | {t["river"] for t in towns}
     train = grounded_chats(make_training_towns(random.Random(SEED + 1), N_TRAINING_TOWNS, taken), passages=1)
     (out / "grounded_train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in train), encoding="utf-8")
@@ -131,6 +148,8 @@ def main(out: Path) -> None:
         "documents": f"{len(towns)} markdown files in docs/",
         "questions": f"{len(rows)} generation tasks in questions.jsonl, "
                      '{"id", "prompt", "checker": {"type": "include", "values": [...]}}',
+        "questions_mc": f"{len(mc)} multiple-choice tasks in questions_mc.jsonl (the same questions, four "
+                        "choices of the same kind, chance 0.25), {\"id\", \"context\", \"choices\", \"answer\"}",
         "grounded_train": f"{len(train)} SFT chats in grounded_train.jsonl about {N_TRAINING_TOWNS} other invented "
                           "towns (none shared with docs/): a retrieved passage and a question, answered from the "
                           "passage with its source",

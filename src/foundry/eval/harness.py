@@ -10,8 +10,9 @@ the training stream. Few-shot examples (`--shots N`, see `foundry.eval.tasks`) a
 `context + correct choice` separated by blank lines.
 
 Generation tasks decode greedily (temperature 0) and pass when every checker passes. With `--index`,
-each generation task also runs grounded: the prompt becomes `grounded_prompt(index, prompt, k)` from
-`foundry.serve.retrieval`, and closed-book and grounded accuracy are reported side by side.
+each task also runs grounded: a generation prompt, or a multiple-choice context, becomes
+`grounded_prompt(index, prompt, k)` from `foundry.serve.retrieval`, and closed-book and grounded accuracy
+are reported side by side.
 
 Results: a rich table on the terminal and `--out results.json` (`"kind": "foundry.eval"`), which
 `foundry report` picks up.
@@ -84,26 +85,36 @@ def fewshot_prefix(shots: list[MCItem]) -> str:
 
 
 def score_multiple_choice(model, tokenizer, items: list[MCItem], shots: list[MCItem] = (),
-                          batch_size: int = 16) -> dict:
-    """acc and acc_norm (with standard errors) of `model` on `items`."""
+                          batch_size: int = 16, index=None, k: int = 3) -> dict:
+    """acc and acc_norm (with standard errors) of `model` on `items`; with a retrieval `index`, also
+    grounded_acc: the same choices scored after `grounded_prompt(index, context, k)`."""
     prefix = fewshot_prefix(list(shots))
-    requests = []
-    for item in items:
-        for choice in item.choices:
-            ctx, cont = split_continuation(tokenizer, prefix + item.context, choice)
-            requests.append(([tokenizer.eos_id] + ctx, cont))
-    lls = loglikelihoods(model, requests, batch_size)
-    correct, correct_norm, cursor = [], [], 0
-    for item in items:
-        scores = lls[cursor:cursor + len(item.choices)]
-        cursor += len(item.choices)
-        norm = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(scores, item.choices)]
-        correct.append(float(max(range(len(scores)), key=scores.__getitem__) == item.answer))
-        correct_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == item.answer))
-    n = len(items)
-    return {"kind": "mc", "n": n, "shots": len(shots), "acc": sum(correct) / n, "acc_stderr": mean_stderr(correct),
-            "acc_norm": sum(correct_norm) / n, "acc_norm_stderr": mean_stderr(correct_norm),
-            "chance": sum(1 / len(i.choices) for i in items) / n}
+    result = {"kind": "mc", "n": len(items), "shots": len(shots),
+              "chance": sum(1 / len(i.choices) for i in items) / len(items)}
+    modes = [("", None)] + ([("grounded_", index)] if index is not None else [])
+    for key, idx in modes:
+        requests = []
+        for item in items:
+            context = item.context
+            if idx is not None:
+                from foundry.serve.retrieval import grounded_prompt
+
+                context = grounded_prompt(idx, item.context, k)
+            for choice in item.choices:
+                ctx, cont = split_continuation(tokenizer, prefix + context, choice)
+                requests.append(([tokenizer.eos_id] + ctx, cont))
+        lls = loglikelihoods(model, requests, batch_size)
+        correct, correct_norm, cursor = [], [], 0
+        for item in items:
+            scores = lls[cursor:cursor + len(item.choices)]
+            cursor += len(item.choices)
+            norm = [s / max(1, len(c.encode("utf-8"))) for s, c in zip(scores, item.choices)]
+            correct.append(float(max(range(len(scores)), key=scores.__getitem__) == item.answer))
+            correct_norm.append(float(max(range(len(norm)), key=norm.__getitem__) == item.answer))
+        n = len(items)
+        result.update({f"{key}acc": sum(correct) / n, f"{key}acc_stderr": mean_stderr(correct),
+                       f"{key}acc_norm": sum(correct_norm) / n, f"{key}acc_norm_stderr": mean_stderr(correct_norm)})
+    return result
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -154,7 +165,7 @@ def score_generation(model, tokenizer, items: list[GenItem], max_new_tokens: int
 # ---- the whole evaluation ------------------------------------------------------------------------
 def evaluate(model, tokenizer, datasets: list[str | Path] = (), tasks: list[Task] = (), shots: int = 0,
              index=None, max_new_tokens: int = 64, max_tokens: int | None = None, batch_size: int = 16,
-             log=print) -> dict:
+             log=print, k: int = 3) -> dict:
     """Every dataset's val perplexity and every task's score for one model: the per-model results block."""
     model.eval()
     out: dict = {"perplexity": {}, "tasks": {}, "seconds": {}}
@@ -168,9 +179,9 @@ def evaluate(model, tokenizer, datasets: list[str | Path] = (), tasks: list[Task
         t0 = time.perf_counter()
         if task.kind == "mc":
             shot_items, items = task.split_shots(shots)
-            res = score_multiple_choice(model, tokenizer, items, shot_items, batch_size)
+            res = score_multiple_choice(model, tokenizer, items, shot_items, batch_size, index, k)
         else:
-            res = score_generation(model, tokenizer, task.items, max_new_tokens, index)
+            res = score_generation(model, tokenizer, task.items, max_new_tokens, index, k)
         out["tasks"][task.name] = {**res, "path": task.path}
         out["seconds"][f"task/{task.name}"] = round(time.perf_counter() - t0, 2)
         log(f"  task {task.name}: acc {res['acc']:.3f}")
@@ -243,10 +254,12 @@ def task_rows(results: dict) -> list[list[str]]:
             if r is None:
                 continue
             acc = f"{_fmt(r['acc'])} ± {_fmt(r.get('acc_stderr'))}"
-            if r["kind"] == "mc":
+            if "grounded_acc" in r:  # closed-book vs grounded is the comparison a grounded run is for
+                other = f"{_fmt(r['grounded_acc'])} ± {_fmt(r.get('grounded_acc_stderr'))} (grounded)"
+            elif r["kind"] == "mc":
                 other = f"{_fmt(r['acc_norm'])} (norm)"
             else:
-                other = f"{_fmt(r['grounded_acc'])} (grounded)" if "grounded_acc" in r else "-"
+                other = "-"
             rows.append([task, m["name"], str(r["n"]), acc, other])
     return rows
 
@@ -265,7 +278,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", help="write results JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--shots", type=int, default=0, help="few-shot examples for multiple-choice tasks")
-    p.add_argument("--index", help="retrieval index directory: also run generation tasks grounded")
+    p.add_argument("--index", help="retrieval index directory: also run every task grounded")
     p.add_argument("--k", type=int, default=3, help="passages retrieved per grounded prompt")
     p.add_argument("--max-new-tokens", type=int, default=64, help="generation task answer length")
     p.add_argument("--max-tokens", type=int, default=None, help="score at most this many val tokens per dataset")
@@ -309,7 +322,7 @@ def main(argv: list[str]) -> int:
         print(f"[eval] {name} ({path})")
         model, tokenizer = load_model(path, device=device)
         block = evaluate(model, tokenizer, args.data, tasks, args.shots, index, args.max_new_tokens,
-                         args.max_tokens, args.batch_size)
+                         args.max_tokens, args.batch_size, k=args.k)
         results["models"].append({"name": name, "path": str(Path(path).resolve()), **block})
         del model
     print_tables(results)
