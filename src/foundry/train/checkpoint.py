@@ -275,3 +275,32 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_run_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """Refuse, before anything is loaded or written, to resume a missing run or to train over an existing
+    one (unless `overwrite`)."""
+    out_dir = Path(out_dir)
+    if resume and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: no run to resume (directory not found)")
+    if not resume and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or overwrite=true "
+                          "to start over")
+    return out_dir
+
+
+def open_run_dir(cfg, resume: bool, env) -> Path:
+    """Create (or, with `cfg.overwrite`, recreate) `cfg.out_dir` and record the recipe that started it;
+    every input is valid by now. A resumed run keeps its config.yaml (run.json records the resumed one)."""
+    from foundry.config import dump_config
+    from foundry.train.distributed import barrier
+    from foundry.utils.io import atomic_write_text
+
+    out_dir = Path(cfg.out_dir)
+    if not resume and out_dir.exists() and cfg.overwrite and env.is_main:
+        shutil.rmtree(out_dir)
+    barrier(env)  # under torchrun: no rank writes into out_dir before rank 0 has cleared it
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and env.is_main:
+        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+    return out_dir

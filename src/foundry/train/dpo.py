@@ -27,8 +27,9 @@ import torch
 from pydantic import Field
 
 from foundry.config import StrictModel, TrainConfig
+from foundry.train.checkpoint import open_run_dir
 from foundry.train.preference import preference_loss, sequence_logps
-from foundry.train.sft import IGNORE, ShuffledRows, load_stage_start, open_run_dir, parse_stage_command
+from foundry.train.sft import IGNORE, ShuffledRows, load_stage_start, parse_stage_command
 
 REFERENCE_FILE = "reference_logps.safetensors"
 

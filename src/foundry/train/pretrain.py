@@ -9,13 +9,12 @@ TensorBoard events and `run.json`. Validation reports loss, perplexity and bits 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from pydantic import Field
 
-from foundry.config import StrictModel, TrainConfig, dump_config, load_config
-from foundry.errors import CheckpointError, ConfigError
+from foundry.config import StrictModel, TrainConfig, load_config
+from foundry.errors import ConfigError
 
 
 class ModelSpec(StrictModel):
@@ -66,18 +65,13 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     from foundry.data.shards import TokenBlocks, check_tokenizer_matches, load_token_index
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.llama import Llama
-    from foundry.train.distributed import barrier, setup_distributed
+    from foundry.train.checkpoint import check_run_dir, open_run_dir
+    from foundry.train.distributed import setup_distributed
     from foundry.train.loop import loss_evaluator, train
     from foundry.train.objectives import NextTokenObjective
-    from foundry.utils.io import atomic_write_text, sha256_file
+    from foundry.utils.io import sha256_file
 
-    out_dir = Path(cfg.out_dir)
-    if resume and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir}: no run to resume (directory not found)")
-    if not resume and out_dir.exists() and any(out_dir.iterdir()):
-        if not cfg.overwrite:
-            raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or overwrite=true "
-                              "to start over")
+    check_run_dir(cfg.out_dir, resume, cfg.overwrite)
     tokenizer = Tokenizer.load(cfg.tokenizer)
     check_tokenizer_matches(cfg.data, tokenizer)
     index = load_token_index(cfg.data)
@@ -91,12 +85,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     val_info = index["splits"]["val"]
     bytes_per_token = val_info["bytes"] / max(1, val_info["tokens"]) if val_info.get("bytes") else None
 
-    if not resume and out_dir.exists() and cfg.overwrite and env.is_main:
-        shutil.rmtree(out_dir)
-    barrier(env)  # under torchrun: no rank writes into out_dir before rank 0 has cleared it
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:  # a resumed run's (possibly overridden) config goes to run.json, once its checkpoint loads
-        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+    out_dir = open_run_dir(cfg, resume, env)
 
     torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
     model = Llama(model_config)

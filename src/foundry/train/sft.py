@@ -17,13 +17,12 @@ SFT is next-token training with a loss mask, so this module adds only a batch so
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
 from pydantic import Field
 
-from foundry.config import StrictModel, TrainConfig, dump_config, load_config
+from foundry.config import StrictModel, TrainConfig, load_config
 from foundry.errors import CheckpointError, ConfigError, DataError
 
 IGNORE = -100
@@ -207,32 +206,15 @@ def load_stage_start(cfg, resume: bool):
 
     `cfg` is a stage config with out_dir, init, overwrite and train (SFTConfig, DPOConfig).
     """
-    from foundry.train.checkpoint import load_model, resolve_checkpoint
+    from foundry.train.checkpoint import check_run_dir, load_model, resolve_checkpoint
 
-    out_dir = Path(cfg.out_dir)
-    if resume and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir}: no run to resume (directory not found)")
-    if not resume and out_dir.exists() and any(out_dir.iterdir()) and not cfg.overwrite:
-        raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or overwrite=true to start over")
+    check_run_dir(cfg.out_dir, resume, cfg.overwrite)
     init = resolve_checkpoint(cfg.init)
     model, tokenizer = load_model(init)
     if cfg.train.block_size > model.config.max_seq_len:
         raise ConfigError(f"train.block_size={cfg.train.block_size} exceeds the model's "
                           f"max_seq_len={model.config.max_seq_len}")
     return init, model, tokenizer
-
-
-def open_run_dir(cfg, resume: bool, env) -> Path:
-    """Create (or, with overwrite, recreate) out_dir and record the recipe in it; every input is valid by now."""
-    from foundry.train.distributed import barrier
-
-    out_dir = Path(cfg.out_dir)
-    if not resume and out_dir.exists() and cfg.overwrite and env.is_main:
-        shutil.rmtree(out_dir)
-    barrier(env)  # under torchrun: no rank writes into out_dir before rank 0 has cleared it
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(dump_config(cfg))
-    return out_dir
 
 
 def save_merged_lora(model, tokenizer, out_dir: Path, stage: str, step: int) -> Path:
@@ -257,6 +239,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
     """Fine-tune as `cfg` says; returns the final metrics plus the truncation counts."""
     from foundry.data.chat import read_chat_jsonl
     from foundry.model.lora import apply_lora, lora_parameter_count
+    from foundry.train.checkpoint import open_run_dir
     from foundry.train.distributed import setup_distributed
     from foundry.train.loop import loss_evaluator, train
     from foundry.train.objectives import NextTokenObjective
