@@ -28,6 +28,7 @@ from pydantic import Field
 from foundry.cli import VERBS, make_parser
 from foundry.config import StrictModel, config_from_dict, read_yaml
 from foundry.errors import ConfigError, FoundryError
+from foundry.eval.findings import SPEC_FILE, Claim, check_unique
 from foundry.utils.io import atomic_write_json, atomic_write_text, code_version, read_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,8 @@ class Recipe(StrictModel):
     out_dir: str
     description: str = ""
     stages: list[Stage]
+    findings: list[Claim] = Field([], description="the lessons the run should show, computed by the report "
+                                                  "(see foundry.eval.findings)")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -71,6 +74,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                 raise ConfigError(f"{path}: stage '{stage.name}' reads stage '{parent}', which does not run "
                                   f"before it")
         seen.add(stage.name)
+    check_unique(recipe.findings, str(path))
+    for claim in recipe.findings:
+        if claim.results.split("/")[0] not in seen:
+            raise ConfigError(f"{path}: finding '{claim.id}' reads '{claim.results}', which no stage writes "
+                              f"(the first part must be a stage name)")
     return recipe
 
 
@@ -105,6 +113,9 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
     prints: dict[str, str] = {}
     record: dict[str, Any] = {"recipe": str(recipe_path), "name": recipe.name, "code_version": code_version(),
                               "stages": []}
+    findings = yaml.safe_dump({"findings": [c.model_dump() for c in recipe.findings]}, sort_keys=False)
+    if recipe.findings:
+        atomic_write_text(run_dir / SPEC_FILE, findings)
     force = set(force or [])
     started = time.time()
     for stage in recipe.stages:
@@ -114,8 +125,10 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
         args = _substitute(stage.args, mapping)
         config = _substitute(stage.config, mapping) if stage.config is not None else None
         # A stage that reads the whole run directory (a report) depends on every stage before it.
-        parents = list(prints) if "{run}" in json.dumps([stage.args, stage.config]) else _references(stage)
-        fp = _fingerprint(stage, args, config, [prints[p] for p in parents])
+        reads_run = "{run}" in json.dumps([stage.args, stage.config])
+        parents = list(prints) if reads_run else _references(stage)
+        parent_prints = [prints[p] for p in parents] + ([hashlib.sha256(findings.encode()).hexdigest()] if reads_run else [])
+        fp = _fingerprint(stage, args, config, parent_prints)
         done_file = state_dir / f"{stage.name}.json"
         done = read_json(done_file) if done_file.is_file() else None
         entry = {"name": stage.name, "verb": stage.verb, "fingerprint": fp, "output": str(out)}
@@ -173,6 +186,12 @@ def _print_summary(record: dict, run_dir: Path) -> None:
     report = next((Path(e["output"]) / "report.md" for e in record["stages"]
                    if (Path(e["output"]) / "report.md").is_file()), None)
     if report is not None:
+        findings = report.with_name("findings.json")
+        if findings.is_file():
+            from foundry.eval.report import print_findings
+
+            print()
+            print_findings(read_json(findings)["findings"])
         print(f"\nReport: {report}")
         card = report.with_name("MODEL_CARD.md")
         if card.is_file():

@@ -79,6 +79,21 @@ def read_preferences(path: str | Path, allow_empty: bool = False) -> list[Prefer
     return pairs
 
 
+def encode_preference(tokenizer, messages: list[dict], chosen: str, rejected: str) -> tuple[list[int], list[int], list[int]]:
+    """(prompt_ids, chosen_ids, rejected_ids) through the one chat template; each completion ends in `<|end|>`."""
+    from foundry.data.chat import render_chat
+
+    prompt, _ = render_chat(tokenizer, messages, add_generation_prompt=True)
+    completions = []
+    for text in (chosen, rejected):
+        full, mask = render_chat(tokenizer, messages + [{"role": "assistant", "content": text}])
+        # the template puts a special token at every boundary, so the prompt is a prefix of the whole
+        if full[:len(prompt)] != prompt or not all(mask[len(prompt):]):
+            raise DataError(f"the chat template rendered a prompt that is not a prefix of its conversation: {messages!r}")
+        completions.append(full[len(prompt):])
+    return prompt, completions[0], completions[1]
+
+
 # ---- audit ----------------------------------------------------------------------------------------
 
 CHECKS = ("empty_field", "chosen_equals_rejected", "exact_duplicate", "contradictory", "near_duplicate")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from foundry.errors import ConfigError
 from foundry.eval.perplexity import dataset_perplexity, model_device
 from foundry.eval.stats import mean_stderr
-from foundry.eval.tasks import GenItem, MCItem, Task, check_output, load_task
+from foundry.eval.tasks import GenItem, MCItem, PrefItem, Task, check_output, load_task
 
 EXAMPLES_KEPT = 5  # generation outputs stored per task, to show in the report
 
@@ -87,10 +87,12 @@ def fewshot_prefix(shots: list[MCItem]) -> str:
 def score_multiple_choice(model, tokenizer, items: list[MCItem], shots: list[MCItem] = (),
                           batch_size: int = 16, index=None, k: int = 3) -> dict:
     """acc and acc_norm (with standard errors) of `model` on `items`; with a retrieval `index`, also
-    grounded_acc: the same choices scored after `grounded_prompt(index, context, k)`."""
+    grounded_acc: the same choices scored after `grounded_prompt(index, context, k)`. `scores` holds
+    each metric's per-item values, in item order, for paired comparisons between models."""
     prefix = fewshot_prefix(list(shots))
     result = {"kind": "mc", "n": len(items), "shots": len(shots),
-              "chance": sum(1 / len(i.choices) for i in items) / len(items)}
+              "chance": sum(1 / len(i.choices) for i in items) / len(items),
+              "ids": [i.id for i in items], "scores": {}}
     modes = [("", None)] + ([("grounded_", index)] if index is not None else [])
     for key, idx in modes:
         requests = []
@@ -114,7 +116,27 @@ def score_multiple_choice(model, tokenizer, items: list[MCItem], shots: list[MCI
         n = len(items)
         result.update({f"{key}acc": sum(correct) / n, f"{key}acc_stderr": mean_stderr(correct),
                        f"{key}acc_norm": sum(correct_norm) / n, f"{key}acc_norm_stderr": mean_stderr(correct_norm)})
+        result["scores"].update({f"{key}acc": correct, f"{key}acc_norm": correct_norm})
     return result
+
+
+def score_preferences(model, tokenizer, items: list[PrefItem], batch_size: int = 16) -> dict:
+    """Preference accuracy: the share of pairs whose chosen answer gets a higher summed log-probability
+    than the rejected one after the chat-rendered prompt (the reference-free form of DPO's implicit
+    reward accuracy), with the mean margin in nats."""
+    from foundry.data.prefs import encode_preference
+
+    requests = []
+    for item in items:
+        prompt, chosen, rejected = encode_preference(tokenizer, item.messages, item.chosen, item.rejected)
+        requests += [(prompt, chosen), (prompt, rejected)]
+    lls = loglikelihoods(model, requests, batch_size)
+    margins = [lls[2 * i] - lls[2 * i + 1] for i in range(len(items))]
+    correct = [float(m > 0) for m in margins]
+    return {"kind": "pref", "n": len(items), "chance": 0.5, "acc": sum(correct) / len(items),
+            "acc_stderr": mean_stderr(correct), "margin": sum(margins) / len(items),
+            "margin_stderr": mean_stderr(margins), "ids": [i.id for i in items],
+            "scores": {"acc": correct, "margin": margins}}
 
 
 # ---- generation ----------------------------------------------------------------------------------
@@ -141,7 +163,8 @@ def score_generation(model, tokenizer, items: list[GenItem], max_new_tokens: int
                      k: int = 3) -> dict:
     """Share of items whose greedy answer passes its checkers; grounded too when `index` is given."""
     modes = [("closed_book", None)] + ([("grounded", index)] if index is not None else [])
-    result: dict = {"kind": "gen", "n": len(items), "max_new_tokens": max_new_tokens}
+    result: dict = {"kind": "gen", "n": len(items), "max_new_tokens": max_new_tokens,
+                    "ids": [i.id for i in items], "scores": {}}
     for mode, idx in modes:
         passed, examples = [], []
         for item in items:
@@ -156,6 +179,7 @@ def score_generation(model, tokenizer, items: list[GenItem], max_new_tokens: int
             if len(examples) < EXAMPLES_KEPT:
                 examples.append({"id": item.id, "prompt": item.prompt, "output": answer, "passed": ok})
         key = "acc" if mode == "closed_book" else "grounded_acc"
+        result["scores"][key] = passed
         result[key] = sum(passed) / len(passed)
         result[key + "_stderr"] = mean_stderr(passed)
         result["examples" if mode == "closed_book" else "grounded_examples"] = examples
@@ -180,6 +204,8 @@ def evaluate(model, tokenizer, datasets: list[str | Path] = (), tasks: list[Task
         if task.kind == "mc":
             shot_items, items = task.split_shots(shots)
             res = score_multiple_choice(model, tokenizer, items, shot_items, batch_size, index, k)
+        elif task.kind == "pref":
+            res = score_preferences(model, tokenizer, task.items, batch_size)
         else:
             res = score_generation(model, tokenizer, task.items, max_new_tokens, index, k)
         out["tasks"][task.name] = {**res, "path": task.path}
@@ -256,6 +282,8 @@ def task_rows(results: dict) -> list[list[str]]:
             acc = f"{_fmt(r['acc'])} ± {_fmt(r.get('acc_stderr'))}"
             if "grounded_acc" in r:  # closed-book vs grounded is the comparison a grounded run is for
                 other = f"{_fmt(r['grounded_acc'])} ± {_fmt(r.get('grounded_acc_stderr'))} (grounded)"
+            elif r["kind"] == "pref":
+                other = f"{_fmt(r['margin'], 2)} nats (margin)"
             elif r["kind"] == "mc":
                 other = f"{_fmt(r['acc_norm'])} (norm)"
             else:

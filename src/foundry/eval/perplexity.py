@@ -30,8 +30,12 @@ def model_device(model) -> torch.device:
 
 
 @torch.no_grad()
-def stream_loss(model, tokens, block_size: int, batch_size: int = 8) -> tuple[float, int]:
-    """(sum of next-token negative log-likelihoods in nats, number of predicted tokens) over `tokens`."""
+def stream_loss(model, tokens, block_size: int, batch_size: int = 8, blocks: list | None = None) -> tuple[float, int]:
+    """(sum of next-token negative log-likelihoods in nats, number of predicted tokens) over `tokens`.
+
+    `blocks`, when given, receives one `(nats, tokens)` pair per window, in order: the per-window scores
+    that paired comparisons of two models on the same text need (`foundry.eval.findings`).
+    """
     tokens = torch.as_tensor(np.asarray(tokens, dtype=np.int64))
     n = int(tokens.numel())
     if n < 2:
@@ -48,17 +52,25 @@ def stream_loss(model, tokens, block_size: int, batch_size: int = 8) -> tuple[fl
             x[row, :len(c) - 1] = c[:-1]
             y[row, :len(c) - 1] = c[1:]
         logits = model(x.to(device)).float()
-        total += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
-                                 reduction="sum").item()
+        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
+                              reduction="none").view(len(chunk), -1)
+        total += nll.sum().item()
         count += int((y != -100).sum())
+        if blocks is not None:
+            blocks.extend(zip(nll.sum(dim=1).tolist(), (y != -100).sum(dim=1).tolist()))
     return total, count
 
 
-def _summary(nats: float, count: int, nbytes: float) -> dict:
+def _summary(nats: float, count: int, nbytes: float, blocks: list | None = None) -> dict:
     loss = nats / count if count else float("nan")
-    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"),
-            "bits_per_byte": nats / math.log(2) / nbytes if nbytes else float("nan"),
-            "tokens": count, "bytes": int(round(nbytes))}
+    out = {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"),
+           "bits_per_byte": nats / math.log(2) / nbytes if nbytes else float("nan"),
+           "tokens": count, "bytes": int(round(nbytes))}
+    if blocks and nbytes:
+        # Each window's bits per byte, its bytes taken at the split's average bytes per token.
+        bytes_per_token = nbytes / count
+        out["block_bits_per_byte"] = [round(n / math.log(2) / (t * bytes_per_token), 6) for n, t in blocks if t]
+    return out
 
 
 def text_perplexity(model, tokenizer, text: str, block_size: int | None = None) -> dict:
@@ -83,9 +95,10 @@ def dataset_perplexity(model, tokenizer, dataset_dir: str | Path, split: str = "
         if n < 2:
             raise DataError(f"{dataset_dir}: split '{split}' has no tokens to score")
         tokens = np.concatenate([[tokenizer.eos_id], stream.read(0, n)])
-        nats, count = stream_loss(model, tokens, block_size, batch_size)
+        blocks: list = []
+        nats, count = stream_loss(model, tokens, block_size, batch_size, blocks)
         nbytes = stream.info["bytes"] * n / stream.num_tokens
-        return {**_summary(nats, count, nbytes), "source": "shards"}
+        return {**_summary(nats, count, nbytes, blocks), "source": "shards"}
     from foundry.data.tokenizer import iter_split_texts
 
     texts = list(iter_split_texts(dataset_dir, split))
@@ -101,5 +114,6 @@ def dataset_perplexity(model, tokenizer, dataset_dir: str | Path, split: str = "
         # Scale the bytes of the documents read by the share of their tokens that is scored.
         nbytes *= max_tokens / (len(tokens) - 1)
         tokens = tokens[:max_tokens + 1]
-    nats, count = stream_loss(model, tokens, block_size, batch_size)
-    return {**_summary(nats, count, nbytes), "source": f"{split}.jsonl"}
+    blocks: list = []
+    nats, count = stream_loss(model, tokens, block_size, batch_size, blocks)
+    return {**_summary(nats, count, nbytes, blocks), "source": f"{split}.jsonl"}

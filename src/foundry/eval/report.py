@@ -245,13 +245,26 @@ def eval_tables(results: dict) -> str:
 
 
 # ---- the report ------------------------------------------------------------------------------------
-def render_report(view: RunView, out_dir: Path) -> str:
+def render_findings(findings: list[dict]) -> list[str]:
+    """The Findings section: every claim's measured effect, interval and verdict, computed, never typed."""
+    from foundry.eval.findings import FINDINGS_HEADER, FINDINGS_NOTE, finding_rows
+
+    if not findings:
+        return []
+    verdicts = [f["verdict"] for f in findings]
+    summary = ", ".join(f"{verdicts.count(v)} {v}" for v in dict.fromkeys(verdicts))
+    return ["## Findings", "", f"{len(findings)} claims: {summary}. {FINDINGS_NOTE}", "",
+            md_table(FINDINGS_HEADER, finding_rows(findings)), ""]
+
+
+def render_report(view: RunView, out_dir: Path, findings: list[dict] = ()) -> str:
     from foundry.eval.bakeoff import markdown_table
 
     title = (view.pipeline or {}).get("name") or view.root.resolve().name
     lines = [f"# Report card: {title}", "",
              f"Run directory `{view.root}`, report written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
              "See MODEL_CARD.md for lineage, data provenance and intended use.", ""]
+    lines += render_findings(list(findings))
     lines += headlines(view)
     # Timing
     lines += ["## Stages and timing", ""]
@@ -327,6 +340,21 @@ def headlines(view: RunView) -> list[str]:
     return ["## Headlines", "", *bullets, ""] if bullets else []
 
 
+def print_findings(findings: list[dict]) -> None:
+    """The Findings table on the terminal (the quickstart ends with it)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from foundry.eval.findings import FINDINGS_HEADER, finding_rows
+
+    table = Table(title="Findings (effect towards improvement, 95% interval)", show_lines=True)
+    for col in FINDINGS_HEADER:
+        table.add_column(col)
+    for row in finding_rows(findings):
+        table.add_row(*[cell.replace("**", "") for cell in row])
+    Console(width=160).print(table)
+
+
 def _rel(path: Path, root: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
@@ -345,21 +373,30 @@ def markdown_to_html(text: str, title: str) -> str:
             f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, model_stage: str | None = None) -> dict:
-    """Write report.md, report.html, plots and MODEL_CARD.md; returns their paths."""
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, model_stage: str | None = None,
+                 findings_spec: str | Path | None = None) -> dict:
+    """Write report.md, report.html, plots, MODEL_CARD.md and, when the run states claims (`findings_spec`,
+    else `RUN/findings.yaml`), findings.json; returns their paths."""
+    from foundry.eval.findings import SPEC_FILE, compute_findings, read_claims
     from foundry.eval.modelcard import render_model_card
-    from foundry.utils.io import atomic_write_text
+    from foundry.utils.io import atomic_write_json, atomic_write_text
 
     view = discover(run_dir)
     out = Path(out_dir) if out_dir is not None else view.root
+    spec = Path(findings_spec) if findings_spec else view.root / SPEC_FILE
+    claims = read_claims(spec) if findings_spec or spec.is_file() else []
     out.mkdir(parents=True, exist_ok=True)
     card = render_model_card(view, model_stage)  # before writing anything: a bad --model fails cleanly
-    report = render_report(view, out)
+    findings = compute_findings(claims, view.root)
+    report = render_report(view, out, findings)
+    if claims:
+        atomic_write_json(out / "findings.json", {"kind": "foundry.findings", "findings": findings})
     atomic_write_text(out / "report.md", report)
     atomic_write_text(out / "report.html", markdown_to_html(report, "foundry report"))
     atomic_write_text(out / "MODEL_CARD.md", card)
     return {"report": out / "report.md", "html": out / "report.html", "model_card": out / "MODEL_CARD.md",
-            "plots": sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else []}
+            "plots": sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else [],
+            "findings": findings}
 
 
 def main(argv: list[str]) -> int:
@@ -370,13 +407,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", help="where to write report.md, report.html, plots/ and MODEL_CARD.md (default RUN_DIR)")
     p.add_argument("--model", dest="model_stage", metavar="STAGE",
                    help="the stage whose model the card describes (default: the last training stage)")
+    p.add_argument("--findings", metavar="YAML",
+                   help="claims to compute (a mapping with a 'findings:' list; default RUN_DIR/findings.yaml)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     args = p.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.run_dir)
     existing = [f for f in ("report.md", "MODEL_CARD.md") if (out / f).exists()]
     if existing and not args.overwrite:
         raise ConfigError(f"{out / existing[0]}: already exists; pass --overwrite to replace the report")
-    paths = write_report(args.run_dir, out, args.model_stage)
+    paths = write_report(args.run_dir, out, args.model_stage, args.findings)
+    if paths["findings"]:
+        print_findings(paths["findings"])
     print(f"report: {paths['report']} (+ {paths['html'].name}, {len(paths['plots'])} plot(s))")
     print(f"model card: {paths['model_card']}")
     return 0

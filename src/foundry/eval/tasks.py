@@ -13,6 +13,9 @@ A task file is one JSONL file; its name (without `.jsonl`) is the task's name. E
     `{"type": "regex", "pattern": "\\b19\\d\\d\\b"}`          the pattern matches somewhere
   Matching ignores case unless `"ignore_case": false`. Generation items may set `"chat": false` to
   feed the prompt as plain text instead of a chat turn.
+- preference: the DPO format, `{"prompt" or "messages", "chosen", "rejected"}` (`foundry.data.prefs`),
+  so a held-out preference file is a task as it is. The model is right on a pair when it gives the
+  chosen answer a higher log-probability than the rejected one after the chat-rendered prompt.
 
 Optional on every item: `"id"` (a string) and `"split": "fewshot"`: such items are never scored and
 serve as the few-shot examples (`--shots N` takes the first N); a file without them gives its first N
@@ -48,10 +51,18 @@ class GenItem:
 
 
 @dataclass
+class PrefItem:
+    messages: list[dict]
+    chosen: str
+    rejected: str
+    id: str
+
+
+@dataclass
 class Task:
     name: str
     path: str
-    kind: str  # "mc" | "gen"
+    kind: str  # "mc" | "gen" | "pref"
     items: list = field(default_factory=list)
     fewshot: list = field(default_factory=list)
 
@@ -154,6 +165,13 @@ def _parse_gen(rec: dict, where: str, default_id: str) -> GenItem:
     return GenItem(prompt, [validate_checker(s, where) for s in specs], str(rec.get("id", default_id)), chat)
 
 
+def _parse_pref(rec: dict, where: str, default_id: str) -> PrefItem:
+    from foundry.data.prefs import parse_preference
+
+    pair = parse_preference(rec, where, 0)
+    return PrefItem(pair.messages, pair.chosen, pair.rejected, str(rec.get("id", default_id)))
+
+
 def load_task(path: str | Path) -> Task:
     """Read and validate a task file; any problem is a DataError naming `path:line`."""
     path = Path(path)
@@ -166,17 +184,18 @@ def load_task(path: str | Path) -> Task:
         where = f"{path}:{lineno}"
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        kind = "mc" if "choices" in rec else "gen" if "prompt" in rec else None
+        kind = "mc" if "choices" in rec else "pref" if "chosen" in rec else "gen" if "prompt" in rec else None
         if kind is None:
-            raise DataError(f"{where}: neither a multiple-choice item (context, choices, answer) nor a "
-                            "generation item (prompt, checker)")
+            raise DataError(f"{where}: neither a multiple-choice item (context, choices, answer), a "
+                            "generation item (prompt, checker) nor a preference pair (prompt, chosen, rejected)")
         if task.kind and kind != task.kind:
             raise DataError(f"{where}: a {kind} item in a {task.kind} task file; keep one kind per file")
         task.kind = kind
         split = rec.get("split", "test")
         if split not in ("test", "fewshot"):
             raise DataError(f"{where}: 'split' must be 'test' or 'fewshot', got {split!r}")
-        item = (_parse_mc if kind == "mc" else _parse_gen)(rec, where, f"{task.name}-{lineno}")
+        parse = {"mc": _parse_mc, "gen": _parse_gen, "pref": _parse_pref}[kind]
+        item = parse(rec, where, f"{task.name}-{lineno}")
         (task.fewshot if split == "fewshot" else task.items).append(item)
     if not task.items:
         raise DataError(f"{path}: no items to evaluate")
