@@ -41,6 +41,11 @@ def test_paired_effect_interval_and_verdicts(tmp_path):
     # The same comparison the other way round is contradicted; a model against itself shows nothing.
     assert evaluate_claim(_claim(better=["other"], than=["grounded@grounded_acc"]), tmp_path)["verdict"] == CONTRADICTED
     assert evaluate_claim(_claim(better=["other"], than=["grounded"]), tmp_path)["verdict"] == NOT_SHOWN
+    # Stated as a price, the same measurements read as a cost, a gain, or no cost shown.
+    cost = evaluate_claim(_claim(better=["other"], than=["grounded@grounded_acc"], cost=True), tmp_path)
+    assert cost["verdict"] == "a cost" and cost["effect"] < 0
+    assert evaluate_claim(_claim(better=["grounded@grounded_acc"], than=["other"], cost=True), tmp_path)["verdict"] == "a gain"
+    assert evaluate_claim(_claim(better=["other"], than=["grounded"], cost=True), tmp_path)["verdict"] == "no cost shown"
 
 
 def test_bits_per_byte_points_down_and_globs_average_seeds(tmp_path):

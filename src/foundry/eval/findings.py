@@ -23,6 +23,10 @@ its interval is the Student-t interval of those paired differences (`foundry.eva
 Arms without shared items fall back to an unpaired interval (each side's standard errors added in
 quadrature, normal quantile). Verdict: *holds* when the whole interval shows an improvement,
 *contradicted* when the whole interval shows the opposite, else *not shown at this scale*.
+
+A claim marked `cost: true` states a price rather than a lesson (general-text bits per byte after
+preference tuning, say): its verdict reads *a cost* when the whole interval is a loss, *no cost
+shown* when it spans zero, and *a gain* when the whole interval is an improvement.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from foundry.errors import ConfigError
 from foundry.eval.stats import mean_ci
 
 HOLDS, CONTRADICTED, NOT_SHOWN, NOT_MEASURED = "holds", "contradicted", "not shown at this scale", "not measured"
+COST_VERDICTS = {HOLDS: "a gain", CONTRADICTED: "a cost", NOT_SHOWN: "no cost shown"}
 
 
 class Claim(StrictModel):
@@ -50,6 +55,8 @@ class Claim(StrictModel):
                         description="'bpb:DATASET' (lower is better), 'task:NAME' (accuracy) or 'task:NAME:SCORE'")
     better: list[str] = Field(min_length=1, description="arms expected to come out better (model names)")
     than: list[str] = Field(min_length=1, description="arms they are compared against")
+    cost: bool = Field(False, description="a price to show beside a lesson rather than a lesson (verdict: a cost, "
+                                          "no cost shown, a gain)")
 
 
 SPEC_FILE = "findings.yaml"  # in the run directory: the recipe's claims, as written there by `foundry run`
@@ -138,6 +145,8 @@ def evaluate_claim(claim: Claim, run_dir: Path) -> dict:
         verdict = CONTRADICTED
     else:
         verdict = NOT_SHOWN
+    if claim.cost:
+        verdict = COST_VERDICTS[verdict]
     return {**out, "effect": effect, "ci_low": low, "ci_high": high, "n": n, "paired": paired, "verdict": verdict}
 
 
