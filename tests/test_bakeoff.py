@@ -48,7 +48,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     root = tmp_path_factory.mktemp("bake")
     tok = tokenizer()

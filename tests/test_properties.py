@@ -221,7 +221,7 @@ MODEL_KEYS = ["vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "interme
                                max_size=3), junk=st.one_of(st.none(), st.binary(max_size=20)))
 def test_checkpoint_model_config_reader_raises_only_foundry_errors(scratch, changes, junk):
     from foundry.model.llama import PRESETS
-    from foundry.train.checkpoint import load_model_config
+    from foundry.checkpoints import load_model_config
 
     folder = scratch / "ckpt"
     folder.mkdir(exist_ok=True)

@@ -41,7 +41,7 @@ def _stage(d, kind, created, parents, results, metrics, config=None):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     run = tmp_path_factory.mktemp("r") / "quick"
     zero_drop = {"too_short": 0, "exact_duplicate": 0, "contaminated": 0, "near_duplicate": 0}

@@ -59,7 +59,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from foundry.config import StrictModel, load_config
+from foundry.config import StrictModel
 from foundry.errors import ConfigError, DataError
 from foundry.eval.stats import mean_ci
 from foundry.eval.tasks import contains
@@ -198,7 +198,7 @@ def load_rubric(path: str | Path, style_model: str | None = None) -> list[dict]:
             model = style_model or raw.get("model")
             if not model:
                 raise ConfigError(f"{where}: criterion '{name}' needs 'model: PATH' (or pass --style-model)")
-            c["model"] = str(_resolve(model, path.parent))
+            c["model"] = str(resolve_path(model, path.parent))
             c["ppl_best"], c["ppl_worst"] = float(raw.get("ppl_best", 10.0)), float(raw.get("ppl_worst", 1000.0))
             if not 0 < c["ppl_best"] < c["ppl_worst"]:
                 raise ConfigError(f"{where}: criterion '{name}': need 0 < ppl_best < ppl_worst")
@@ -212,7 +212,7 @@ def load_rubric(path: str | Path, style_model: str | None = None) -> list[dict]:
     return criteria
 
 
-def _resolve(p: str | Path, base: Path) -> Path:
+def resolve_path(p: str | Path, base: Path) -> Path:
     """A relative path against `base` (the file that named it) if it exists there, else as given."""
     p = Path(p)
     if p.is_absolute() or not (base / p).exists():
@@ -340,7 +340,7 @@ def score_outputs(criteria: list[dict], outputs: list[dict], prompts: list[dict]
     styles = {}
     for c in criteria:
         if c["type"] == "style_perplexity" and c["model"] not in styles:
-            from foundry.train.checkpoint import load_model
+            from foundry.checkpoints import load_model
 
             styles[c["model"]] = load_model(c["model"], device=device)
     scores: dict = {}
@@ -363,7 +363,7 @@ def generate_outputs(cfg: BakeoffConfig, models: list[ModelEntry], prompts: list
     import torch
 
     from foundry.serve.generate import generate
-    from foundry.train.checkpoint import load_model
+    from foundry.checkpoints import load_model
 
     outputs, usage = [], {}
     for m in models:
@@ -558,7 +558,7 @@ def render_markdown(summary: dict) -> str:
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
-def _write_summary(out: Path, summary: dict) -> None:
+def write_summary(out: Path, summary: dict) -> None:
     from foundry.utils.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(out / "bakeoff.json", summary)
@@ -587,80 +587,5 @@ def add_ratings(out: Path, ratings: str | Path) -> dict:
     summary = summarise(criteria, models, state["usage"], auto, human, state["prompts"])
     summary.update(config=state.get("config_path"), ratings=str(ratings),
                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    _write_summary(out, summary)
+    write_summary(out, summary)
     return summary
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-    from foundry.train.distributed import pick_device
-    from foundry.utils.io import atomic_write_json, atomic_write_text
-
-    p = make_parser("bakeoff")
-    p.add_argument("--config", help="bake-off YAML (models, prompts, rubric, sampling); not needed with --ratings")
-    p.add_argument("--out", required=True, help="output directory (outputs, rating sheet, key, summary)")
-    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                   help="add a model, or set the path of a model the config names; repeatable")
-    p.add_argument("--style-model", help="model for style_perplexity criteria (overrides the rubric's)")
-    p.add_argument("--ratings", help="a filled rating_sheet.csv: un-blind it and add the human criteria")
-    p.add_argument("--overwrite", action="store_true", help="regenerate into an --out that already has outputs")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. temperature=0)")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if args.ratings:
-        add_ratings(out, args.ratings)
-        print(f"summary with ratings -> {out / 'bakeoff.md'}")
-        return 0
-    if not args.config:
-        raise ConfigError("foundry bakeoff: --config BAKEOFF.yaml is required to generate a bake-off")
-
-    cfg_path = Path(args.config)
-    cfg = load_config(BakeoffConfig, cfg_path, args.overrides)
-    base = cfg_path.parent
-    models = list(cfg.models)
-    for spec in args.model:
-        if "=" not in spec:
-            raise ConfigError(f"--model {spec!r}: expected NAME=PATH")
-        name, path = spec.split("=", 1)
-        known = next((i for i, m in enumerate(models) if m.name == name), None)
-        if known is None:
-            models.append(ModelEntry(name=name, path=path))
-        else:
-            models[known] = models[known].model_copy(update={"path": path})
-    if not models:
-        raise ConfigError(f"{cfg_path}: no models; list them under 'models' or pass --model NAME=PATH")
-    if len({m.name for m in models}) != len(models):
-        raise ConfigError(f"{cfg_path}: model names must be unique")
-    for m in models:
-        if not m.path:
-            raise ConfigError(f"{cfg_path}: model '{m.name}' has no path; pass --model {m.name}=PATH")
-    models = [m.model_copy(update={"path": str(_resolve(m.path, base))}) for m in models]
-    criteria = load_rubric(_resolve(cfg.rubric, base), args.style_model)
-    prompts = load_prompts(_resolve(cfg.prompts, base), criteria)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"{out}: already holds a bake-off; pass --overwrite to regenerate it, or "
-                          "--ratings FILLED.csv to add ratings")
-    for m in models:
-        if not Path(m.path).exists():
-            raise ConfigError(f"{cfg_path}: model '{m.name}': {m.path} not found")
-    device = pick_device(cfg.device)
-    outputs, usage = generate_outputs(cfg, models, prompts, device)
-    auto = score_outputs(criteria, outputs, prompts, device)
-    for o in outputs:
-        o["scores"] = auto[(o["model"], o["prompt_id"])]
-    summary = summarise(criteria, models, usage, auto, None, prompts)
-    summary.update(config=str(cfg_path), ratings=None, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    sheet, key = blind(outputs, prompts, criteria, cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "outputs.jsonl", "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs))
-    atomic_write_json(out / "state.json", {"config_path": str(cfg_path), "config": cfg.model_dump(mode="json"),
-                                           "models": [m.model_dump() for m in models], "criteria": criteria,
-                                           "prompts": prompts, "usage": usage})
-    atomic_write_text(out / "rating_sheet.csv", sheet)
-    atomic_write_json(out / "blind_key.json", key)
-    _write_summary(out, summary)
-    if summary["human_pending"]:
-        print(f"\nrating sheet for raters: {out / 'rating_sheet.csv'} (the key, {out / 'blind_key.json'}, stays "
-              f"with you); then: foundry bakeoff --out {out} --ratings FILLED.csv")
-    print(f"summary -> {out / 'bakeoff.md'}")
-    return 0

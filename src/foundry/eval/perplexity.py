@@ -15,7 +15,6 @@ tokenizer, else `DIR/{split}.jsonl` tokenised on the fly (so any model can be sc
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from foundry.errors import DataError
+from foundry.lm_metrics import IGNORE_INDEX, lm_scores
 
 
 def model_device(model) -> torch.device:
@@ -43,21 +43,21 @@ def stream_loss(model, tokens, block_size: int, batch_size: int = 8) -> tuple[fl
         chunk = [tokens[s:s + block_size + 1] for s in starts[i:i + batch_size]]
         width = max(len(c) for c in chunk)
         x = torch.zeros(len(chunk), width - 1, dtype=torch.long)
-        y = torch.full((len(chunk), width - 1), -100, dtype=torch.long)
+        y = torch.full((len(chunk), width - 1), IGNORE_INDEX, dtype=torch.long)
         for row, c in enumerate(chunk):
             x[row, :len(c) - 1] = c[:-1]
             y[row, :len(c) - 1] = c[1:]
         logits = model(x.to(device)).float()
-        total += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
+        total += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=IGNORE_INDEX,
                                  reduction="sum").item()
-        count += int((y != -100).sum())
+        count += int((y != IGNORE_INDEX).sum())
     return total, count
 
 
 def _summary(nats: float, count: int, nbytes: float) -> dict:
-    loss = nats / count if count else float("nan")
-    return {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"),
-            "bits_per_byte": nats / math.log(2) / nbytes if nbytes else float("nan"),
+    """The one computation (`foundry.lm_metrics`), under the names eval results have always used."""
+    scores = lm_scores(nats, count, nbytes)
+    return {"loss": scores["loss"], "perplexity": scores["ppl"], "bits_per_byte": scores.get("bpb", float("nan")),
             "tokens": count, "bytes": int(round(nbytes))}
 
 
