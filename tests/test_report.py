@@ -6,7 +6,8 @@ import pytest
 
 from _eval_models import fresh_model, tokenizer
 from foundry.cli import main as cli
-from foundry.eval.bakeoff import ModelEntry, load_rubric, summarise
+from foundry.eval.bakeoff.rubric import ModelEntry, load_rubric
+from foundry.eval.bakeoff.summary import summarise
 
 
 def _source(path, license_, collected, kept, dropped):

@@ -79,11 +79,7 @@ def eval_main(argv: list[str]) -> int:
 
 
 def bakeoff_main(argv: list[str]) -> int:
-    from foundry.checkpoints import pick_device
-    from foundry.config import load_config
-    from foundry.eval.bakeoff import (BakeoffConfig, ModelEntry, add_ratings, blind, generate_outputs, load_prompts,
-                                      load_rubric, resolve_path, score_outputs, summarise, write_summary)
-    from foundry.utils.io import atomic_write_json, atomic_write_text
+    from foundry.eval.bakeoff.summary import add_ratings, run_bakeoff
 
     p = make_parser("bakeoff")
     p.add_argument("--config", help="bake-off YAML (models, prompts, rubric, sampling); not needed with --ratings")
@@ -103,57 +99,12 @@ def bakeoff_main(argv: list[str]) -> int:
     if not args.config:
         raise ConfigError("foundry bakeoff: --config BAKEOFF.yaml is required to generate a bake-off")
 
-    cfg_path = Path(args.config)
-    cfg = load_config(BakeoffConfig, cfg_path, args.overrides)
-    base = cfg_path.parent
-    models = list(cfg.models)
-    for spec in args.model:
-        if "=" not in spec:
-            raise ConfigError(f"--model {spec!r}: expected NAME=PATH")
-        name, path = spec.split("=", 1)
-        known = next((i for i, m in enumerate(models) if m.name == name), None)
-        if known is None:
-            models.append(ModelEntry(name=name, path=path))
-        else:
-            models[known] = models[known].model_copy(update={"path": path})
-    if not models:
-        raise ConfigError(f"{cfg_path}: no models; list them under 'models' or pass --model NAME=PATH")
-    if len({m.name for m in models}) != len(models):
-        raise ConfigError(f"{cfg_path}: model names must be unique")
-    for m in models:
-        if not m.path:
-            raise ConfigError(f"{cfg_path}: model '{m.name}' has no path; pass --model {m.name}=PATH")
-    models = [m.model_copy(update={"path": str(resolve_path(m.path, base))}) for m in models]
-    criteria = load_rubric(resolve_path(cfg.rubric, base), args.style_model)
-    prompts = load_prompts(resolve_path(cfg.prompts, base), criteria)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise ConfigError(f"{out}: already holds a bake-off; pass --overwrite to regenerate it, or "
-                          "--ratings FILLED.csv to add ratings")
-    for m in models:
-        if not Path(m.path).exists():
-            raise ConfigError(f"{cfg_path}: model '{m.name}': {m.path} not found")
-    device = pick_device(cfg.device)
-    outputs, usage = generate_outputs(cfg, models, prompts, device)
-    auto = score_outputs(criteria, outputs, prompts, device)
-    for o in outputs:
-        o["scores"] = auto[(o["model"], o["prompt_id"])]
-    summary = summarise(criteria, models, usage, auto, None, prompts)
-    summary.update(config=str(cfg_path), ratings=None, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    sheet, key = blind(outputs, prompts, criteria, cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "outputs.jsonl", "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs))
-    atomic_write_json(out / "state.json", {"config_path": str(cfg_path), "config": cfg.model_dump(mode="json"),
-                                           "models": [m.model_dump() for m in models], "criteria": criteria,
-                                           "prompts": prompts, "usage": usage})
-    atomic_write_text(out / "rating_sheet.csv", sheet)
-    atomic_write_json(out / "blind_key.json", key)
-    write_summary(out, summary)
+    summary = run_bakeoff(Path(args.config), out, args.overrides, args.model, args.style_model, args.overwrite)
     if summary["human_pending"]:
         print(f"\nrating sheet for raters: {out / 'rating_sheet.csv'} (the key, {out / 'blind_key.json'}, stays "
               f"with you); then: foundry bakeoff --out {out} --ratings FILLED.csv")
     print(f"summary -> {out / 'bakeoff.md'}")
     return 0
-
 
 def report_main(argv: list[str]) -> int:
     from foundry.eval.report import write_report

@@ -126,12 +126,17 @@ def prompt_ids(tokenizer, prompt: str, chat: bool = True) -> list[int]:
     return [tokenizer.eos_id] + tokenizer.encode(prompt)
 
 
+def fit_prompt(ids: list[int], max_seq_len: int, max_new_tokens: int) -> list[int]:
+    """The end of a prompt that leaves room for `max_new_tokens` in the context (at least half the context
+    is kept for the prompt when the answer alone would fill it)."""
+    room = max_seq_len - max_new_tokens
+    return ids[-room:] if room > 0 else ids[-(max_seq_len // 2):]
+
+
 def greedy_answer(model, tokenizer, prompt: str, chat: bool = True, max_new_tokens: int = 64) -> str:
     from foundry.serve.generate import generate
 
-    ids = prompt_ids(tokenizer, prompt, chat)
-    room = model.config.max_seq_len - max_new_tokens
-    ids = ids[-room:] if room > 0 else ids[-(model.config.max_seq_len // 2):]
+    ids = fit_prompt(prompt_ids(tokenizer, prompt, chat), model.config.max_seq_len, max_new_tokens)
     out = list(generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=0))
     return tokenizer.decode(out, skip_special=True)
 

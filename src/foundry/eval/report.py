@@ -26,6 +26,7 @@ from pathlib import Path
 
 from foundry.errors import ConfigError, FoundryError
 from foundry.utils.io import read_metrics
+from foundry.utils.tables import md_table
 
 SKIP_DIRS = {"checkpoints", "tokens", "tb", "plots", "__pycache__"}
 MAX_JSON_BYTES = 20 << 20
@@ -165,15 +166,6 @@ def plot_losses(stage: Stage, path: Path) -> bool:
 
 
 # ---- tables ----------------------------------------------------------------------------------------
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    def esc(x) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def fmt(x, digits: int = 4) -> str:
     if isinstance(x, bool) or x is None:
         return "-" if x is None else str(x)
@@ -233,7 +225,7 @@ def eval_tables(results: dict) -> str:
 
 # ---- the report ------------------------------------------------------------------------------------
 def render_report(view: RunView, out_dir: Path) -> str:
-    from foundry.eval.bakeoff import markdown_table
+    from foundry.eval.bakeoff.summary import markdown_table
 
     title = (view.pipeline or {}).get("name") or view.root.resolve().name
     lines = [f"# Report card: {title}", "",

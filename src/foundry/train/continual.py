@@ -148,14 +148,11 @@ def dataset_evaluator(dataset: str | Path, block_size: int, batch_size: int, max
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """A Markdown table from dict rows; columns are (key, header, format spec)."""
-    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
-    rule = "|" + "|".join("---" if f == "" else "---:" for _, _, f in columns) + "|"
-    body = []
-    for row in rows:
-        cells = [_cell(row.get(key), spec) for key, _, spec in columns]
-        body.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *body])
+    """A Markdown table from dict rows; columns are (key, header, format spec); formatted columns align right."""
+    from foundry.utils.tables import md_table
+
+    return md_table([h for _, h, _ in columns], [[_cell(row.get(key), spec) for key, _, spec in columns] for row in rows],
+                    right=[i for i, (_, _, spec) in enumerate(columns) if spec])
 
 
 def _cell(value, spec: str) -> str:
