@@ -11,6 +11,7 @@ A verb that reads a recipe lists every recipe key with its type, default and des
 from __future__ import annotations
 
 import argparse
+import json
 import types
 import typing
 from typing import Any
@@ -40,6 +41,15 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
 
 
+def _description(cls: type[BaseModel], name: str) -> str:
+    """A field's description, or the one it had in a base config (a stage may only change the default)."""
+    for base in cls.__mro__:
+        field = getattr(base, "model_fields", {}).get(name)
+        if field is not None and field.description:
+            return field.description
+    return ""
+
+
 def recipe_keys(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(dotted key, type, default, description) of every key a recipe for `cls` may hold."""
     rows = []
@@ -51,8 +61,8 @@ def recipe_keys(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, 
         elif isinstance(field.default, BaseModel) or (nested and field.default is not None):
             default = ""
         else:
-            default = repr(field.default).replace("None", "null")
-        rows.append((key, _type_name(field.annotation), default, field.description or ""))
+            default = json.dumps(field.default)  # as YAML reads it: true, null, "cosine"
+        rows.append((key, _type_name(field.annotation), default, _description(cls, name)))
         for model in nested:
             item = "[]." if typing.get_origin(field.annotation) is list else "."
             rows.extend(recipe_keys(model, key + item))

@@ -106,6 +106,7 @@ def bakeoff_main(argv: list[str]) -> int:
     print(f"summary -> {out / 'bakeoff.md'}")
     return 0
 
+
 def report_main(argv: list[str]) -> int:
     from foundry.eval.report import write_report
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from foundry.data.clean import clean_text, content_hash, words
 from foundry.data.decontam import Decontaminator
-from foundry.data.dedup import NearDeduplicator
+from foundry.data.dedup import ExactDeduplicator, NearDeduplicator
 from foundry.data.sources import ReadStats, SourceFile, read_documents
 from foundry.errors import DataError
 from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file, write_run_record
@@ -91,7 +91,7 @@ def prepare(sources: list[SourceFile], out: Path, *, text_field: str = "text", t
     from tqdm import tqdm
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    seen: set[bytes] = set()
+    exact = ExactDeduplicator()
     near = NearDeduplicator(near_dup_threshold) if near_dup_threshold < 1 else None
     decon = decontaminator
     records: list[dict] = []
@@ -112,10 +112,9 @@ def prepare(sources: list[SourceFile], out: Path, *, text_field: str = "text", t
                     dropped["too_short"] += 1
                     continue
                 digest = content_hash(text)
-                if digest in seen:
+                if exact.seen(digest):
                     dropped["exact_duplicate"] += 1
                     continue
-                seen.add(digest)
                 toks = words(text)  # split once, shared by decontamination and near-dedup
                 split = "val" if in_validation(digest, val_fraction) else "train"
                 # Only training text must not contain eval items; held-out text may (the bundled tasks

@@ -21,25 +21,25 @@ from foundry.train.stage import StageConfig, StageRunner
 class ModelSpec(StrictModel):
     """A preset from foundry.model.llama.PRESETS plus any field overridden."""
 
-    preset: str = "4m"
+    preset: str = Field("4m", description="model size: test, 1m, 4m, 14m, 124m, 350m or 1b; the fields below override it")
     vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's vocabulary size")
-    n_layer: int | None = Field(None, gt=0)
-    n_head: int | None = Field(None, gt=0)
-    n_kv_head: int | None = Field(None, gt=0)
-    n_embd: int | None = Field(None, gt=0)
-    intermediate_size: int | None = Field(None, gt=0)
-    head_dim: int | None = Field(None, gt=0)
+    n_layer: int | None = Field(None, gt=0, description="transformer blocks")
+    n_head: int | None = Field(None, gt=0, description="attention (query) heads")
+    n_kv_head: int | None = Field(None, gt=0, description="key/value heads (fewer than n_head: grouped-query attention)")
+    n_embd: int | None = Field(None, gt=0, description="hidden size")
+    intermediate_size: int | None = Field(None, gt=0, description="SwiGLU MLP width")
+    head_dim: int | None = Field(None, gt=0, description="size of one attention head (default n_embd / n_head)")
     max_seq_len: int | None = Field(None, gt=1, description="default: train.block_size")
-    rope_theta: float | None = Field(None, gt=0)
-    norm_eps: float | None = Field(None, gt=0)
-    tie_embeddings: bool | None = None
-    init_std: float | None = Field(None, gt=0)
+    rope_theta: float | None = Field(None, gt=0, description="rotary position embedding base")
+    norm_eps: float | None = Field(None, gt=0, description="RMSNorm epsilon")
+    tie_embeddings: bool | None = Field(None, description="share the input embedding with the output layer")
+    init_std: float | None = Field(None, gt=0, description="standard deviation of the initial weights")
 
 
 class PretrainConfig(StageConfig):
     data: str = Field(description="dataset directory holding tokens/ (from 'foundry data tokenize')")
     tokenizer: str = Field(description="tokenizer directory (or tokenizer.json)")
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = Field(ModelSpec(), description="the model to pretrain (below)")
 
 
 def build_model_config(spec: ModelSpec, tokenizer, block_size: int):

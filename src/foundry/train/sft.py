@@ -30,10 +30,10 @@ from foundry.train.stage import FineTuneConfig, StageRunner
 
 
 class LoRASpec(StrictModel):
-    rank: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    targets: list[str] = ["q_proj", "v_proj"]
+    rank: int = Field(8, gt=0, description="rank of each low-rank adapter")
+    alpha: float = Field(16.0, gt=0, description="adapter scale: the update is multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    targets: list[str] = Field(["q_proj", "v_proj"], description="linear layers that get adapters")
 
 
 class SFTTrainConfig(TrainConfig):

@@ -41,7 +41,7 @@ class StageConfig(StrictModel):
 
     out_dir: str = Field(description="run directory: checkpoints, metrics.jsonl, TensorBoard events, run.json")
     overwrite: bool = Field(False, description="start over in an out_dir that already holds a run (it is deleted)")
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = Field(TrainConfig(), description="the training loop's settings (below)")
 
 
 class FineTuneConfig(StageConfig):
