@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 from foundry.cli import make_parser
@@ -69,10 +68,7 @@ def prepare_main(argv: list[str]) -> int:
 
 
 def tokenize_main(argv: list[str]) -> int:
-    from foundry.data.prepare import dataset_manifest
-    from foundry.data.shards import DEFAULT_SHARD_TOKENS, tokenize_split
-    from foundry.data.tokenizer import Tokenizer
-    from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file, write_run_record
+    from foundry.data.shards import DEFAULT_SHARD_TOKENS, tokenize_dataset
 
     p = make_parser("data tokenize")
     p.add_argument("dataset", help="dataset directory made by 'foundry data prepare'")
@@ -82,51 +78,22 @@ def tokenize_main(argv: list[str]) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace existing shards")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-
-    dataset = Path(args.dataset)
-    manifest = dataset_manifest(dataset)
-    tok = Tokenizer.load(args.tokenizer)
-    tok_file = str(Path(args.tokenizer) / "tokenizer.json" if Path(args.tokenizer).is_dir() else Path(args.tokenizer))
-    manifest_sha = sha256_file(manifest)
-    out = dataset / "tokens"
-    if (out / "index.json").is_file() and not args.overwrite:
-        old = json.loads((out / "index.json").read_text(encoding="utf-8"))
-        if old.get("tokenizer_sha256") == tok.sha256 and old.get("manifest_sha256") == manifest_sha:
-            print(f"{out}: already tokenised with this tokenizer; nothing to do (--overwrite to redo)")
-            return 0
-        raise DataError(f"{out}: holds shards from a different tokenizer or dataset; pass --overwrite to replace them")
-    if args.shard_tokens < 1:
-        raise DataError(f"--shard-tokens must be positive, got {args.shard_tokens}")
-
-    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
-    index = {"dtype": dtype, "tokenizer_sha256": tok.sha256, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
-             "manifest_sha256": manifest_sha, "splits": {}}
-    t0 = time.perf_counter()
-    with atomic_directory(out, overwrite=args.overwrite) as tmp:
-        for split in ("train", "val"):
-            index["splits"][split] = tokenize_split(dataset, split, tok_file, tmp, dtype, max(1, args.workers),
-                                                    args.shard_tokens, progress=not args.no_progress)
-        seconds = time.perf_counter() - t0
-        total = sum(s["tokens"] for s in index["splits"].values())
-        index["seconds"] = round(seconds, 3)
-        atomic_write_json(tmp / "index.json", index)
-        write_run_record(tmp, "tokenize", vars(args),
-                         parents={"dataset": str(dataset.resolve()), "tokenizer": str(Path(tok_file).resolve()),
-                                  "tokenizer_sha256": tok.sha256},
-                         data_manifests={dataset.name: manifest_sha},
-                         results={"tokens": total, "seconds": round(seconds, 3),
-                                  "tokens_per_second": round(total / max(seconds, 1e-9))})
+    out = Path(args.dataset) / "tokens"
+    index = tokenize_dataset(args.dataset, args.tokenizer, workers=args.workers, shard_tokens=args.shard_tokens,
+                             overwrite=args.overwrite, progress=not args.no_progress, record_config=vars(args))
+    if index is None:
+        print(f"{out}: already tokenised with this tokenizer; nothing to do (--overwrite to redo)")
+        return 0
     for split, s in index["splits"].items():
         print(f"{split}: {s['documents']} documents, {s['tokens']} tokens, {s['bytes']} bytes "
               f"({s['bytes'] / max(s['tokens'], 1):.2f} bytes/token), {len(s['shards'])} shard(s)")
+    total, seconds = sum(s["tokens"] for s in index["splits"].values()), index["seconds"]
     print(f"tokenised {total} tokens in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} tokens/s) -> {out}")
     return 0
 
 
 def tokenizer_train_main(argv: list[str]) -> int:
-    from foundry.data.prepare import dataset_manifest
-    from foundry.data.tokenizer import Tokenizer, fertility, iter_split_texts
-    from foundry.utils.io import atomic_directory, sha256_file, write_run_record
+    from foundry.data.tokenizer import train_tokenizer
 
     p = make_parser("tokenizer train")
     p.add_argument("dataset", help="dataset directory made by 'foundry data prepare' (trains on train.jsonl)")
@@ -135,31 +102,11 @@ def tokenizer_train_main(argv: list[str]) -> int:
     p.add_argument("--min-frequency", type=int, default=2, help="merges need a pair seen at least this often")
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-
-    dataset = Path(args.dataset)
-    manifest = dataset_manifest(dataset)
-    n_train = sum(1 for _ in iter_split_texts(dataset, "train"))
-    if n_train == 0:
-        raise DataError(f"{dataset / 'train.jsonl'}: no documents to train on")
-
-    t0 = time.perf_counter()
-    tok = Tokenizer.train(iter_split_texts(dataset, "train"), args.vocab_size, args.min_frequency, length=n_train)
-    seconds = time.perf_counter() - t0
-    val = fertility(tok, iter_split_texts(dataset, "val"))
-    if val["documents"] == 0:  # tiny datasets may have an empty validation split; say what we measured
-        val = fertility(tok, iter_split_texts(dataset, "train"))
-        val["split"] = "train (val is empty)"
-    else:
-        val["split"] = "val"
-
-    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
-        tok.save(tmp)
-        write_run_record(tmp, "tokenizer", vars(args),
-                         parents={"dataset": str(dataset.resolve())},
-                         data_manifests={dataset.name: sha256_file(manifest)},
-                         results={"vocab_size": tok.vocab_size, "sha256": tok.sha256,
-                                  "train_seconds": round(seconds, 2), "fertility": val})
-    print(f"tokenizer: vocab {tok.vocab_size}, trained on {n_train} documents in {seconds:.1f}s -> {args.out}")
+    result = train_tokenizer(args.dataset, args.out, args.vocab_size, args.min_frequency, args.overwrite,
+                             record_config=vars(args))
+    val = result["fertility"]
+    print(f"tokenizer: vocab {result['vocab_size']}, trained on {result['documents']} documents in "
+          f"{result['train_seconds']:.1f}s -> {args.out}")
     print(f"fertility on {val['split']}: {val['tokens_per_word']:.3f} tokens/word, "
           f"{val['bytes_per_token']:.2f} bytes/token ({val['tokens']} tokens, {val['words']} words)")
     return 0

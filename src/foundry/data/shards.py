@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -289,3 +290,47 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
             close_shard()
         bar.close()
     return info
+
+
+def tokenize_dataset(dataset: str | Path, tokenizer: str | Path, workers: int = 1,
+                     shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False, progress: bool = True,
+                     record_config: dict | None = None) -> dict | None:
+    """Tokenise a prepared dataset's splits into `DATASET/tokens` (index.json + shards + run.json); returns
+    the index, or None when the shards already hold this dataset under this tokenizer."""
+    from foundry.data.prepare import dataset_manifest
+    from foundry.data.tokenizer import Tokenizer
+    from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file, write_run_record
+
+    dataset = Path(dataset)
+    manifest = dataset_manifest(dataset)
+    tok = Tokenizer.load(tokenizer)
+    tok_file = str(Path(tokenizer) / "tokenizer.json" if Path(tokenizer).is_dir() else Path(tokenizer))
+    manifest_sha = sha256_file(manifest)
+    out = dataset / "tokens"
+    if (out / "index.json").is_file() and not overwrite:
+        old = json.loads((out / "index.json").read_text(encoding="utf-8"))
+        if old.get("tokenizer_sha256") == tok.sha256 and old.get("manifest_sha256") == manifest_sha:
+            return None
+        raise DataError(f"{out}: holds shards from a different tokenizer or dataset; pass --overwrite to replace them")
+    if shard_tokens < 1:
+        raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
+
+    dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
+    index = {"dtype": dtype, "tokenizer_sha256": tok.sha256, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
+             "manifest_sha256": manifest_sha, "splits": {}}
+    t0 = time.perf_counter()
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for split in ("train", "val"):
+            index["splits"][split] = tokenize_split(dataset, split, tok_file, tmp, dtype, max(1, workers),
+                                                    shard_tokens, progress=progress)
+        seconds = time.perf_counter() - t0
+        total = sum(s["tokens"] for s in index["splits"].values())
+        index["seconds"] = round(seconds, 3)
+        atomic_write_json(tmp / "index.json", index)
+        write_run_record(tmp, "tokenize", record_config or {"dataset": str(dataset), "tokenizer": str(tokenizer)},
+                         parents={"dataset": str(dataset.resolve()), "tokenizer": str(Path(tok_file).resolve()),
+                                  "tokenizer_sha256": tok.sha256},
+                         data_manifests={dataset.name: manifest_sha},
+                         results={"tokens": total, "seconds": round(seconds, 3),
+                                  "tokens_per_second": round(total / max(seconds, 1e-9))})
+    return index

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -224,3 +225,33 @@ def iter_split_texts(dataset_dir: str | Path, split: str) -> Iterator[str]:
                 yield json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise DataError(f"{path}:{lineno}: not a dataset record ({exc})") from None
+
+
+def train_tokenizer(dataset: str | Path, out: str | Path, vocab_size: int = 8192, min_frequency: int = 2,
+                    overwrite: bool = False, record_config: dict | None = None) -> dict:
+    """Train a tokenizer on a prepared dataset's train split and save it to `out` (with run.json); returns
+    {vocab_size, sha256, documents, train_seconds, fertility} (fertility measured on val, else train)."""
+    from foundry.data.prepare import dataset_manifest
+    from foundry.utils.io import atomic_directory, sha256_file, write_run_record
+
+    dataset = Path(dataset)
+    manifest = dataset_manifest(dataset)
+    n_train = sum(1 for _ in iter_split_texts(dataset, "train"))
+    if n_train == 0:
+        raise DataError(f"{dataset / 'train.jsonl'}: no documents to train on")
+    t0 = time.perf_counter()
+    tok = Tokenizer.train(iter_split_texts(dataset, "train"), vocab_size, min_frequency, length=n_train)
+    seconds = time.perf_counter() - t0
+    val = fertility(tok, iter_split_texts(dataset, "val"))
+    if val["documents"] == 0:  # tiny datasets may have an empty validation split; say what we measured
+        val = fertility(tok, iter_split_texts(dataset, "train"))
+        val["split"] = "train (val is empty)"
+    else:
+        val["split"] = "val"
+    results = {"vocab_size": tok.vocab_size, "sha256": tok.sha256, "train_seconds": round(seconds, 2), "fertility": val}
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        tok.save(tmp)
+        write_run_record(tmp, "tokenizer", record_config or {"dataset": str(dataset), "vocab_size": vocab_size},
+                         parents={"dataset": str(dataset.resolve())},
+                         data_manifests={dataset.name: sha256_file(manifest)}, results=results)
+    return {**results, "documents": n_train, "train_seconds": seconds}
