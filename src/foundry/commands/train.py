@@ -9,34 +9,33 @@ from foundry.commands import load_recipe_args, recipe_parser
 from foundry.errors import ConfigError
 
 
+def _stage_main(verb: str, argv: list[str], config_cls, run, example: str, config_help: str) -> int:
+    """`foundry VERB --config RECIPE [--resume] [--overwrite] [key=value ...]` -> run(config, resume)."""
+    p = recipe_parser(verb, config_cls, example, config_help)
+    args = p.parse_args(argv)
+    run(load_recipe_args(config_cls, args), resume=args.resume)
+    return 0
+
+
 def pretrain_main(argv: list[str]) -> int:
     from foundry.train.pretrain import PretrainConfig, run_pretrain
 
-    p = recipe_parser("pretrain", PretrainConfig, "train.max_steps=100",
-                      "recipe YAML (see recipes/pretrain-kjv.yaml)")
-    args = p.parse_args(argv)
-    run_pretrain(load_recipe_args(PretrainConfig, args), resume=args.resume)
-    return 0
+    return _stage_main("pretrain", argv, PretrainConfig, run_pretrain, "train.max_steps=100",
+                       "recipe YAML (see recipes/pretrain-kjv.yaml)")
 
 
 def sft_main(argv: list[str]) -> int:
     from foundry.train.sft import SFTConfig, run_sft
 
-    p = recipe_parser("sft", SFTConfig, "train.max_steps=100 pack=false lora.rank=8",
-                      "recipe YAML (init, data, out_dir, train, ...)")
-    args = p.parse_args(argv)
-    run_sft(load_recipe_args(SFTConfig, args), resume=args.resume)
-    return 0
+    return _stage_main("sft", argv, SFTConfig, run_sft, "train.max_steps=100 pack=false lora.rank=8",
+                       "recipe YAML (init, data, out_dir, train, ...)")
 
 
 def dpo_main(argv: list[str]) -> int:
     from foundry.train.dpo import DPOConfig, run_dpo
 
-    p = recipe_parser("dpo", DPOConfig, "loss=ipo beta=0.5 train.max_steps=100",
-                      "recipe YAML (init, data, out_dir, train, ...)")
-    args = p.parse_args(argv)
-    run_dpo(load_recipe_args(DPOConfig, args), resume=args.resume)
-    return 0
+    return _stage_main("dpo", argv, DPOConfig, run_dpo, "loss=ipo beta=0.5 train.max_steps=100",
+                       "recipe YAML (init, data, out_dir, train, ...)")
 
 
 def continue_main(argv: list[str]) -> int:
