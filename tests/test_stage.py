@@ -47,3 +47,25 @@ def test_stage_starts_from_an_imported_hugging_face_directory(starts, verb, data
     # the same starting weights, so the same training: the imported directory is not a fresh model
     assert from_hf["results"]["val/loss"] == pytest.approx(from_foundry["results"]["val/loss"], rel=1e-4)
     assert f"foundry {verb}: done: step 3" in capsys.readouterr().out
+
+
+def test_distributed_set_up_leaves_the_config_alone():
+    from foundry.config import TrainConfig
+    from foundry.train.distributed import setup_distributed
+
+    cfg = TrainConfig(micro_batch_size=2, global_batch_size=8, device="cpu")
+    env = setup_distributed(cfg)
+    assert env.grad_accum_steps == 4 and cfg.grad_accum_steps == 1  # the recipe as written, for config.yaml
+
+
+def test_a_stage_whose_pieces_do_not_fit_the_loop_is_refused_before_training(tmp_path):
+    from foundry.train.objectives import NextTokenObjective
+    from foundry.train.stage import StageConfig, StageRunner
+
+    cfg = StageConfig(out_dir=str(tmp_path / "run"), train={"device": "cpu", "progress": False})
+    with StageRunner("probe", cfg) as runner:
+        runner.open_run_dir()
+        assert (tmp_path / "run" / "config.yaml").is_file()
+        with pytest.raises(TypeError, match="list is not a BatchSource"):
+            runner.train(None, NextTokenObjective(), [], None)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

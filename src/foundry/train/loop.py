@@ -28,14 +28,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from foundry.errors import CheckpointError, TrainingError
-from foundry.hardware import peak_flops
-from foundry.lm_metrics import lm_scores
-from foundry.train import distributed as dist_utils
 from foundry.checkpoints import (
     latest_checkpoint, load_train_state, load_weights, rng_state, save_checkpoint, set_rng_state,
     remove_checkpoint, step_checkpoints,
 )
+from foundry.errors import CheckpointError, TrainingError
+from foundry.hardware import peak_flops
+from foundry.lm_metrics import lm_scores
+from foundry.train import distributed as dist_utils
 from foundry.train.objectives import BatchSource, Objective
 from foundry.train.optim import build_optimizer, lr_at
 from foundry.utils.io import RunRecord, atomic_write_text
@@ -232,7 +232,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
             run_record.write({"status": "running"})
     # an attempt stopped before its first checkpoint starts over, its metrics too
     log = _MetricsLog(run_dir, is_main, step if resume_ckpt is not None else None)
-    if resume and is_main:
+    if resume_ckpt is not None and is_main:
         log.write({"step": step, "event": "resume", "checkpoint": str(resume_ckpt)})
 
     params = [p for p in model.parameters() if p.requires_grad]

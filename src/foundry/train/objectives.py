@@ -9,7 +9,7 @@ exactly the gradient of one batch k times larger (trl #2175, transformers PR #34
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from foundry.lm_metrics import IGNORE_INDEX
 
 
+@runtime_checkable
 class Objective(Protocol):
     """What a stage optimises; `train()` calls only these."""
 
@@ -31,6 +32,7 @@ class Objective(Protocol):
         ...
 
 
+@runtime_checkable
 class BatchSource(Protocol):
     """Where a stage's training batches come from: seeded, and resumable at the exact position."""
 

@@ -129,9 +129,14 @@ class StageRunner:
               best_metric: str | None = None, eval_at_start: bool = False) -> dict:
         """The one training loop on this stage's run directory; returns its final metrics."""
         from foundry.train.loop import train
+        from foundry.train.objectives import BatchSource, Objective
 
+        # programming errors, caught before any work: a new stage's pieces must fit the loop
         if self.record is None:
-            raise RuntimeError("StageRunner.open_run_dir must come before train")  # a programming error
+            raise RuntimeError("StageRunner.open_run_dir must come before train")
+        for piece, protocol in ((objective, Objective), (source, BatchSource)):
+            if not isinstance(piece, protocol):
+                raise TypeError(f"{type(piece).__name__} is not a {protocol.__name__} (see foundry.train.objectives)")
         return train(model, objective, source, self.cfg.train, self.run_dir, tokenizer, evaluators=evaluators,
                      resume=self.resume, stage=self.name, parents=self.record.parents,
                      data_manifests=self.record.data_manifests, best_metric=best_metric, record_config=self.cfg,
