@@ -55,7 +55,7 @@ def setup(work: Path, args) -> None:
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.hf import export_hf
     from foundry.model.llama import Llama, config_from_preset
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     pairs = read_preferences(DATA)
     texts = [m["content"] for p in pairs for m in p.messages] + [t for p in pairs for t in (p.chosen, p.rejected)]
@@ -72,7 +72,7 @@ def run_ours(work: Path, args) -> dict:
     from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 
     from foundry.train.dpo import DPOConfig, run_dpo
-    from foundry.train.loop import read_metrics
+    from foundry.utils.io import read_metrics
 
     cfg = DPOConfig(init=str(work / "ckpt"), data=str(DATA), out_dir=str(work / "ours"), loss="dpo", beta=0.1,
                     train=dict(max_steps=args.steps, micro_batch_size=args.batch, block_size=args.block, lr=1e-5,

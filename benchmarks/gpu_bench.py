@@ -181,7 +181,7 @@ def _flash_context():
 def bench_size(preset: str, block: int, steps: int, warmup: int, compile_model: bool,
                micro: int | None) -> dict:
     from foundry.model.llama import config_from_preset
-    from foundry.train.loop import peak_flops
+    from foundry.hardware import peak_flops
     from foundry.train.plan import GIB, estimate_memory
 
     device = torch.device("cuda")

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def build_split(work: Path, vocab_size: int) -> tuple[Path, Path, Path]:
     """Dataset dir (train = first 99%, val = last 1% of the text), tokenizer dir, and the raw text file."""
-    from foundry.data.shards import main as tokenize_main
+    from foundry.commands.data import tokenize_main
     from foundry.data.tokenizer import Tokenizer
 
     books = sorted((REPO / "data/general/kjv").glob("*.txt"))

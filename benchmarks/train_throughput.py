@@ -20,7 +20,7 @@ import torch
 
 from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
-from foundry.train.loop import GPU_PEAK_BF16, measure_matmul_flops
+from foundry.hardware import accelerator_named, measure_matmul_flops
 from foundry.train.objectives import NextTokenObjective
 from foundry.train.optim import build_optimizer
 
@@ -141,7 +141,7 @@ def main() -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         name = torch.cuda.get_device_name(device)
-        peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None) or measure_matmul_flops(
+        peak = getattr(accelerator_named(name), "peak_bf16_flops", None) or measure_matmul_flops(
             device, dtype=torch.bfloat16)
         print(f"{name}: peak {peak / 1e12:.0f} TFLOP/s (bf16)")
     else:

@@ -32,7 +32,7 @@ def tiny_model(tokenizer: Tokenizer, seed: int = 0, **overrides) -> Llama:
 
 
 def tiny_checkpoint(path, seed: int = 0, **overrides):
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     tokenizer = tiny_tokenizer()
     model = tiny_model(tokenizer, seed, **overrides)

@@ -26,7 +26,7 @@ def make_texts(n_docs: int, seed: int = 0, words_per_doc: int = 60) -> list[str]
 def make_dataset(root: Path, n_train: int = 60, n_val: int = 8, vocab_size: int = 300, seed: int = 0,
                  texts: tuple[list[str], list[str]] | None = None) -> dict:
     """A dataset dir with tokens/ and a tokenizer dir (generated texts, or `texts` = (train, val))."""
-    from foundry.data.shards import main as tokenize_main
+    from foundry.commands.data import tokenize_main
     from foundry.data.tokenizer import Tokenizer
 
     root = Path(root)

@@ -10,7 +10,10 @@ import pytest
 from _eval_models import fresh_model, tokenizer, trained_model
 from foundry.cli import main as cli
 from foundry.errors import ConfigError, DataError
-from foundry.eval.bakeoff import ModelEntry, chrf, load_rubric, read_ratings, summarise, token_f1
+from foundry.eval.bakeoff.rubric import ModelEntry, load_rubric
+from foundry.eval.bakeoff.scoring import chrf, token_f1
+from foundry.eval.bakeoff.sheet import read_ratings
+from foundry.eval.bakeoff.summary import summarise
 
 RUBRIC = """\
 name: test rubric
@@ -48,7 +51,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     root = tmp_path_factory.mktemp("bake")
     tok = tokenizer()
@@ -100,6 +103,12 @@ def test_outputs_scores_and_blinded_sheet(setup):
     assert cli(["bakeoff", "--config", str(root / "bakeoff.yaml"), "--out", str(again)]) == 0
     assert [json.loads(x)["output"] for x in (again / "outputs.jsonl").read_text().splitlines()] == \
         [o["output"] for o in outputs]
+    # ...but not the same blinding: the ids come from a fresh secret kept only in the key, not the public seed
+    first, second = (json.loads((d / "blind_key.json").read_text()) for d in (out, again))
+    assert "seed" not in first and len(first["secret"]) >= 32 and first["secret"] != second["secret"]
+    assert set(first["key"]).isdisjoint(second["key"])
+    assert "secret" not in (out / "rating_sheet.csv").read_text() and first["secret"] not in (
+        out / "bakeoff.json").read_text() + (out / "state.json").read_text()
 
 
 def test_blinding_is_undone_exactly(setup, tmp_path):
@@ -217,7 +226,7 @@ def test_regenerating_into_a_full_directory_is_refused(setup, capsys):
 
 
 def test_prompt_file_errors(tmp_path):
-    from foundry.eval.bakeoff import load_prompts
+    from foundry.eval.bakeoff.rubric import load_prompts
 
     (tmp_path / "p.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
     with pytest.raises(DataError, match=r"p.jsonl:2: duplicate prompt id 'a'"):

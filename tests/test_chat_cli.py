@@ -5,7 +5,7 @@ import sys
 
 from foundry.data.chat import render_chat
 from foundry.serve.generate import generate
-from foundry.train.checkpoint import load_model
+from foundry.checkpoints import load_model
 
 from _serve_fixtures import tiny_checkpoint
 

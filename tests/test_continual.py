@@ -171,8 +171,20 @@ def test_existing_out_dir_is_not_overwritten(base, tmp_path, capsys):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     r = recipe(tmp_path / "r.yaml", base, out, mix(base))
-    assert "already exists" in run_cli_error(capsys, ["continue", "--config", str(r)])
+    assert "already holds a run" in run_cli_error(capsys, ["continue", "--config", str(r)])
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_overwrite_starts_over_and_records_the_recipe(base, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("an old run")
+    r = recipe(tmp_path / "r.yaml", base, out, mix(base), max_steps=2, eval_every=2, checkpoint_every=2)
+    assert cli(["continue", "--config", str(r), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["overwrite"] is True and saved["mixture"] == mix(base) and saved["train"]["max_steps"] == 2
+    assert json.loads((out / "run.json").read_text())["results"]["step"] == 2
 
 
 # ---- training: gain, forgetting, replay, records, resume -----------------------------------------------
@@ -220,6 +232,29 @@ def test_run_record_names_parent_and_both_manifests(experiment, base):
     assert all({"val/en/loss", "val/en/ppl", "val/en/bpb", "val/fr/ppl", "val/fr/bpb"} <= set(x) for x in evals)
     assert evals[0]["val/fr/loss"] == rec["results"]["before"]["fr"]["loss"]
     assert evals[-1]["val/en/loss"] == rec["results"]["after"]["en"]["loss"]
+
+
+def test_step_zero_evaluation_reaches_tensorboard(experiment):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, runs = experiment
+    events = EventAccumulator(str(root / "replay" / "tb"))
+    events.Reload()
+    curve = {e.step: e.value for e in events.Scalars("val/fr/loss")}
+    assert sorted(curve) == [0, 20, 40]
+    assert curve[0] == pytest.approx(runs["replay"]["results"]["before"]["fr"]["loss"], rel=1e-6)
+
+
+def test_run_record_is_created_when_the_run_starts(experiment):
+    import calendar
+    import time
+
+    root, runs = experiment
+    created = calendar.timegm(time.strptime(runs["replay"]["created"], "%Y-%m-%dT%H:%M:%SZ"))
+    started = (root / "replay" / "config.yaml").stat().st_mtime  # written as the run directory opens
+    finished = (root / "replay" / "run.json").stat().st_mtime
+    assert finished - started > 1  # the run lasted long enough for the test to tell start from end
+    assert started - 1 <= created <= started
 
 
 def test_resume_after_a_crash_reproduces_the_run(experiment, base, tmp_path, capsys):
@@ -272,7 +307,7 @@ def test_compare_tabulates_runs_of_one_parent(experiment, tmp_path, capsys):
 
 def test_continues_from_a_hugging_face_checkpoint(base, tmp_path):
     from foundry.model.hf import export_hf
-    from foundry.train.checkpoint import load_model
+    from foundry.checkpoints import load_model
 
     model, tok = load_model(base["base"])
     export_hf(model, tok, tmp_path / "hf")

@@ -118,7 +118,7 @@ def test_fsdp_loss_curve_matches_ddp_and_checkpoints_consolidate(runs):
     assert sorted(p.name for p in (ckpt / "optimizer").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     meta = json.loads((ckpt / "meta.json").read_text())
     assert "optimizer/.metadata" in meta["sha256"]  # the shards are checksummed with the rest
-    from foundry.train.checkpoint import load_model
+    from foundry.checkpoints import load_model
 
     model, _ = load_model(run)  # a plain single-process load of the consolidated weights
     assert_same_weights(model.state_dict(), {**final_weights(run), "lm_head.weight": model.lm_head.weight}, 0)

@@ -13,7 +13,7 @@ from test_sft_helpers import BOOKS, base_checkpoint, tiny_tokenizer, write_jsonl
 
 from foundry.cli import main as cli
 from foundry.data.prefs import read_preferences
-from foundry.train.checkpoint import load_model
+from foundry.checkpoints import load_model
 from foundry.train.dpo import PairBatches, encode_pairs, pair_logps
 
 TRAIN = dict(max_steps=40, micro_batch_size=4, block_size=64, lr=3e-3, warmup_steps=2, eval_every=20,

@@ -13,7 +13,7 @@ from foundry.data.clean import clean_text, content_hash
 from foundry.data.decontam import Decontaminator
 from foundry.data.prepare import in_validation
 from foundry.data.sources import ReadStats, read_txt
-from foundry.eval.bakeoff import load_prompts, load_rubric
+from foundry.eval.bakeoff.rubric import load_prompts, load_rubric
 from foundry.eval.tasks import load_task
 
 REPO = Path(__file__).resolve().parents[1]

@@ -121,7 +121,7 @@ def test_fewshot_split_and_shots_bounds(tmp_path):
 
 
 def test_cli_end_to_end_on_a_checkpoint(tmp_path, capsys):
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     tok = tokenizer()
     ckpt = tmp_path / "run" / "checkpoints" / "best"
@@ -151,7 +151,7 @@ def test_cli_end_to_end_on_a_checkpoint(tmp_path, capsys):
 def test_grounded_generation_reports_closed_book_and_grounded(tmp_path, monkeypatch):
     """With --index the prompt is built by retrieval; an echoing 'model' passes only when grounded."""
     import foundry.eval.harness as harness
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     docs = tmp_path / "docs"
     docs.mkdir()

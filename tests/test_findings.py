@@ -104,7 +104,7 @@ def test_preference_task_accuracy_matches_summed_logprobs(tmp_path):
 
 
 def test_eval_cli_stores_per_item_scores_and_per_window_bpb(tmp_path):
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     tok = tokenizer()
     save_checkpoint(tmp_path / "m", trained_model(), tok)

@@ -70,7 +70,7 @@ def test_top_k_and_top_p_restrict_the_choice():
 
 def test_generate_cli_streams_from_a_checkpoint(tmp_path, model, tokenizer, capsys):
     from foundry.cli import main
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     save_checkpoint(tmp_path / "ckpt", model, tokenizer)
     assert main(["generate", str(tmp_path / "ckpt"), "--prompt", "the lord", "--max-new-tokens", "12",
@@ -87,7 +87,7 @@ def test_generate_cli_streams_from_a_checkpoint(tmp_path, model, tokenizer, caps
 def test_generate_cli_grounds_the_prompt_in_retrieved_passages(tmp_path, model, tokenizer, capsys):
     from foundry.cli import main
     from foundry.serve.retrieval import Index, grounded_prompt
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     save_checkpoint(tmp_path / "ckpt", model, tokenizer)
     docs = tmp_path / "docs"

@@ -12,7 +12,7 @@ from foundry.data.tokenizer import Tokenizer
 from foundry.errors import CheckpointError
 from foundry.model.hf import import_hf
 from foundry.serve.generate import generate
-from foundry.train.checkpoint import load_model
+from foundry.checkpoints import load_model
 
 transformers = pytest.importorskip("transformers")
 

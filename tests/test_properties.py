@@ -76,7 +76,7 @@ def test_jsonl_readers_raise_only_foundry_errors(scratch, data):
     """Chat JSONL, preference JSONL, eval task files and bake-off prompt files."""
     from foundry.data.chat import read_chat_jsonl
     from foundry.data.prefs import read_preferences
-    from foundry.eval.bakeoff import load_prompts
+    from foundry.eval.bakeoff.rubric import load_prompts
     from foundry.eval.tasks import load_task
 
     path = scratch / "records.jsonl"
@@ -149,7 +149,7 @@ def test_recipe_loader_with_overrides_raises_only_foundry_errors(scratch, doc, o
                      .map(lambda c: yaml.safe_dump({"criteria": c}).encode()),
                      st.binary(max_size=60)))
 def test_rubric_loader_raises_only_foundry_errors(scratch, doc):
-    from foundry.eval.bakeoff import load_rubric
+    from foundry.eval.bakeoff.rubric import load_rubric
 
     path = scratch / "rubric.yaml"
     path.write_bytes(doc)
@@ -182,7 +182,7 @@ def test_rating_sheet_reader_raises_only_foundry_errors(scratch, rows, junk, hea
     import csv
     import io
 
-    from foundry.eval.bakeoff import read_ratings
+    from foundry.eval.bakeoff.sheet import read_ratings
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -221,7 +221,7 @@ MODEL_KEYS = ["vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "interme
                                max_size=3), junk=st.one_of(st.none(), st.binary(max_size=20)))
 def test_checkpoint_model_config_reader_raises_only_foundry_errors(scratch, changes, junk):
     from foundry.model.llama import PRESETS
-    from foundry.train.checkpoint import load_model_config
+    from foundry.checkpoints import load_model_config
 
     folder = scratch / "ckpt"
     folder.mkdir(exist_ok=True)

@@ -105,7 +105,7 @@ def dpo_recipe(ws: dict, path: Path, init: Path, out_dir: Path, **train) -> Path
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    from foundry.train.loop import read_metrics
+    from foundry.utils.io import read_metrics
 
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r and "event" not in r}
 

@@ -8,7 +8,7 @@ import pytest
 from test_reliability_common import build_workspace, losses, pretrain_recipe, sft_recipe
 
 from foundry.cli import main as cli
-from foundry.train.checkpoint import MODEL_FILE, step_checkpoints
+from foundry.checkpoints import MODEL_FILE, step_checkpoints
 
 
 @pytest.fixture(scope="module")

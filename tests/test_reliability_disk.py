@@ -22,7 +22,7 @@ from test_reliability_common import build_workspace, pretrain_recipe, write_corp
 
 from foundry.cli import main as cli
 from foundry.errors import FoundryError
-from foundry.train.checkpoint import (
+from foundry.checkpoints import (
     latest_checkpoint, load_model, load_train_state, save_checkpoint, step_checkpoints, verify_checkpoint,
 )
 

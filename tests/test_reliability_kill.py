@@ -29,7 +29,7 @@ import pytest
 
 from test_reliability_common import build_workspace, dpo_recipe, losses, pretrain_recipe, sft_recipe
 
-from foundry.train.checkpoint import (
+from foundry.checkpoints import (
     MODEL_FILE, latest_checkpoint, load_train_state, step_checkpoints, verify_checkpoint,
 )
 
@@ -40,7 +40,7 @@ import json, os, re, shutil, signal, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)  # before any op: no thread pool exists when we fork
-import foundry.cli, foundry.train.pretrain, foundry.train.sft, foundry.train.dpo, foundry.train.checkpoint as ck
+import foundry.cli, foundry.train.pretrain, foundry.train.sft, foundry.train.dpo, foundry.checkpoints as ck
 import foundry.train.loop, foundry.data.shards, foundry.data.tokenizer, foundry.data.chat, foundry.data.prefs
 import safetensors.torch, tokenizers, yaml, tqdm.auto, numpy
 import torch._dynamo, torch.distributed.fsdp  # the optimiser imports these lazily (seconds)
@@ -190,7 +190,7 @@ STEPS = 16
 
 def step_seconds(run: Path) -> float:
     """Wall time of one step (with its checkpoint write) in a finished run, from its metrics."""
-    from foundry.train.loop import read_metrics
+    from foundry.utils.io import read_metrics
 
     times = [r["elapsed_s"] for r in read_metrics(run) if "loss" in r and "elapsed_s" in r]
     return max((times[-1] - times[0]) / max(len(times) - 1, 1), 0.001)

@@ -6,7 +6,8 @@ import pytest
 
 from _eval_models import fresh_model, tokenizer
 from foundry.cli import main as cli
-from foundry.eval.bakeoff import ModelEntry, load_rubric, summarise
+from foundry.eval.bakeoff.rubric import ModelEntry, load_rubric
+from foundry.eval.bakeoff.summary import summarise
 
 
 def _source(path, license_, collected, kept, dropped):
@@ -41,7 +42,7 @@ def _stage(d, kind, created, parents, results, metrics, config=None):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     run = tmp_path_factory.mktemp("r") / "quick"
     zero_drop = {"too_short": 0, "exact_duplicate": 0, "contaminated": 0, "near_duplicate": 0}

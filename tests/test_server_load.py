@@ -41,7 +41,7 @@ def tiny_checkpoint(path: Path) -> Path:
 
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.llama import Llama, config_from_preset
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     words = "the river town market salt wool copper barge cheese harbour lantern hello world answer".split()
     tok = Tokenizer.train([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 10, vocab_size=300,
@@ -220,7 +220,7 @@ def test_loading_never_unpickles(tmp_path):
     import torch
 
     from foundry.data.tokenizer import Tokenizer
-    from foundry.train.checkpoint import load_model, load_train_state
+    from foundry.checkpoints import load_model, load_train_state
     from foundry.utils.io import sha256_file
 
     marker = tmp_path / "pwned"

@@ -56,7 +56,7 @@ def base_checkpoint(path: Path, tok, seed: int = 0, **overrides) -> Path:
     import torch
 
     from foundry.model.llama import Llama, config_from_preset
-    from foundry.train.checkpoint import save_checkpoint
+    from foundry.checkpoints import save_checkpoint
 
     torch.manual_seed(seed)
     model = Llama(config_from_preset("test", **{"max_seq_len": 128, **overrides}))

@@ -11,7 +11,7 @@ from test_sft_helpers import BOOKS, base_checkpoint, book_chats, tiny_tokenizer,
 from foundry.cli import main as cli
 from foundry.data.chat import render_chat
 from foundry.serve.generate import generate
-from foundry.train.checkpoint import load_model
+from foundry.checkpoints import load_model
 
 TRAIN = dict(max_steps=150, micro_batch_size=4, block_size=64, lr=3e-3, warmup_steps=5, eval_every=50,
              eval_batches=4, log_every=25, checkpoint_every=1000, threads=1, progress=False)

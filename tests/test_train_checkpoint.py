@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from foundry.errors import CheckpointError
 from foundry.model.llama import Llama, config_from_preset
-from foundry.train.checkpoint import (
+from foundry.checkpoints import (
     latest_checkpoint, load_model, load_train_state, load_weights, rng_state, save_checkpoint, set_rng_state,
 )
 

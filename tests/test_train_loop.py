@@ -9,7 +9,8 @@ import torch
 
 from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
-from foundry.train.loop import read_metrics, schedule_position, train
+from foundry.train.loop import schedule_position, train
+from foundry.utils.io import read_metrics
 from foundry.train.objectives import NextTokenObjective
 from foundry.train.optim import build_optimizer, lr_at
 from torch.optim.optimizer import register_optimizer_step_pre_hook

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _train_data import make_dataset, write_recipe  # noqa: E402
 
 from foundry.cli import main  # noqa: E402
-from foundry.train.loop import read_metrics  # noqa: E402
+from foundry.utils.io import read_metrics  # noqa: E402
 
 FOUNDRY = [sys.executable, "-m", "foundry.cli"]
 

@@ -1,7 +1,8 @@
 """`foundry <verb>`: one entry point whose verbs mirror the lifecycle.
 
-Each verb is a plain `main(argv) -> int | None` in the module that owns the work, imported only when
-called (importing torch costs seconds; `foundry --help` should not). User errors are FoundryError and
+Each verb is a plain `main(argv) -> int | None` in the commands layer (`foundry/commands/`), which parses
+argv and calls the library with typed arguments; it is imported only when called (importing torch costs
+seconds; `foundry --help` should not). User errors are FoundryError and
 print as one line, with no traceback, and a non-zero exit.
 """
 
@@ -16,28 +17,28 @@ from foundry.errors import ConfigError, FoundryError
 
 # verb -> (module:function, one-line help). Two-word verbs are written "noun verb".
 VERBS: dict[str, tuple[str, str]] = {
-    "quickstart": ("foundry.pipeline:quickstart_main", "run the bundled recipe end to end (data to report)"),
-    "run": ("foundry.pipeline:main", "run a recipe's stages in order, skipping finished ones"),
-    "data prepare": ("foundry.data.prepare:main", "ingest, clean, deduplicate, decontaminate and split corpora"),
-    "data tokenize": ("foundry.data.shards:main", "tokenise a prepared dataset into packed token shards"),
-    "tokenizer train": ("foundry.data.tokenizer:main", "train a byte-level BPE tokenizer on a prepared dataset"),
-    "pretrain": ("foundry.train.pretrain:main", "next-token pretraining from random initialisation"),
-    "continue": ("foundry.train.continual:main", "continual pretraining on a domain mixture with replay"),
-    "coverage": ("foundry.eval.coverage:main", "how well a model and tokenizer cover a domain corpus"),
-    "sft": ("foundry.train.sft:main", "supervised instruction tuning on chat data"),
-    "dpo": ("foundry.train.dpo:main", "preference optimisation (DPO, IPO, conservative DPO)"),
-    "audit prefs": ("foundry.data.prefs:audit_main", "audit a preference file for duplicates, contradictions, bias"),
-    "generate": ("foundry.serve.generate:main", "sample text from a model"),
-    "chat": ("foundry.serve.chat:main", "interactive terminal chat"),
-    "serve": ("foundry.serve.server:main", "OpenAI-compatible HTTP server"),
-    "index build": ("foundry.serve.retrieval:main", "build a retrieval index over a document folder"),
-    "eval": ("foundry.eval.harness:main", "perplexity, multiple-choice and generation tasks"),
-    "bakeoff": ("foundry.eval.bakeoff:main", "side-by-side model comparison on a rubric, with cost"),
-    "report": ("foundry.eval.report:main", "report card and model card for a run directory"),
-    "export": ("foundry.model.hf:export_main", "export a checkpoint to a Hugging Face directory"),
-    "import": ("foundry.model.hf:import_main", "import a local Hugging Face Llama-family checkpoint"),
-    "plan": ("foundry.train.plan:main", "estimate memory, time and cost before a run"),
-    "selftest": ("foundry.selftest:main", "check resume, accumulation, export and chat template on your recipe"),
+    "quickstart": ("foundry.commands.pipeline:quickstart_main", "run the bundled recipe end to end (data to report)"),
+    "run": ("foundry.commands.pipeline:run_main", "run a recipe's stages in order, skipping finished ones"),
+    "data prepare": ("foundry.commands.data:prepare_main", "ingest, clean, deduplicate, decontaminate and split corpora"),
+    "data tokenize": ("foundry.commands.data:tokenize_main", "tokenise a prepared dataset into packed token shards"),
+    "tokenizer train": ("foundry.commands.data:tokenizer_train_main", "train a byte-level BPE tokenizer on a prepared dataset"),
+    "pretrain": ("foundry.commands.train:pretrain_main", "next-token pretraining from random initialisation"),
+    "continue": ("foundry.commands.train:continue_main", "continual pretraining on a domain mixture with replay"),
+    "coverage": ("foundry.commands.eval:coverage_main", "how well a model and tokenizer cover a domain corpus"),
+    "sft": ("foundry.commands.train:sft_main", "supervised instruction tuning on chat data"),
+    "dpo": ("foundry.commands.train:dpo_main", "preference optimisation (DPO, IPO, conservative DPO)"),
+    "audit prefs": ("foundry.commands.data:audit_prefs_main", "audit a preference file for duplicates, contradictions, bias"),
+    "generate": ("foundry.commands.serve:generate_main", "sample text from a model"),
+    "chat": ("foundry.commands.serve:chat_main", "interactive terminal chat"),
+    "serve": ("foundry.commands.serve:serve_main", "OpenAI-compatible HTTP server"),
+    "index build": ("foundry.commands.serve:index_build_main", "build a retrieval index over a document folder"),
+    "eval": ("foundry.commands.eval:eval_main", "perplexity, multiple-choice and generation tasks"),
+    "bakeoff": ("foundry.commands.eval:bakeoff_main", "side-by-side model comparison on a rubric, with cost"),
+    "report": ("foundry.commands.eval:report_main", "report card and model card for a run directory"),
+    "export": ("foundry.commands.model:export_main", "export a checkpoint to a Hugging Face directory"),
+    "import": ("foundry.commands.model:import_main", "import a local Hugging Face Llama-family checkpoint"),
+    "plan": ("foundry.commands.train:plan_main", "estimate memory, time and cost before a run"),
+    "selftest": ("foundry.commands.train:selftest_main", "check resume, accumulation, export and chat template on your recipe"),
 }
 
 

@@ -28,36 +28,39 @@ class StrictModel(BaseModel):
 class TrainConfig(StrictModel):
     """What the one training loop needs, whatever the stage (pretrain, continue, sft, dpo)."""
 
-    seed: int = 1337
-    max_steps: int = Field(1000, gt=0)
+    seed: int = Field(1337, description="seeds the initial weights, the data order and dropout")
+    max_steps: int = Field(1000, gt=0, description="optimiser steps to train for")
     max_seconds: float | None = Field(None, gt=0, description="stop (and checkpoint) after this wall time")
     micro_batch_size: int = Field(16, gt=0, description="sequences per micro-batch per rank")
     grad_accum_steps: int = Field(1, gt=0, description="micro-batches per optimiser step per rank")
     global_batch_size: int | None = Field(None, gt=0, description="sequences per optimiser step over all ranks; "
                                           "if set, grad_accum_steps = it / (micro_batch_size * world size)")
     block_size: int = Field(256, gt=1, description="tokens per training sequence")
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0, description="peak learning rate (after warm-up)")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr as a fraction of lr")
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    warmup_steps: int = Field(50, ge=0)
+    schedule: Literal["cosine", "wsd", "constant"] = Field(
+        "cosine", description="lr schedule after warm-up: cosine decay, warmup-stable-decay, or constant")
+    warmup_steps: int = Field(50, ge=0, description="steps of linear warm-up from 0 to lr")
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying")
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float | None = Field(1.0, gt=0)
-    eval_every: int = Field(100, gt=0)
-    eval_batches: int = Field(20, gt=0)
-    log_every: int = Field(10, gt=0)
-    checkpoint_every: int = Field(200, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on norms, biases, embeddings)")
+    beta1: float = Field(0.9, description="AdamW beta1")
+    beta2: float = Field(0.95, description="AdamW beta2")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (null: no clipping)")
+    eval_every: int = Field(100, gt=0, description="evaluate every this many steps (and at the end)")
+    eval_batches: int = Field(20, gt=0, description="batches per evaluation")
+    log_every: int = Field(10, gt=0, description="write a metrics record every this many steps")
+    checkpoint_every: int = Field(200, gt=0, description="save a resumable checkpoint every this many steps")
     keep_last: int = Field(2, ge=1, description="checkpoints kept besides the best")
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    compile: bool = False
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, float32 on CPU")
+    compile: bool = Field(False, description="torch.compile the model")
     threads: int | None = Field(None, gt=0, description="CPU threads (default: all cores)")
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before rolling back")
-    rollback_lr_factor: float = Field(0.5, gt=0, le=1)
-    distributed: Literal["auto", "none", "ddp", "fsdp"] = "auto"
-    progress: bool = True
+    rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="lr scale applied at each rollback")
+    distributed: Literal["auto", "none", "ddp", "fsdp"] = Field(
+        "auto", description="under torchrun: auto (= ddp), ddp or fsdp; none refuses several processes")
+    progress: bool = Field(True, description="show a progress bar")
 
 
 def _parse_override(word: str) -> tuple[list[str], Any]:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from foundry.cli import VERBS, make_parser
+from foundry.cli import VERBS
 from foundry.config import StrictModel, config_from_dict, read_yaml
 from foundry.errors import ConfigError, FoundryError
 from foundry.eval.findings import SPEC_FILE, Claim, check_unique
@@ -177,51 +176,3 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
     atomic_write_json(run_dir / "pipeline.json", record)
     return record
 
-
-def _print_summary(record: dict, run_dir: Path) -> None:
-    print(f"\n[foundry run] {record['name']}: {len(record['stages'])} stages in {record['seconds']:.0f} s")
-    for entry in record["stages"]:
-        seconds = entry.get("seconds")
-        print(f"  {entry['name']:<14} {entry['status']:<8} {'' if seconds is None else f'{seconds:7.1f} s'}")
-    report = next((Path(e["output"]) / "report.md" for e in record["stages"]
-                   if (Path(e["output"]) / "report.md").is_file()), None)
-    if report is not None:
-        findings = report.with_name("findings.json")
-        if findings.is_file():
-            from foundry.eval.report import print_findings
-
-            print()
-            print_findings(read_json(findings)["findings"])
-        print(f"\nReport: {report}")
-        card = report.with_name("MODEL_CARD.md")
-        if card.is_file():
-            print(f"Model card: {card}")
-    print(f"Run directory: {run_dir}")
-
-
-def main(argv: list[str]) -> int:
-    parser = make_parser("run")
-    parser.add_argument("recipe", help="recipe YAML (see recipes/)")
-    parser.add_argument("overrides", nargs="*", help="out_dir=PATH to write the run elsewhere")
-    parser.add_argument("--force", action="append", default=[], metavar="STAGE",
-                        help="re-run this stage even if unchanged (repeatable)")
-    args = parser.parse_args(argv)
-    recipe_path = Path(args.recipe)
-    recipe = load_recipe(recipe_path, args.overrides)
-    record = run_recipe(recipe, recipe_path, args.force)
-    _print_summary(record, Path(recipe.out_dir).resolve())
-    return 0
-
-
-def quickstart_main(argv: list[str]) -> int:
-    parser = make_parser("quickstart")
-    parser.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
-    parser.add_argument("--recipe", default=str(REPO_ROOT / "recipes" / "quickstart.yaml"))
-    args = parser.parse_args(argv)
-    if not Path(args.recipe).is_file():
-        raise ConfigError(f"{args.recipe}: the bundled quickstart recipe is missing (is this a full checkout?)")
-    return main([args.recipe, f"out_dir={args.out}"])
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

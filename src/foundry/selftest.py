@@ -23,11 +23,9 @@ Exit status 1 if any check fails.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from foundry.errors import ConfigError
 
 MAX_PARAMS = 30_000_000  # larger models are swapped for the `test` preset (a minute on CPU)
 MAX_MICRO_BATCH, MAX_BLOCK, MAX_ACCUM = 4, 128, 4
@@ -104,30 +102,32 @@ def shrink(cfg, steps: int) -> tuple[object, object, list[str]]:
 
 
 def _run(cfg, tc, model_config, run_dir: Path, interrupt_after: int | None = None, resume: bool = False) -> None:
-    """One pretraining run through the loop, as `foundry pretrain` sets it up (seeded init, TokenBlocks)."""
+    """One pretraining run through the stage runner, as `foundry pretrain` sets it up (seeded init, TokenBlocks)."""
     import torch
 
     from foundry.data.shards import TokenBlocks
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.llama import Llama
-    from foundry.train.loop import train
     from foundry.train.objectives import NextTokenObjective
+    from foundry.train.stage import StageRunner
 
-    torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
-    model = Llama(model_config)
-    source = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed)
-    if interrupt_after is not None:
-        source = _InterruptingSource(source, interrupt_after)
-    try:
-        train(model, NextTokenObjective(), source, tc, run_dir, Tokenizer.load(cfg.tokenizer), resume=resume,
-              stage="selftest")
-    except _Interrupted:
-        pass
+    run_cfg = cfg.model_copy(update={"out_dir": str(run_dir), "train": tc, "overwrite": False})
+    with StageRunner("selftest", run_cfg, resume) as runner:
+        torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
+        model = Llama(model_config)
+        source = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed)
+        if interrupt_after is not None:
+            source = _InterruptingSource(source, interrupt_after)
+        runner.open_run_dir()
+        try:
+            runner.finish(runner.train(model, NextTokenObjective(), source, Tokenizer.load(cfg.tokenizer)))
+        except _Interrupted:
+            pass
 
 
 def check_resume(cfg, tc, model_config, work: Path) -> Check:
-    from foundry.train.checkpoint import MODEL_FILE, step_checkpoints
-    from foundry.train.loop import read_metrics
+    from foundry.checkpoints import MODEL_FILE, step_checkpoints
+    from foundry.utils.io import read_metrics
 
     def losses(run):
         return {r["step"]: r["loss"] for r in read_metrics(run) if "loss" in r and "event" not in r}
@@ -155,7 +155,7 @@ def check_resume(cfg, tc, model_config, work: Path) -> Check:
 def check_accumulation(cfg, tc, model_config, work: Path) -> Check:
     import torch
 
-    from foundry.train.checkpoint import load_train_state, step_checkpoints
+    from foundry.checkpoints import load_train_state, step_checkpoints
 
     k = max(2, tc.grad_accum_steps)
     b = tc.micro_batch_size
@@ -180,7 +180,7 @@ def check_export(work: Path, model_config) -> tuple[Check, Path | None]:
     import transformers
 
     from foundry.model import hf
-    from foundry.train.checkpoint import load_model
+    from foundry.checkpoints import load_model
 
     transformers.utils.logging.disable_progress_bar()  # its per-file loading bar would break up the table
     model, tokenizer = load_model(work / "uninterrupted")  # the trained weights, not just an initialisation
@@ -253,28 +253,3 @@ def format_table(checks: list[Check]) -> str:
     lines = [f"  {'check':<{width}}  result  detail", f"  {'-' * width}  ------  ------"]
     lines += [f"  {c.name:<{width}}  {'PASS' if c.passed else 'FAIL':<6}  {c.detail}" for c in checks]
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-    from foundry.config import load_config
-    from foundry.train.pretrain import PretrainConfig
-
-    p = make_parser("selftest")
-    p.add_argument("--config", required=True, help="your pretraining recipe (as for 'foundry pretrain')")
-    p.add_argument("--steps", type=int, default=6, help="optimiser steps per run (default 6; at least 2)")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the recipe")
-    args = p.parse_args(argv)
-    if args.steps < 2:
-        raise ConfigError(f"--steps must be at least 2 (one before and one after the interruption), got {args.steps}")
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    started = time.perf_counter()
-    checks, notes = run_selftest(cfg, args.steps)
-    print(f"foundry selftest: {args.config}, {args.steps} steps on CPU (float32)")
-    for note in notes:
-        print(f"  note: {note}")
-    print(format_table(checks))
-    failed = [c.name for c in checks if not c.passed]
-    print(f"{len(checks) - len(failed)} of {len(checks)} checks passed in {time.perf_counter() - started:.0f}s"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0

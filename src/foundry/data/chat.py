@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from foundry.errors import DataError
+from foundry.lm_metrics import IGNORE_INDEX
 
 ROLES = ("system", "user", "assistant")
 
@@ -85,7 +86,7 @@ def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = F
 
 def assistant_loss_targets(ids: list[int], mask: list[bool]) -> list[int]:
     """Next-token targets for `ids`: targets[t] = ids[t+1] where token t+1 is supervised, else -100."""
-    return [ids[t + 1] if mask[t + 1] else -100 for t in range(len(ids) - 1)] + [-100]
+    return [ids[t + 1] if mask[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)] + [IGNORE_INDEX]
 
 
 # ---- reading --------------------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 from foundry.data.clean import clean_text, content_hash, words
-from foundry.data.decontam import DEFAULT_NGRAM, Decontaminator
-from foundry.data.dedup import NearDeduplicator
-from foundry.data.sources import TXT_SPLITS, ReadStats, SourceFile, find_sources, read_documents
+from foundry.data.decontam import Decontaminator
+from foundry.data.dedup import ExactDeduplicator, NearDeduplicator
+from foundry.data.sources import ReadStats, SourceFile, read_documents
 from foundry.errors import DataError
 from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file, write_run_record
 
@@ -37,19 +37,27 @@ DROP_COLUMNS = {"too_short": "short", "exact_duplicate": "exact dup", "contamina
 MANIFEST_FORMAT = "foundry-dataset/1"
 
 
+def dataset_manifest(dataset: str | Path) -> Path:
+    """`DATASET/manifest.json`; a directory without one is not a prepared dataset (a one-line DataError)."""
+    manifest = Path(dataset) / "manifest.json"
+    if not manifest.is_file():
+        raise DataError(f"{dataset}: not a dataset directory (no manifest.json); run 'foundry data prepare' first")
+    return manifest
+
+
 def in_validation(digest: bytes, val_fraction: float) -> bool:
     """The split rule: the first 8 bytes of the content hash as a number in [0, 1)."""
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
-def _fingerprint(sources: list[dict], settings: dict, evals: list[dict]) -> str:
+def dataset_fingerprint(sources: list[dict], settings: dict, evals: list[dict]) -> str:
     """Hash of everything that determines the output, to tell 'same dataset' from 'different dataset'."""
     key = {"sources": [(s["path"], s["sha256"], s["provenance"]) for s in sources], "settings": settings,
            "eval": [e["sha256"] for e in evals]}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _check_output(out: Path, fingerprint: str, overwrite: bool) -> bool:
+def check_existing_output(out: Path, fingerprint: str, overwrite: bool) -> bool:
     """True when `out` already holds this exact dataset. Refuse a different one unless --overwrite."""
     if not out.exists():
         return False
@@ -78,12 +86,12 @@ def prepare(sources: list[SourceFile], out: Path, *, text_field: str = "text", t
             progress: bool = True, fingerprint: str = "", extra_settings: dict | None = None) -> dict:
     """Run the pipeline over `sources` and write the dataset directory `out`; returns the manifest.
 
-    `overwrite` lets an existing `out` be replaced (the CLI decides that in `_check_output`).
+    `overwrite` lets an existing `out` be replaced (the CLI decides that in `check_existing_output`).
     """
     from tqdm import tqdm
 
     t0, cpu0 = time.perf_counter(), time.process_time()
-    seen: set[bytes] = set()
+    exact = ExactDeduplicator()
     near = NearDeduplicator(near_dup_threshold) if near_dup_threshold < 1 else None
     decon = decontaminator
     records: list[dict] = []
@@ -104,10 +112,9 @@ def prepare(sources: list[SourceFile], out: Path, *, text_field: str = "text", t
                     dropped["too_short"] += 1
                     continue
                 digest = content_hash(text)
-                if digest in seen:
+                if exact.seen(digest):
                     dropped["exact_duplicate"] += 1
                     continue
-                seen.add(digest)
                 toks = words(text)  # split once, shared by decontamination and near-dedup
                 split = "val" if in_validation(digest, val_fraction) else "train"
                 # Only training text must not contain eval items; held-out text may (the bundled tasks
@@ -226,57 +233,3 @@ def print_summary(manifest: dict, out: Path) -> None:
     t = manifest["totals"]
     console.print(f"{t['text_bytes'] / 1e6:.2f} MB of text in {manifest['seconds']:.1f}s "
                   f"({manifest['throughput_mb_per_s']:.2f} MB/s) -> {out}")
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-
-    p = make_parser("data prepare")
-    p.add_argument("src", nargs="+", help=".txt/.md/.rst, .jsonl, .parquet files (or .gz of text/jsonl), or folders")
-    p.add_argument("--out", required=True, help="dataset directory to write")
-    p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
-    p.add_argument("--txt-split", choices=TXT_SPLITS, default=None,
-                   help="how a text file becomes documents (default: the SOURCE.yaml's txt_split, else 'file')")
-    p.add_argument("--license", help="license for sources whose SOURCE.yaml does not say")
-    p.add_argument("--origin", help="origin URL for sources whose SOURCE.yaml does not say")
-    p.add_argument("--collected", help="collection date YYYY-MM-DD for sources whose SOURCE.yaml does not say")
-    p.add_argument("--eval", action="append", default=[], metavar="FILE",
-                   help="eval file (.txt, or .jsonl: all string fields) to decontaminate against; repeatable")
-    p.add_argument("--ngram", type=int, default=DEFAULT_NGRAM, help="decontamination n-gram length in words")
-    p.add_argument("--min-chars", type=int, default=100, help="drop documents shorter than this after cleaning")
-    p.add_argument("--val-fraction", type=float, default=0.02)
-    p.add_argument("--near-dup-threshold", type=float, default=0.8,
-                   help="MinHash Jaccard at or above which a document is a near duplicate (1 disables)")
-    p.add_argument("--on-bad-utf8", choices=("skip", "error"), default="error",
-                   help="undecodable lines: refuse the file (default) or skip them and count them")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset at --out")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-
-    if not 0 <= args.val_fraction < 1:
-        raise DataError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if not 0 < args.near_dup_threshold <= 1:
-        raise DataError(f"--near-dup-threshold must be in (0, 1], got {args.near_dup_threshold}")
-    if args.min_chars < 0 or args.ngram < 1:
-        raise DataError("--min-chars must be >= 0 and --ngram >= 1")
-    out = Path(args.out)
-    cli_prov = {"license": args.license, "origin": args.origin, "collected": args.collected}
-    sources = find_sources(args.src, cli_prov)
-    for s in sources:
-        if out.resolve() in s.path.resolve().parents:
-            raise DataError(f"{s.path}: is inside the output directory {out}; choose another --out")
-    decon = Decontaminator(args.eval, args.ngram) if args.eval else None
-    settings = {"text_field": args.text_field, "txt_split": args.txt_split, "min_chars": args.min_chars,
-                "val_fraction": args.val_fraction, "near_dup_threshold": args.near_dup_threshold,
-                "on_bad_utf8": args.on_bad_utf8, "ngram": args.ngram}
-    src_info = [{"path": str(s.path), "sha256": sha256_file(s.path), "provenance": s.provenance} for s in sources]
-    fingerprint = _fingerprint(src_info, settings, decon.files if decon else [])
-    if _check_output(out, fingerprint, args.overwrite):
-        print(f"{out}: already holds this dataset (same sources and settings); nothing to do")
-        return 0
-    manifest = prepare(sources, out, text_field=args.text_field, txt_split=args.txt_split, min_chars=args.min_chars,
-                       val_fraction=args.val_fraction, near_dup_threshold=args.near_dup_threshold,
-                       on_bad_utf8=args.on_bad_utf8, decontaminator=decon, overwrite=out.exists(),
-                       progress=not args.no_progress, fingerprint=fingerprint, extra_settings={"ngram": args.ngram})
-    print_summary(manifest, out)
-    return 0

@@ -292,57 +292,45 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
     return info
 
 
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
+def tokenize_dataset(dataset: str | Path, tokenizer: str | Path, workers: int = 1,
+                     shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False, progress: bool = True,
+                     record_config: dict | None = None) -> dict | None:
+    """Tokenise a prepared dataset's splits into `DATASET/tokens` (index.json + shards + run.json); returns
+    the index, or None when the shards already hold this dataset under this tokenizer."""
+    from foundry.data.prepare import dataset_manifest
     from foundry.data.tokenizer import Tokenizer
     from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file, write_run_record
 
-    p = make_parser("data tokenize")
-    p.add_argument("dataset", help="dataset directory made by 'foundry data prepare'")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory (or tokenizer.json)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising processes (default: all cores)")
-    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
-    p.add_argument("--overwrite", action="store_true", help="replace existing shards")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-
-    dataset = Path(args.dataset)
-    manifest = dataset / "manifest.json"
-    if not manifest.is_file():
-        raise DataError(f"{dataset}: not a dataset directory (no manifest.json); run 'foundry data prepare' first")
-    tok = Tokenizer.load(args.tokenizer)
-    tok_file = str(Path(args.tokenizer) / "tokenizer.json" if Path(args.tokenizer).is_dir() else Path(args.tokenizer))
+    dataset = Path(dataset)
+    manifest = dataset_manifest(dataset)
+    tok = Tokenizer.load(tokenizer)
+    tok_file = str(Path(tokenizer) / "tokenizer.json" if Path(tokenizer).is_dir() else Path(tokenizer))
     manifest_sha = sha256_file(manifest)
     out = dataset / "tokens"
-    if (out / "index.json").is_file() and not args.overwrite:
+    if (out / "index.json").is_file() and not overwrite:
         old = json.loads((out / "index.json").read_text(encoding="utf-8"))
         if old.get("tokenizer_sha256") == tok.sha256 and old.get("manifest_sha256") == manifest_sha:
-            print(f"{out}: already tokenised with this tokenizer; nothing to do (--overwrite to redo)")
-            return 0
+            return None
         raise DataError(f"{out}: holds shards from a different tokenizer or dataset; pass --overwrite to replace them")
-    if args.shard_tokens < 1:
-        raise DataError(f"--shard-tokens must be positive, got {args.shard_tokens}")
+    if shard_tokens < 1:
+        raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
 
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     index = {"dtype": dtype, "tokenizer_sha256": tok.sha256, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
              "manifest_sha256": manifest_sha, "splits": {}}
     t0 = time.perf_counter()
-    with atomic_directory(out, overwrite=args.overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         for split in ("train", "val"):
-            index["splits"][split] = tokenize_split(dataset, split, tok_file, tmp, dtype, max(1, args.workers),
-                                                    args.shard_tokens, progress=not args.no_progress)
+            index["splits"][split] = tokenize_split(dataset, split, tok_file, tmp, dtype, max(1, workers),
+                                                    shard_tokens, progress=progress)
         seconds = time.perf_counter() - t0
         total = sum(s["tokens"] for s in index["splits"].values())
         index["seconds"] = round(seconds, 3)
         atomic_write_json(tmp / "index.json", index)
-        write_run_record(tmp, "tokenize", vars(args),
+        write_run_record(tmp, "tokenize", record_config or {"dataset": str(dataset), "tokenizer": str(tokenizer)},
                          parents={"dataset": str(dataset.resolve()), "tokenizer": str(Path(tok_file).resolve()),
                                   "tokenizer_sha256": tok.sha256},
                          data_manifests={dataset.name: manifest_sha},
                          results={"tokens": total, "seconds": round(seconds, 3),
                                   "tokens_per_second": round(total / max(seconds, 1e-9))})
-    for split, s in index["splits"].items():
-        print(f"{split}: {s['documents']} documents, {s['tokens']} tokens, {s['bytes']} bytes "
-              f"({s['bytes'] / max(s['tokens'], 1):.2f} bytes/token), {len(s['shards'])} shard(s)")
-    print(f"tokenised {total} tokens in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} tokens/s) -> {out}")
-    return 0
+    return index

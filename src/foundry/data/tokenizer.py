@@ -227,28 +227,20 @@ def iter_split_texts(dataset_dir: str | Path, split: str) -> Iterator[str]:
                 raise DataError(f"{path}:{lineno}: not a dataset record ({exc})") from None
 
 
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
+def train_tokenizer(dataset: str | Path, out: str | Path, vocab_size: int = 8192, min_frequency: int = 2,
+                    overwrite: bool = False, record_config: dict | None = None) -> dict:
+    """Train a tokenizer on a prepared dataset's train split and save it to `out` (with run.json); returns
+    {vocab_size, sha256, documents, train_seconds, fertility} (fertility measured on val, else train)."""
+    from foundry.data.prepare import dataset_manifest
     from foundry.utils.io import atomic_directory, sha256_file, write_run_record
 
-    p = make_parser("tokenizer train")
-    p.add_argument("dataset", help="dataset directory made by 'foundry data prepare' (trains on train.jsonl)")
-    p.add_argument("--out", required=True, help="output directory for tokenizer.json and tokenizer_config.json")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--min-frequency", type=int, default=2, help="merges need a pair seen at least this often")
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-
-    dataset = Path(args.dataset)
-    manifest = dataset / "manifest.json"
-    if not manifest.is_file():
-        raise DataError(f"{dataset}: not a dataset directory (no manifest.json); run 'foundry data prepare' first")
+    dataset = Path(dataset)
+    manifest = dataset_manifest(dataset)
     n_train = sum(1 for _ in iter_split_texts(dataset, "train"))
     if n_train == 0:
         raise DataError(f"{dataset / 'train.jsonl'}: no documents to train on")
-
     t0 = time.perf_counter()
-    tok = Tokenizer.train(iter_split_texts(dataset, "train"), args.vocab_size, args.min_frequency, length=n_train)
+    tok = Tokenizer.train(iter_split_texts(dataset, "train"), vocab_size, min_frequency, length=n_train)
     seconds = time.perf_counter() - t0
     val = fertility(tok, iter_split_texts(dataset, "val"))
     if val["documents"] == 0:  # tiny datasets may have an empty validation split; say what we measured
@@ -256,15 +248,10 @@ def main(argv: list[str]) -> int:
         val["split"] = "train (val is empty)"
     else:
         val["split"] = "val"
-
-    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+    results = {"vocab_size": tok.vocab_size, "sha256": tok.sha256, "train_seconds": round(seconds, 2), "fertility": val}
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         tok.save(tmp)
-        write_run_record(tmp, "tokenizer", vars(args),
+        write_run_record(tmp, "tokenizer", record_config or {"dataset": str(dataset), "vocab_size": vocab_size},
                          parents={"dataset": str(dataset.resolve())},
-                         data_manifests={dataset.name: sha256_file(manifest)},
-                         results={"vocab_size": tok.vocab_size, "sha256": tok.sha256,
-                                  "train_seconds": round(seconds, 2), "fertility": val})
-    print(f"tokenizer: vocab {tok.vocab_size}, trained on {n_train} documents in {seconds:.1f}s -> {args.out}")
-    print(f"fertility on {val['split']}: {val['tokens_per_word']:.3f} tokens/word, "
-          f"{val['bytes_per_token']:.2f} bytes/token ({val['tokens']} tokens, {val['words']} words)")
-    return 0
+                         data_manifests={dataset.name: sha256_file(manifest)}, results=results)
+    return {**results, "documents": n_train, "train_seconds": seconds}

@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from foundry.errors import ConfigError, DataError
+from foundry.errors import DataError
 
 # signal -> (good upper bound, fair upper bound); above the fair bound is poor.
 THRESHOLDS: dict[str, tuple[float, float]] = {
@@ -239,44 +239,3 @@ def print_report(report: dict) -> None:
     if ex:
         print("frequent domain words the base corpus never shows: " + ", ".join(ex))
     print(verdict_line(report))
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-
-    p = make_parser("coverage")
-    p.add_argument("model", help="checkpoint or run directory")
-    p.add_argument("--domain", required=True, help="domain dataset directory (made by 'foundry data prepare')")
-    p.add_argument("--base", help="the model's own (pretraining) dataset; default: from the model's run.json")
-    p.add_argument("--top", type=int, default=200, help="how many of the domain's frequent words/bigrams to check")
-    p.add_argument("--max-chars", type=int, default=2_000_000, help="characters read per corpus for word statistics")
-    p.add_argument("--max-tokens", type=int, default=16_384, help="tokens of each val split the model scores")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    p.add_argument("--out", help="also write the JSON report to this file")
-    args = p.parse_args(argv)
-    for name in ("top", "max_chars", "max_tokens"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"foundry coverage: --{name.replace('_', '-')} must be positive")
-
-    from foundry.train.continual import load_init
-    from foundry.train.distributed import pick_device
-
-    base = Path(args.base) if args.base else discover_base_dataset(Path(args.model))
-    if base is None:
-        raise ConfigError(f"{args.model}: its run.json does not say which dataset it was trained on; "
-                          "pass --base DATASET_DIR")
-    model, tokenizer, _ = load_init(args.model)  # a foundry checkpoint or run, or a Hugging Face checkpoint
-    model.to(pick_device(args.device))
-    report = coverage_report(model, tokenizer, args.domain, base, top_n=args.top, max_chars=args.max_chars,
-                             max_tokens=args.max_tokens)
-    report["model_path"] = str(args.model)
-    if args.out:
-        from foundry.utils.io import atomic_write_json
-
-        atomic_write_json(args.out, report)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print_report(report)
-    return 0

@@ -27,10 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from foundry.errors import ConfigError
 from foundry.eval.perplexity import dataset_perplexity, model_device
 from foundry.eval.stats import mean_stderr
-from foundry.eval.tasks import GenItem, MCItem, PrefItem, Task, check_output, load_task
+from foundry.eval.tasks import GenItem, MCItem, PrefItem, Task, check_output
 
 EXAMPLES_KEPT = 5  # generation outputs stored per task, to show in the report
 
@@ -149,12 +148,17 @@ def prompt_ids(tokenizer, prompt: str, chat: bool = True) -> list[int]:
     return [tokenizer.eos_id] + tokenizer.encode(prompt)
 
 
+def fit_prompt(ids: list[int], max_seq_len: int, max_new_tokens: int) -> list[int]:
+    """The end of a prompt that leaves room for `max_new_tokens` in the context (at least half the context
+    is kept for the prompt when the answer alone would fill it)."""
+    room = max_seq_len - max_new_tokens
+    return ids[-room:] if room > 0 else ids[-(max_seq_len // 2):]
+
+
 def greedy_answer(model, tokenizer, prompt: str, chat: bool = True, max_new_tokens: int = 64) -> str:
     from foundry.serve.generate import generate
 
-    ids = prompt_ids(tokenizer, prompt, chat)
-    room = model.config.max_seq_len - max_new_tokens
-    ids = ids[-room:] if room > 0 else ids[-(model.config.max_seq_len // 2):]
+    ids = fit_prompt(prompt_ids(tokenizer, prompt, chat), model.config.max_seq_len, max_new_tokens)
     out = list(generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=0))
     return tokenizer.decode(out, skip_special=True)
 
@@ -290,71 +294,3 @@ def task_rows(results: dict) -> list[list[str]]:
                 other = "-"
             rows.append([task, m["name"], str(r["n"]), acc, other])
     return rows
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-    from foundry.utils.io import atomic_write_json, code_version
-
-    p = make_parser("eval")
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="checkpoint or run directory, optionally named: NAME=PATH")
-    p.add_argument("--data", nargs="+", action="extend", default=[], metavar="DATASET_DIR",
-                   help="dataset directories (from 'foundry data prepare'); scores their val split")
-    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="TASK.jsonl",
-                   help="multiple-choice or generation task files (see foundry.eval.tasks)")
-    p.add_argument("--out", help="write results JSON here")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--shots", type=int, default=0, help="few-shot examples for multiple-choice tasks")
-    p.add_argument("--index", help="retrieval index directory: also run every task grounded")
-    p.add_argument("--k", type=int, default=3, help="passages retrieved per grounded prompt")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="generation task answer length")
-    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many val tokens per dataset")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    args = p.parse_args(argv)
-
-    if not args.data and not args.tasks:
-        raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR and/or --tasks TASK.jsonl")
-    if args.shots < 0:
-        raise ConfigError(f"foundry eval: --shots must be >= 0, got {args.shots}")
-    if args.out and Path(args.out).exists() and not args.overwrite:
-        raise ConfigError(f"{args.out}: already exists; pass --overwrite to replace it")
-    for d in args.data:
-        if not Path(d).is_dir():
-            raise ConfigError(f"{d}: dataset directory not found")
-    tasks = [load_task(t) for t in args.tasks]  # validate every file before any model is loaded
-    names = [t.name for t in tasks]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"foundry eval: two task files share a name ({names}); rename one")
-    for t in tasks:
-        if t.kind == "mc":
-            t.split_shots(args.shots)
-    index = None
-    if args.index:
-        from foundry.serve.retrieval import Index
-
-        index = Index.load(args.index)
-
-    from foundry.train.checkpoint import load_model
-    from foundry.train.distributed import pick_device
-
-    device = pick_device(args.device)
-    results: dict = {"kind": "foundry.eval", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                     "code_version": code_version(), "shots": args.shots, "index": args.index,
-                     "datasets": [str(d) for d in args.data], "task_files": list(args.tasks), "models": []}
-    taken: set[str] = set()
-    for spec in args.models:
-        name, path = model_name(spec, taken)
-        taken.add(name)
-        print(f"[eval] {name} ({path})")
-        model, tokenizer = load_model(path, device=device)
-        block = evaluate(model, tokenizer, args.data, tasks, args.shots, index, args.max_new_tokens,
-                         args.max_tokens, args.batch_size, k=args.k)
-        results["models"].append({"name": name, "path": str(Path(path).resolve()), **block})
-        del model
-    print_tables(results)
-    if args.out:
-        atomic_write_json(args.out, results)
-        print(f"results -> {args.out}")
-    return 0

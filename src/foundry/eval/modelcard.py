@@ -195,7 +195,7 @@ def provenance(chain: list[dict]) -> tuple[list[list[str]], list[list[str]], lis
 
 def _model_facts(stage_dir: Path) -> dict:
     try:
-        from foundry.train.checkpoint import load_model_config, resolve_checkpoint
+        from foundry.checkpoints import load_model_config, resolve_checkpoint
 
         ckpt = resolve_checkpoint(stage_dir)
         cfg = load_model_config(ckpt)

@@ -15,7 +15,6 @@ tokenizer, else `DIR/{split}.jsonl` tokenised on the fly (so any model can be sc
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from foundry.errors import DataError
+from foundry.lm_metrics import IGNORE_INDEX, lm_scores
 
 
 def model_device(model) -> torch.device:
@@ -47,29 +47,29 @@ def stream_loss(model, tokens, block_size: int, batch_size: int = 8, blocks: lis
         chunk = [tokens[s:s + block_size + 1] for s in starts[i:i + batch_size]]
         width = max(len(c) for c in chunk)
         x = torch.zeros(len(chunk), width - 1, dtype=torch.long)
-        y = torch.full((len(chunk), width - 1), -100, dtype=torch.long)
+        y = torch.full((len(chunk), width - 1), IGNORE_INDEX, dtype=torch.long)
         for row, c in enumerate(chunk):
             x[row, :len(c) - 1] = c[:-1]
             y[row, :len(c) - 1] = c[1:]
         logits = model(x.to(device)).float()
-        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=-100,
+        nll = F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten(), ignore_index=IGNORE_INDEX,
                               reduction="none").view(len(chunk), -1)
         total += nll.sum().item()
-        count += int((y != -100).sum())
+        count += int((y != IGNORE_INDEX).sum())
         if blocks is not None:
-            blocks.extend(zip(nll.sum(dim=1).tolist(), (y != -100).sum(dim=1).tolist()))
+            blocks.extend(zip(nll.sum(dim=1).tolist(), (y != IGNORE_INDEX).sum(dim=1).tolist()))
     return total, count
 
 
 def _summary(nats: float, count: int, nbytes: float, blocks: list | None = None) -> dict:
-    loss = nats / count if count else float("nan")
-    out = {"loss": loss, "perplexity": math.exp(loss) if count else float("nan"),
-           "bits_per_byte": nats / math.log(2) / nbytes if nbytes else float("nan"),
+    """The one computation (`foundry.lm_metrics`), under the names eval results have always used."""
+    scores = lm_scores(nats, count, nbytes)
+    out = {"loss": scores["loss"], "perplexity": scores["ppl"], "bits_per_byte": scores.get("bpb", float("nan")),
            "tokens": count, "bytes": int(round(nbytes))}
     if blocks and nbytes:
         # Each window's bits per byte, its bytes taken at the split's average bytes per token.
         bytes_per_token = nbytes / count
-        out["block_bits_per_byte"] = [round(n / math.log(2) / (t * bytes_per_token), 6) for n, t in blocks if t]
+        out["block_bits_per_byte"] = [round(lm_scores(n, t, t * bytes_per_token)["bpb"], 6) for n, t in blocks if t]
     return out
 
 

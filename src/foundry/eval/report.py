@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundry.errors import ConfigError, FoundryError
+from foundry.utils.io import read_metrics
+from foundry.utils.tables import md_table
 
 SKIP_DIRS = {"checkpoints", "tokens", "tb", "plots", "__pycache__"}
 MAX_JSON_BYTES = 20 << 20
@@ -79,20 +81,6 @@ def _read_json(path: Path):
         return None
 
 
-def read_metrics_file(path: Path) -> list[dict]:
-    """`metrics.jsonl` records; a torn or malformed line (a killed run) is skipped."""
-    records = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-                records.append(rec)
-    return records
-
-
 def discover(run_dir: str | Path) -> RunView:
     root = Path(run_dir)
     if not root.is_dir():
@@ -105,7 +93,7 @@ def discover(run_dir: str | Path) -> RunView:
             if not isinstance(record, dict):
                 raise FoundryError(f"{run_json}: not valid JSON; the stage record is damaged")
             name = root.resolve().name if d == root else d.relative_to(root).as_posix()
-            stages.append(Stage(name, d, record, read_metrics_file(d / "metrics.jsonl")))
+            stages.append(Stage(name, d, record, read_metrics(d)))
         for f in sorted(d.glob("*.json")):
             if f.name == "run.json" or f.stat().st_size > MAX_JSON_BYTES:
                 continue
@@ -178,15 +166,6 @@ def plot_losses(stage: Stage, path: Path) -> bool:
 
 
 # ---- tables ----------------------------------------------------------------------------------------
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    def esc(x) -> str:
-        return str(x).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def fmt(x, digits: int = 4) -> str:
     if isinstance(x, bool) or x is None:
         return "-" if x is None else str(x)
@@ -258,7 +237,7 @@ def render_findings(findings: list[dict]) -> list[str]:
 
 
 def render_report(view: RunView, out_dir: Path, findings: list[dict] = ()) -> str:
-    from foundry.eval.bakeoff import markdown_table
+    from foundry.eval.bakeoff.summary import markdown_table
 
     title = (view.pipeline or {}).get("name") or view.root.resolve().name
     lines = [f"# Report card: {title}", "",
@@ -397,27 +376,3 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, model_s
     return {"report": out / "report.md", "html": out / "report.html", "model_card": out / "MODEL_CARD.md",
             "plots": sorted((out / "plots").glob("*.png")) if (out / "plots").is_dir() else [],
             "findings": findings}
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-
-    p = make_parser("report")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from 'foundry run' or any stage)")
-    p.add_argument("--out", help="where to write report.md, report.html, plots/ and MODEL_CARD.md (default RUN_DIR)")
-    p.add_argument("--model", dest="model_stage", metavar="STAGE",
-                   help="the stage whose model the card describes (default: the last training stage)")
-    p.add_argument("--findings", metavar="YAML",
-                   help="claims to compute (a mapping with a 'findings:' list; default RUN_DIR/findings.yaml)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
-    args = p.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.run_dir)
-    existing = [f for f in ("report.md", "MODEL_CARD.md") if (out / f).exists()]
-    if existing and not args.overwrite:
-        raise ConfigError(f"{out / existing[0]}: already exists; pass --overwrite to replace the report")
-    paths = write_report(args.run_dir, out, args.model_stage, args.findings)
-    if paths["findings"]:
-        print_findings(paths["findings"])
-    print(f"report: {paths['report']} (+ {paths['html'].name}, {len(paths['plots'])} plot(s))")
-    print(f"model card: {paths['model_card']}")
-    return 0

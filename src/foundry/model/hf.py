@@ -97,26 +97,6 @@ def export_hf(model: Llama, tokenizer, out_dir: str | Path, overwrite: bool = Fa
     return Path(out_dir)
 
 
-def export_main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-    from foundry.train.checkpoint import load_model
-
-    p = make_parser("export")
-    p.add_argument("checkpoint", help="checkpoint directory (or run directory: its best checkpoint)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--format", choices=["hf"], default="hf", help="hf: Hugging Face transformers directory")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
-    model, tokenizer = load_model(args.checkpoint, "cpu")
-    export_hf(model, tokenizer, out, overwrite=args.overwrite)
-    print(f"exported {args.checkpoint} -> {out} (Hugging Face LlamaForCausalLM, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters)")
-    return 0
-
-
 # ---- import --------------------------------------------------------------------------------------
 def _rope(cfg: dict, path: Path) -> float:
     """rope_theta, refusing any scaled rope (transformers 4.x `rope_scaling`, 5.x `rope_parameters`)."""
@@ -316,31 +296,3 @@ def import_hf(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
         raise CheckpointError(f"{tok_path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
                               f"embedding only {config.vocab_size}")
     return model, tokenizer
-
-
-def import_main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-    from foundry.train.checkpoint import save_checkpoint
-
-    p = make_parser("import")
-    p.add_argument("hf_dir", help="local Hugging Face model directory (config.json, safetensors, tokenizer.json)")
-    p.add_argument("--out", required=True, help="output foundry checkpoint directory")
-    p.add_argument("--max-seq-len", type=int, default=DEFAULT_MAX_SEQ_LEN,
-                   help=f"cap on the context length (default {DEFAULT_MAX_SEQ_LEN})")
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
-    if args.max_seq_len < 2:
-        raise ConfigError(f"--max-seq-len {args.max_seq_len}: must be at least 2")
-    model, tokenizer = import_hf(args.hf_dir, args.max_seq_len)
-    cfg = read_json(Path(args.hf_dir) / "config.json")
-    # save_checkpoint writes OUT.tmp and replaces an existing OUT (--overwrite) only once complete.
-    save_checkpoint(out, model, tokenizer, meta={
-        "stage": "import", "step": 0, "source": str(Path(args.hf_dir).resolve()),
-        "source_architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
-    })
-    print(f"imported {args.hf_dir} ({(cfg.get('architectures') or [cfg.get('model_type')])[0]}, "
-          f"{model.num_params():,} parameters, context {model.config.max_seq_len}) -> {out}")
-    return 0

@@ -84,16 +84,3 @@ def chat_loop(model, tokenizer, system: str | None = None, index=None, passages:
         history += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
         turn += 1
     return history
-
-
-def main(argv: list[str]) -> int:
-    from foundry.serve.generate import load_for_sampling, sampling_parser
-
-    p = sampling_parser("chat", max_new_tokens=256, temperature=0.7)
-    p.add_argument("--system", default=None, help="system prompt")
-    args = p.parse_args(argv)
-    model, tokenizer, index = load_for_sampling(args)
-    chat_loop(model, tokenizer, system=args.system, index=index, passages=args.passages,
-              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-              top_p=args.top_p, seed=args.seed)
-    return 0

@@ -15,11 +15,10 @@ Design choices:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from foundry.errors import ConfigError, DataError
-from foundry.utils.io import atomic_directory, atomic_write_json, atomic_write_text, read_json
+from foundry.errors import DataError
+from foundry.utils.io import atomic_write_json, atomic_write_text, read_json
 
 DOC_SUFFIXES = (".txt", ".md")
 FORMAT_VERSION = 1
@@ -156,40 +155,3 @@ def grounded_prompt(index: Index, question: str, k: int = 3) -> str:
             f"{format_passages(hits)}\n\nQuestion: {question}\nAnswer:")
 
 
-def add_index_argument(parser) -> None:
-    """The `--index DIR` / `--passages K` options shared by generate, chat and serve."""
-    parser.add_argument("--index", default=None, help="retrieval index (foundry index build) to ground answers in")
-    parser.add_argument("--passages", type=int, default=3, help="passages retrieved per question (with --index)")
-
-
-def load_index_arg(args) -> Index | None:
-    if getattr(args, "index", None) is None:
-        return None
-    if args.passages < 1:
-        raise ConfigError(f"--passages {args.passages}: must be at least 1")
-    return Index.load(args.index)
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-
-    p = make_parser("index build")
-    p.add_argument("docs", help="folder of .txt / .md documents (searched recursively)")
-    p.add_argument("--out", required=True, help="output index directory")
-    p.add_argument("--min-words", type=int, default=12, help="shorter paragraphs join the next one")
-    p.add_argument("--max-words", type=int, default=160, help="longer paragraphs are cut into windows")
-    p.add_argument("--overwrite", action="store_true")
-    args = p.parse_args(argv)
-    if args.max_words < 1 or args.min_words < 0:
-        raise ConfigError("--max-words must be >= 1 and --min-words >= 0")
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
-    t0 = time.perf_counter()
-    passages = collect_passages(args.docs, args.min_words, args.max_words)
-    index = Index.build(passages)
-    with atomic_directory(out, overwrite=args.overwrite) as tmp:
-        index.save(tmp)
-    files = len({p["source"] for p in passages})
-    print(f"indexed {len(passages)} passages from {files} files in {time.perf_counter() - t0:.2f}s -> {out}")
-    return 0

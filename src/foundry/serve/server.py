@@ -22,19 +22,17 @@ import asyncio
 import contextlib
 import hmac
 import json
-import os
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from fastapi import Request  # module level: FastAPI resolves the string annotations of handlers here
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from foundry.errors import ConfigError, DataError
+from foundry.errors import DataError
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_BODY_BYTES = 4 << 20  # a request body beyond this is refused with 413 before it is parsed
@@ -462,46 +460,3 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
         return await respond(req, job, "chat")
 
     return app
-
-
-def main(argv: list[str]) -> int:
-    import uvicorn
-
-    from foundry.cli import make_parser
-    from foundry.serve.retrieval import add_index_argument, load_index_arg
-    from foundry.train.checkpoint import load_model
-    from foundry.train.distributed import pick_device
-
-    p = make_parser("serve")
-    p.add_argument("model", metavar="MODEL_PATH", help="checkpoint directory or run directory")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("FOUNDRY_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $FOUNDRY_API_KEY, else none)")
-    p.add_argument("--model-name", default=None, help="the id clients pass as 'model' (default: directory name)")
-    p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: context)")
-    p.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-concurrency", type=int, default=4, help="requests generating at once; more get 429")
-    p.add_argument("--device", default="auto")
-    add_index_argument(p)
-    args = p.parse_args(argv)
-    for flag in ("port", "max_tokens_limit", "max_concurrency"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
-        raise ConfigError(f"--max-prompt-tokens must be at least 1, got {args.max_prompt_tokens}")
-    index = load_index_arg(args)
-    model, tokenizer = load_model(args.model, device=pick_device(args.device))
-    model.eval()
-    name = args.model_name or Path(args.model).resolve().name
-    settings = ServerSettings(model_name=name, api_key=args.api_key, max_prompt_tokens=args.max_prompt_tokens,
-                              max_tokens_limit=args.max_tokens_limit, max_concurrency=args.max_concurrency,
-                              passages=args.passages)
-    app = create_app(model, tokenizer, settings, index=index)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it")
-    print(f"serving '{name}' at http://{args.host}:{args.port}/v1 "
-          f"(max {args.max_concurrency} concurrent, max_tokens <= {args.max_tokens_limit}"
-          f"{', grounded in ' + args.index if index is not None else ''})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0

@@ -19,16 +19,15 @@ quarter of the old data limits forgetting in the same paper).
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from foundry.config import StrictModel, TrainConfig, load_config
-from foundry.errors import CheckpointError, ConfigError, DataError
+from foundry.config import StrictModel, TrainConfig
+from foundry.errors import ConfigError, DataError
+from foundry.train.stage import StageConfig, StageRunner
 
 
 # ---- configuration -----------------------------------------------------------------------------------
@@ -48,10 +47,10 @@ class ContinueTrainConfig(TrainConfig):
     eval_every: int = Field(50, gt=0)
 
 
-class ContinueConfig(StrictModel):
-    init: str = Field(description="foundry checkpoint or run directory (an imported HF checkpoint is one too)")
-    out_dir: str
-    mixture: list[MixtureEntry]
+class ContinueConfig(StageConfig):
+    init: str = Field(description="model to start from: a foundry checkpoint, a run directory (its best checkpoint) "
+                      "or an imported Hugging Face directory")
+    mixture: list[MixtureEntry] = Field(description="datasets to train and evaluate on: [{name, data, weight}, ...]")
     train: ContinueTrainConfig = ContinueTrainConfig()
     eval_batch_size: int | None = Field(None, gt=0, description="default: train.micro_batch_size")
 
@@ -134,40 +133,6 @@ class MixtureSource:
             source.load_state_dict(state["sources"][name])
 
 
-# ---- checking inputs -------------------------------------------------------------------------------------
-def load_init(path: str | Path):
-    """(model, tokenizer, kind) from a foundry checkpoint or run directory, or a Hugging Face checkpoint.
-
-    Anything else is a one-line CheckpointError naming the path.
-    """
-    from foundry.train.checkpoint import load_model
-
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: expected a checkpoint or run directory, not a file")
-    if (path / "model_config.json").is_file() or (path / "meta.json").is_file() or (path / "checkpoints").is_dir():
-        model, tokenizer = load_model(path, device="cpu")
-        return model, tokenizer, "foundry"
-    if (path / "config.json").is_file():
-        from foundry.model.hf import import_hf
-
-        model, tokenizer = import_hf(path)
-        return model, tokenizer, "huggingface"
-    raise CheckpointError(f"{path}: not a foundry checkpoint (no model_config.json), run directory (no "
-                          "checkpoints/) or Hugging Face checkpoint (no config.json)")
-
-
-def _manifest_sha(dataset: Path) -> str:
-    from foundry.utils.io import sha256_file
-
-    manifest = dataset / "manifest.json"
-    if not manifest.is_file():
-        raise DataError(f"{dataset}: not a dataset directory (no manifest.json); run 'foundry data prepare'")
-    return sha256_file(manifest)
-
-
 # ---- evaluation ------------------------------------------------------------------------------------------
 def dataset_evaluator(dataset: str | Path, block_size: int, batch_size: int, max_batches: int):
     """fn(model) -> {"loss", "ppl", "bpb"} on the dataset's val shards (the same fixed blocks every call)."""
@@ -183,14 +148,11 @@ def dataset_evaluator(dataset: str | Path, block_size: int, batch_size: int, max
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """A Markdown table from dict rows; columns are (key, header, format spec)."""
-    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
-    rule = "|" + "|".join("---" if f == "" else "---:" for _, _, f in columns) + "|"
-    body = []
-    for row in rows:
-        cells = [_cell(row.get(key), spec) for key, _, spec in columns]
-        body.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *body])
+    """A Markdown table from dict rows; columns are (key, header, format spec); formatted columns align right."""
+    from foundry.utils.tables import md_table
+
+    return md_table([h for _, h, _ in columns], [[_cell(row.get(key), spec) for key, _, spec in columns] for row in rows],
+                    right=[i for i, (_, _, spec) in enumerate(columns) if spec])
 
 
 def _cell(value, spec: str) -> str:
@@ -244,78 +206,43 @@ def _per_dataset(metrics: dict, names: list[str]) -> dict[str, dict]:
 # ---- the stage -----------------------------------------------------------------------------------------
 def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
     """Continue training `cfg.init` on `cfg.mixture`; returns the `results` written to run.json."""
-    import torch
-
+    from foundry.data.prepare import dataset_manifest
     from foundry.data.shards import TokenBlocks, check_tokenizer_matches
-    from foundry.train.checkpoint import latest_checkpoint
-    from foundry.train.distributed import setup_distributed
-    from foundry.train.loop import autocast_context, autocast_dtype, read_metrics, train
     from foundry.train.objectives import NextTokenObjective
-    from foundry.utils.io import write_run_record
+    from foundry.utils.io import read_metrics, sha256_file
 
-    run_dir = Path(cfg.out_dir)
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir}: already exists and is not empty; pass --resume to continue that run, "
-                          "or choose another out_dir (nothing was changed)")
-    if resume and latest_checkpoint(run_dir) is None:
-        # An attempt that stopped before its first checkpoint left nothing to keep: start it afresh.
-        print(f"foundry continue: {run_dir} holds no checkpoint yet; starting from {cfg.init}", file=sys.stderr)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        resume = False
-    datasets = {m.name: Path(m.data) for m in cfg.mixture}
-    weights = {m.name: m.weight for m in cfg.mixture}
-    manifests = {name: _manifest_sha(path) for name, path in datasets.items()}
-    model, tokenizer, kind = load_init(cfg.init)
-    for path in datasets.values():
-        check_tokenizer_matches(path, tokenizer)  # one-line DataError naming the shards if they differ
-    tc = cfg.train
-    if tc.block_size > model.config.max_seq_len:
-        raise ConfigError(f"train.block_size={tc.block_size} exceeds the checkpoint's context "
-                          f"(max_seq_len {model.config.max_seq_len})")
-
-    env = setup_distributed(tc)
-    # Each dataset samples with its own seed, so adding a dataset does not reshuffle the others.
-    train_sources = {name: TokenBlocks(path, "train", tc.block_size, tc.seed + k, env.rank, env.world_size)
-                     for k, (name, path) in enumerate(datasets.items()) if weights[name] > 0}
-    source = MixtureSource(train_sources, weights, tc.seed)
-    eval_bs = cfg.eval_batch_size or tc.micro_batch_size
-    evaluators = {f"val/{name}": dataset_evaluator(path, tc.block_size, eval_bs, tc.eval_batches)
-                  for name, path in datasets.items()}
-    names = list(datasets)
-
-    # Step 0: the parent checkpoint's numbers on every dataset, logged where the loop logs its evaluations.
-    if resume:
-        before_record = next((r for r in read_metrics(run_dir) if r.get("step") == 0 and "event" not in r), None)
-    else:
-        before_record = None
-    if before_record is None:
-        device = env.device
-        model.to(device).eval()
-        with torch.no_grad(), autocast_context(device, autocast_dtype(tc, device)):
-            before_record = {"step": 0}
-            for name, fn in evaluators.items():
-                before_record.update({f"{name}/{k}": float(v) for k, v in fn(model).items()})
-        model.to("cpu").train()
-        if env.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(before_record) + "\n")
-
-    primary = max(cfg.mixture, key=lambda m: m.weight).name  # best checkpoint: lowest loss on the main dataset
-    parents = {"checkpoint": str(Path(cfg.init).resolve()), "checkpoint_kind": kind,
-               "datasets": {n: str(p.resolve()) for n, p in datasets.items()}}
-    final = train(model, NextTokenObjective(), source, tc, run_dir, tokenizer, evaluators=evaluators,
-                  resume=resume, stage="continue", parents=parents, data_manifests=manifests,
-                  best_metric=f"val/{primary}/loss", record_config=cfg)
-
-    before, after = _per_dataset(before_record, names), _per_dataset(final, names)
-    rows = before_after_rows(before, after, weights)
-    results = {**final, "status": "finished", "before": before, "after": after, "table": rows,
-               "mixture": weights, "sequences_drawn": dict(source.drawn), "primary": primary}
-    if env.is_main:
-        write_run_record(run_dir, "continue", cfg, parents=parents, data_manifests=manifests, results=results)
-        print_table(rows, BEFORE_AFTER_COLUMNS, f"continual pretraining: {cfg.init} -> {run_dir}")
-    return results
+    with StageRunner("continue", cfg, resume) as runner:
+        env, tc = runner.env, cfg.train
+        datasets = {m.name: Path(m.data) for m in cfg.mixture}
+        weights = {m.name: m.weight for m in cfg.mixture}
+        manifests = {name: sha256_file(dataset_manifest(path)) for name, path in datasets.items()}
+        start = runner.load_start(cfg.init)
+        for path in datasets.values():
+            check_tokenizer_matches(path, start.tokenizer)  # one-line DataError naming the shards if they differ
+        # Each dataset samples with its own seed, so adding a dataset does not reshuffle the others.
+        train_sources = {name: TokenBlocks(path, "train", tc.block_size, tc.seed + k, env.rank, env.world_size)
+                         for k, (name, path) in enumerate(datasets.items()) if weights[name] > 0}
+        source = MixtureSource(train_sources, weights, tc.seed)
+        eval_bs = cfg.eval_batch_size or tc.micro_batch_size
+        evaluators = {f"val/{name}": dataset_evaluator(path, tc.block_size, eval_bs, tc.eval_batches)
+                      for name, path in datasets.items()}
+        names = list(datasets)
+        primary = max(cfg.mixture, key=lambda m: m.weight).name  # best checkpoint: lowest loss on the main dataset
+        parents = {"checkpoint": str(Path(cfg.init).resolve()), "checkpoint_kind": start.kind,
+                   "datasets": {n: str(p.resolve()) for n, p in datasets.items()}}
+        run_dir = runner.open_run_dir(parents, manifests)
+        # step 0 evaluates the parent on every dataset: the "before" of the before/after table
+        final = runner.train(start.model, NextTokenObjective(), source, start.tokenizer, evaluators=evaluators,
+                             best_metric=f"val/{primary}/loss", eval_at_start=True)
+        before_record = next((r for r in read_metrics(run_dir) if r.get("step") == 0 and "event" not in r), {})
+        before, after = _per_dataset(before_record, names), _per_dataset(final, names)
+        rows = before_after_rows(before, after, weights)
+        results = {**final, "before": before, "after": after, "table": rows,
+                   "mixture": weights, "sequences_drawn": dict(source.drawn), "primary": primary}
+        runner.finish(results)
+        if runner.is_main:
+            print_table(rows, BEFORE_AFTER_COLUMNS, f"continual pretraining: {cfg.init} -> {run_dir}")
+        return results
 
 
 # ---- comparing runs: the domain experiment's table -----------------------------------------------------
@@ -385,44 +312,3 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path) -> dict:
     print_table(rows, columns, "continual pretraining: perplexity before and after")
     print(f"results: {out_dir / 'results.md'}")
     return results
-
-
-def run_domain_experiment(recipe: str | Path | None = None, out_dir: str | Path | None = None) -> dict:
-    """Run the bundled domain experiment recipe end to end (`foundry run`); returns its results table.
-
-    Base model pretrained on the general corpus -> continual pretraining on each domain with and without
-    replay; the table lands in RUN/results/results.md and results.json.
-    """
-    from foundry.pipeline import REPO_ROOT, load_recipe, run_recipe
-    from foundry.utils.io import read_json
-
-    recipe = Path(recipe or REPO_ROOT / "recipes" / "domain-experiment.yaml")
-    loaded = load_recipe(recipe, [f"out_dir={out_dir}"] if out_dir else None)
-    run_recipe(loaded, recipe)
-    run_dir = Path(loaded.out_dir)
-    if not run_dir.is_absolute():
-        run_dir = Path.cwd() / run_dir
-    return read_json(run_dir / "results" / "results.json")
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-
-    p = make_parser("continue")
-    p.add_argument("--config", help="recipe YAML (see recipes/continue-*.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in out_dir")
-    p.add_argument("--compare", nargs="+", metavar="RUN", help="instead of training: tabulate finished continue runs "
-                   "of one parent (before/after on every dataset) into --out")
-    p.add_argument("--out", help="with --compare: directory for results.md and results.json")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.lr=1e-4")
-    args = p.parse_args(argv)
-    if args.compare:
-        if args.config or not args.out:
-            raise ConfigError("foundry continue --compare RUN... needs --out DIR and no --config")
-        compare_runs(args.compare, args.out)
-        return 0
-    if not args.config:
-        raise ConfigError("foundry continue: --config RECIPE is required (or --compare RUN... --out DIR)")
-    cfg = load_config(ContinueConfig, args.config, args.overrides)
-    run_continue(cfg, resume=args.resume)
-    return 0

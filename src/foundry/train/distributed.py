@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from foundry.checkpoints import is_sharded, pick_device, unwrap
 from foundry.errors import CheckpointError, ConfigError
 
 OPTIMIZER_DIR = "optimizer"  # DCP shards of the optimiser state inside an FSDP checkpoint
@@ -56,6 +57,7 @@ class DistEnv:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     strategy: str = "none"  # none | ddp | fsdp: what wrap_model does
+    grad_accum_steps: int = 1  # micro-batches per step per rank (`resolve_batch`; the config is not changed)
 
     @property
     def is_main(self) -> bool:
@@ -70,14 +72,6 @@ def log(message: str, env: DistEnv | None = None) -> None:
     """A line on stderr from rank 0 only."""
     if env is None or env.is_main:
         print(f"foundry: {message}", file=sys.stderr, flush=True)
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
 
 
 def resolve_strategy(cfg, world_size: int) -> str:
@@ -115,16 +109,14 @@ def setup_distributed(cfg) -> DistEnv:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     strategy = resolve_strategy(cfg, world_size)
     accum = resolve_batch(cfg, world_size)
-    if accum != cfg.grad_accum_steps:
-        cfg.grad_accum_steps = accum
     device = pick_device(cfg.device, local_rank)
-    env = DistEnv(rank, world_size, local_rank, device, strategy)
+    env = DistEnv(rank, world_size, local_rank, device, strategy, accum)
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         log(f"{world_size} processes, {strategy.upper()}, backend {dist.get_backend()}, "
-            f"{cfg.micro_batch_size} x {cfg.grad_accum_steps} sequences per rank per step", env)
+            f"{cfg.micro_batch_size} x {accum} sequences per rank per step", env)
     elif world_size == 1 and getattr(cfg, "distributed", "auto") in ("ddp", "fsdp") and not _told_single[0]:
         _told_single[0] = True
         log(f"train.distributed={cfg.distributed} with one process: nothing to "
@@ -188,12 +180,6 @@ def _allreduce_sum_hook(process_group, bucket):
     return fut.then(lambda f: f.value()[0])
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(unwrap(model), FSDPModule)
-
-
 @contextlib.contextmanager
 def sync_context(model: torch.nn.Module, sync: bool):
     """Skip gradient all-reduce / reduce-scatter on inner accumulation micro-steps (the last one syncs)."""
@@ -228,17 +214,6 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     return bool(t.item() > 0)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Llama inside torch.compile / DDP wrappers (an FSDP2 model is the Llama itself)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), torch.nn.Module) and hasattr(model, "no_sync"):
-            model = model.module
-        else:
-            return model
-
-
 def barrier(env: DistEnv) -> None:
     if env.enabled:
         dist.barrier()
@@ -261,17 +236,6 @@ def full_model_state(model: torch.nn.Module, env: DistEnv) -> dict[str, torch.Te
     if not env.is_main:
         return None
     return {k: v.detach().to("cpu") for k, v in base.state_dict().items()}
-
-
-def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full (unsharded) state dict that every rank holds; under FSDP each rank keeps its shard."""
-    base = unwrap(model)
-    if is_sharded(base):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-        set_model_state_dict(base, state, options=StateDictOptions(full_state_dict=True))
-    else:
-        base.load_state_dict(state)
 
 
 def save_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:

@@ -18,7 +18,6 @@ DPO is an objective plus a batch source handed to the one training loop:
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,10 +25,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from foundry.config import StrictModel, TrainConfig
-from foundry.train.checkpoint import open_run_dir
+from foundry.config import TrainConfig
+from foundry.errors import DataError
+from foundry.lm_metrics import IGNORE_INDEX
+from foundry.train.batches import ShuffledRows
 from foundry.train.preference import preference_loss, sequence_logps
-from foundry.train.sft import IGNORE, ShuffledRows, load_stage_start, parse_stage_command
+from foundry.train.stage import FineTuneConfig, StageRunner
 
 REFERENCE_FILE = "reference_logps.safetensors"
 
@@ -45,16 +46,16 @@ class DPOTrainConfig(TrainConfig):
     weight_decay: float = Field(0.0, ge=0)
 
 
-class DPOConfig(StrictModel):
-    init: str = Field(description="SFT checkpoint or run directory; also the frozen reference model")
+class DPOConfig(FineTuneConfig):
+    init: str = Field(description="SFT model (a foundry checkpoint, a run directory or an imported Hugging Face "
+                      "directory); also the frozen reference model")
     data: str = Field(description="preference JSONL: {\"prompt\" or \"messages\", \"chosen\", \"rejected\"}")
     val_data: str | None = Field(None, description="held-out preference JSONL: loss, reward margin, accuracy")
-    out_dir: str
-    loss: Literal["dpo", "ipo", "cdpo"] = "dpo"
+    loss: Literal["dpo", "ipo", "cdpo"] = Field("dpo", description="dpo (Rafailov et al. 2023), ipo (Azar et al. "
+                                                "2023) or cdpo (conservative DPO, label smoothing)")
     beta: float = Field(0.1, gt=0, description="strength of the KL tie to the reference (tau in IPO)")
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="cdpo: assumed share of flipped labels")
     train: DPOTrainConfig = DPOTrainConfig()
-    overwrite: bool = False
 
 
 # ---- pairs -> token rows -------------------------------------------------------------------------------
@@ -102,7 +103,9 @@ def encode_pairs(tokenizer, pairs, block_size: int) -> tuple[list[tuple[list[int
         for text in (p.chosen, p.rejected):
             full, mask = render_chat(tokenizer, p.messages + [{"role": "assistant", "content": text}])
             # the template puts a special token at every boundary, so the prompt is a prefix of the whole
-            assert full[:len(prompt)] == prompt and all(mask[len(prompt):])
+            if full[:len(prompt)] != prompt or not all(mask[len(prompt):]):
+                raise DataError(f"preference pair {len(encoded) + 1}: the prompt does not render as a prefix of "
+                                "prompt + completion; check the chat template in the tokenizer")
             completions.append(full[len(prompt):])
         encoded.append(fit_pair(prompt, completions[0], completions[1], block_size, stats))
     return encoded, stats
@@ -118,7 +121,7 @@ def collate_pairs(encoded, rows: list[list[int]], pad_id: int, reference: torch.
     prompt_lens = [len(encoded[i][0]) for i in index] * 2
     T = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
+    targets = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long)
     for r, (seq, n_prompt) in enumerate(zip(seqs, prompt_lens)):
         input_ids[r, :len(seq)] = torch.tensor(seq)
         # position t predicts token t+1; only completion tokens (index >= n_prompt) are scored
@@ -153,7 +156,7 @@ def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor,
 
 
 def _token_counts(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    n = (batch["targets"] != IGNORE).sum(-1).clamp(min=1)  # (2B,)
+    n = (batch["targets"] != IGNORE_INDEX).sum(-1).clamp(min=1)  # (2B,)
     B = n.shape[0] // 2
     return n[:B], n[B:]
 
@@ -224,14 +227,11 @@ def reference_logps(model, source: PairBatches, batch_size: int, device, amp_dty
 
 
 def reference_key(init: Path, tokenizer, data_files: list[str], block_size: int, amp_dtype) -> str:
-    """What the cached reference log-probs depend on: checkpoint weights, tokenizer, data, block size, dtype."""
-    from foundry.train.checkpoint import META_FILE, MODEL_FILE
+    """What the cached reference log-probs depend on: starting weights, tokenizer, data, block size, dtype."""
+    from foundry.checkpoints import weights_fingerprint
     from foundry.utils.io import sha256_file
 
-    meta = init / META_FILE
-    weights = (json.loads(meta.read_text()).get("sha256", {}).get(MODEL_FILE) if meta.is_file() else None) \
-        or sha256_file(init / MODEL_FILE)
-    parts = [weights, tokenizer.sha256, *[sha256_file(f) for f in data_files], str(block_size), str(amp_dtype)]
+    parts = [weights_fingerprint(init), tokenizer.sha256, *[sha256_file(f) for f in data_files], str(block_size), str(amp_dtype)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -261,70 +261,50 @@ def cached_reference(path: Path, key: str, compute) -> tuple[dict[str, torch.Ten
 def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     """Preference-tune as `cfg` says; returns the final metrics (loss, rewards/*, val/*)."""
     from foundry.data.prefs import read_preferences
-    from foundry.train.distributed import setup_distributed
-    from foundry.train.loop import autocast_dtype, train
-    from foundry.utils.io import sha256_file, write_run_record
+    from foundry.train.loop import autocast_dtype
+    from foundry.utils.io import sha256_file
 
-    tc = cfg.train
-    init, model, tokenizer = load_stage_start(cfg, resume)
-    encoded, stats = encode_pairs(tokenizer, read_preferences(cfg.data), tc.block_size)
-    val_encoded, val_stats = (encode_pairs(tokenizer, read_preferences(cfg.val_data), tc.block_size)
-                              if cfg.val_data else (None, None))
-    env = setup_distributed(tc)
-    amp = autocast_dtype(tc, env.device)
-    if tc.threads:  # as the loop will: the reference pass runs under the same thread setting as training
-        torch.set_num_threads(tc.threads)
+    with StageRunner("dpo", cfg, resume) as runner:
+        env, tc = runner.env, cfg.train
+        start = runner.load_start(cfg.init)
+        model, tokenizer = start.model, start.tokenizer
+        encoded, stats = encode_pairs(tokenizer, read_preferences(cfg.data), tc.block_size)
+        val_encoded, val_stats = (encode_pairs(tokenizer, read_preferences(cfg.val_data), tc.block_size)
+                                  if cfg.val_data else (None, None))
+        amp = autocast_dtype(tc, env.device)
+        data_files = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
+        parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
+                   "tokenizer_sha256": tokenizer.sha256}
+        out_dir = runner.open_run_dir(parents, {Path(f).name: sha256_file(f) for f in data_files})
 
-    out_dir = open_run_dir(cfg, resume, env)
+        # The reference pass: the initial policy, once, before any update (on resume: from the cache).
+        source = PairBatches(encoded, tc.seed, tokenizer.pad_id, None, env.rank, env.world_size)
+        val_source = PairBatches(val_encoded, tc.seed, tokenizer.pad_id) if val_encoded else None
+        key = reference_key(start.path, tokenizer, data_files, tc.block_size, amp)
+        model.to(env.device)
 
-    # The reference pass: the initial policy, once, before any update (on resume: from the cache).
-    source = PairBatches(encoded, tc.seed, tokenizer.pad_id, None, env.rank, env.world_size)
-    val_source = PairBatches(val_encoded, tc.seed, tokenizer.pad_id) if val_encoded else None
-    data_files = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
-    key = reference_key(init, tokenizer, data_files, tc.block_size, amp)
-    model.to(env.device)
+        def compute() -> dict[str, torch.Tensor]:
+            tensors = {"train": reference_logps(model, source, tc.micro_batch_size, env.device, amp)}
+            if val_source is not None:
+                tensors["val"] = reference_logps(model, val_source, tc.micro_batch_size, env.device, amp)
+            return tensors
 
-    def compute() -> dict[str, torch.Tensor]:
-        tensors = {"train": reference_logps(model, source, tc.micro_batch_size, env.device, amp)}
+        reference, hit = cached_reference(out_dir / REFERENCE_FILE, key, compute)
+        source.reference = reference["train"]
+        objective = PreferenceObjective(cfg.loss, cfg.beta, cfg.label_smoothing)
+        evaluators = {}
         if val_source is not None:
-            tensors["val"] = reference_logps(model, val_source, tc.micro_batch_size, env.device, amp)
-        return tensors
-
-    reference, hit = cached_reference(out_dir / REFERENCE_FILE, key, compute)
-    source.reference = reference["train"]
-    objective = PreferenceObjective(cfg.loss, cfg.beta, cfg.label_smoothing)
-    evaluators = {}
-    if val_source is not None:
-        val_source.reference = reference["val"]
-        evaluators["val"] = preference_evaluator(objective, val_source, tc.micro_batch_size)
-    parents = {"checkpoint": str(init.resolve()), "tokenizer_sha256": tokenizer.sha256}
-    manifests = {Path(f).name: sha256_file(f) for f in data_files}
-    if env.rank == 0:
-        print(f"foundry dpo: {cfg.loss} (beta {cfg.beta}) on {len(encoded)} pairs; fitted to {tc.block_size} tokens: "
-              f"{stats.prompt_cut} prompts cut, {stats.completion_cut} completions cut; reference log-probs "
-              f"{'loaded from cache' if hit else 'computed once'} ({out_dir / REFERENCE_FILE}) -> {out_dir}")
-    model.train()
-    results = train(model, objective, source, tc, out_dir, tokenizer, evaluators=evaluators, resume=resume,
-                    stage="dpo", parents=parents, data_manifests=manifests,
-                    best_metric="val/loss" if evaluators else None, record_config=cfg)
-    results["truncation"] = stats.as_dict()
-    if val_stats is not None:
-        results["val_truncation"] = val_stats.as_dict()
-    results["reference_cache_hit"] = hit
-    if env.rank == 0:
-        write_run_record(out_dir, "dpo", cfg, parents, manifests, results={"status": "finished", **results})
-    return results
-
-
-def main(argv: list[str]) -> int:
-    from foundry.train.distributed import is_main_process
-
-    cfg, resume = parse_stage_command("dpo", argv, DPOConfig, "loss=ipo beta=0.5 train.max_steps=100")
-    results = run_dpo(cfg, resume=resume)
-    parts = [f"step {results['step']}"]
-    for key in ("loss", "rewards/margin", "rewards/accuracy", "val/loss", "val/reward_margin", "val/reward_accuracy"):
-        if key in results:
-            parts.append(f"{key} {results[key]:.4f}")
-    if is_main_process():  # one line per run, not per torchrun rank
-        print("foundry dpo: done: " + ", ".join(parts) + f" -> {cfg.out_dir}")
-    return 0
+            val_source.reference = reference["val"]
+            evaluators["val"] = preference_evaluator(objective, val_source, tc.micro_batch_size)
+        runner.log(f"foundry dpo: {cfg.loss} (beta {cfg.beta}) on {len(encoded)} pairs; fitted to {tc.block_size} "
+                   f"tokens: {stats.prompt_cut} prompts cut, {stats.completion_cut} completions cut; reference "
+                   f"log-probs {'loaded from cache' if hit else 'computed once'} ({out_dir / REFERENCE_FILE}) -> {out_dir}")
+        model.train()
+        results = runner.train(model, objective, source, tokenizer, evaluators=evaluators,
+                               best_metric="val/loss" if evaluators else None)
+        results["truncation"] = stats.as_dict()
+        if val_stats is not None:
+            results["val_truncation"] = val_stats.as_dict()
+        results["reference_cache_hit"] = hit
+        return runner.finish(results, summary=["loss", "rewards/margin", "rewards/accuracy", "val/loss",
+                                               "val/reward_margin", "val/reward_accuracy"])

@@ -28,54 +28,19 @@ from typing import Callable, Iterable
 
 import torch
 
-from foundry.errors import CheckpointError, TrainingError
-from foundry.train import distributed as dist_utils
-from foundry.train.checkpoint import (
+from foundry.checkpoints import (
     latest_checkpoint, load_train_state, load_weights, rng_state, save_checkpoint, set_rng_state,
     remove_checkpoint, step_checkpoints,
 )
+from foundry.errors import CheckpointError, TrainingError
+from foundry.hardware import peak_flops
+from foundry.lm_metrics import lm_scores
+from foundry.train import distributed as dist_utils
+from foundry.train.objectives import BatchSource, Objective
 from foundry.train.optim import build_optimizer, lr_at
-from foundry.utils.io import atomic_write_text, write_run_record
+from foundry.utils.io import RunRecord, atomic_write_text
 
 Evaluator = Callable[[torch.nn.Module], dict]
-
-# Dense bf16 peak FLOP/s (no sparsity) of GPUs we know; MFU (PaLM, Chowdhery et al. 2022, appendix B).
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
-                 "RTX 4090": 165e12, "RTX 3090": 71e12, "V100": 125e12, "T4": 65e12}
-_MEASURED_PEAK: dict[str, float] = {}
-
-
-def measure_matmul_flops(device: torch.device | str = "cpu", n: int = 2048, dtype=torch.float32,
-                         seconds: float = 0.5) -> float:
-    """FLOP/s of an n x n matmul on `device`: the practical peak that CPU MFU is measured against."""
-    device = torch.device(device)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    a @ b
-    sync()
-    reps, start = 0, time.perf_counter()
-    while True:
-        a @ b
-        reps += 1
-        sync()
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds or reps >= 50:
-            return 2 * n**3 * reps / elapsed
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Peak FLOP/s for MFU: a table for known GPUs, else a matmul measured once per process."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_BF16.items():
-            if key in name:
-                return value if dtype == torch.bfloat16 else value / 2  # TF32 is half the bf16 rate
-    key = f"{device}:{dtype}"
-    if key not in _MEASURED_PEAK:
-        _MEASURED_PEAK[key] = measure_matmul_flops(device, dtype=dtype if device.type == "cuda" else torch.float32,
-                                                   seconds=0.3)
-    return _MEASURED_PEAK[key]
-
 
 def schedule_position(step: int, elapsed: float, cfg) -> float:
     """The step the lr schedule is at: with a `max_seconds` budget, whichever budget is further along.
@@ -129,11 +94,7 @@ def loss_evaluator(objective, batches: Callable[[], Iterable[dict]], device: tor
             total += float(loss_sum)
         if units == 0:
             raise TrainingError("evaluation set is empty: no target tokens")
-        loss = total / units
-        out = {"loss": loss, "ppl": math.exp(min(loss, 50.0))}
-        if bytes_per_token is not None:
-            out["bpb"] = loss / math.log(2) * (1.0 / bytes_per_token)
-        return out
+        return lm_scores(total, units, units * bytes_per_token if bytes_per_token is not None else None)
 
     return evaluate
 
@@ -155,7 +116,7 @@ class _MetricsLog:
                     if json.loads(line).get("step", 0) <= resume_step:
                         kept.append(line)
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -205,22 +166,26 @@ class _Interrupt:
         return False
 
 
-def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
+def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg, run_dir, tokenizer,
           evaluators: dict[str, Evaluator] | None = None, resume: bool = False, stage: str = "pretrain",
           parents: dict | None = None, data_manifests: dict | None = None, best_metric: str | None = None,
-          record_config=None) -> dict:
+          record_config=None, env: dist_utils.DistEnv | None = None, run_record: RunRecord | None = None,
+          eval_at_start: bool = False) -> dict:
     """Train `model` on `source` with `objective` under `cfg` (a TrainConfig); returns the final metrics.
 
     `evaluators` map a name to fn(model) -> {metric: value}; they run every `cfg.eval_every` steps and at
     the end, logged as "name/metric". `best_metric` (default: the first evaluator's "loss") picks
     `checkpoints/best`, lower is better. `record_config` is the stage's whole config for run.json
     (default `cfg`). With `resume`, training continues from the latest valid checkpoint in `run_dir`.
+    `env`: the stage runner's distributed set-up (else set up here). `run_record`: the stage runner's run.json,
+    which it finishes itself (the loop then writes it only when interrupted). `eval_at_start`: evaluate
+    the starting model at step 0 too (logged like every evaluation, so TensorBoard has it).
     """
     run_dir = Path(run_dir)
     evaluators = dict(evaluators or {})
     if best_metric is None and evaluators:
         best_metric = f"{next(iter(evaluators))}/loss"
-    env = dist_utils.setup_distributed(cfg)
+    env = env or dist_utils.setup_distributed(cfg)
     device = env.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -257,12 +222,17 @@ def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
         elapsed_before = float(state.get("elapsed_s", 0.0))
 
     is_main = env.rank == 0
+    finishes_record = run_record is None  # the stage runner writes the finished record itself
+    if run_record is None:
+        run_record = RunRecord(run_dir, stage, record_config if record_config is not None else cfg, parents,
+                           data_manifests, resume=resume)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_record(run_dir, stage, record_config if record_config is not None else cfg, parents,
-                         data_manifests, results={"status": "running"})
-    log = _MetricsLog(run_dir, is_main, step if resume else None)
-    if resume and is_main:
+        if finishes_record or resume:  # (a resumed run's record is rewritten only once its checkpoint loaded)
+            run_record.write({"status": "running"})
+    # an attempt stopped before its first checkpoint starts over, its metrics too
+    log = _MetricsLog(run_dir, is_main, step if resume_ckpt is not None else None)
+    if resume_ckpt is not None and is_main:
         log.write({"step": step, "event": "resume", "checkpoint": str(resume_ckpt)})
 
     params = [p for p in model.parameters() if p.requires_grad]
@@ -330,6 +300,8 @@ def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
     started = time.perf_counter()
     last_eval: dict = {}
     stopped_by = "max_steps"
+    if eval_at_start and evaluators and step == 0:  # the starting model's numbers, where the curves begin
+        log.write({"step": 0, **run_evaluators()})
     model.train()
     with _Interrupt() as interrupt:
         try:
@@ -347,7 +319,7 @@ def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
                     group["lr"] = lr
 
                 # 1. all micro-batches of the step first, so the loss is normalised by the step's units
-                batches = [source.next_batch(cfg.micro_batch_size) for _ in range(cfg.grad_accum_steps)]
+                batches = [source.next_batch(cfg.micro_batch_size) for _ in range(env.grad_accum_steps)]
                 units = torch.tensor(float(sum(objective.units(b) for b in batches)), device=device,
                                      dtype=torch.float64)
                 total_units = float(dist_utils.all_reduce_sum(units, env))
@@ -445,10 +417,8 @@ def train(model: torch.nn.Module, objective, source, cfg, run_dir, tokenizer,
                       "lr_scale": lr_scale})
         if best_metric and math.isfinite(best_value):
             final["best/" + best_metric] = best_value
-        if is_main:
-            write_run_record(run_dir, stage, record_config if record_config is not None else cfg, parents,
-                             data_manifests, results={"status": "interrupted" if stopped_by == "interrupt" else
-                                                      "finished", **final})
+        if is_main and (finishes_record or stopped_by == "interrupt"):
+            run_record.write({"status": "interrupted" if stopped_by == "interrupt" else "finished", **final})
         if stopped_by == "interrupt":
             raise KeyboardInterrupt
     return final
@@ -468,14 +438,3 @@ def _maybe_save_best(results: dict, best_metric: str | None, best_value: float, 
         dist_utils.barrier(env)
         return value
     return best_value
-
-
-def read_metrics(run_dir) -> list[dict]:
-    """The records of `RUN/metrics.jsonl` (a torn last line from a killed run is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    records = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                records.append(json.loads(line))
-    return records

@@ -9,20 +9,38 @@ exactly the gradient of one batch k times larger (trl #2175, transformers PR #34
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100  # targets equal to this are not predicted (prompt tokens in SFT, padding)
+from foundry.lm_metrics import IGNORE_INDEX
 
 
+@runtime_checkable
 class Objective(Protocol):
+    """What a stage optimises; `train()` calls only these."""
+
     name: str
 
-    def units(self, batch: dict) -> int: ...
+    def units(self, batch: dict) -> int:
+        """What the loss is averaged over: target tokens, pairs, ..."""
+        ...
 
-    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss SUM over the batch's units, {metric: SUM}); the loop divides by the step's units."""
+        ...
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Where a stage's training batches come from: seeded, and resumable at the exact position."""
+
+    def next_batch(self, batch_size: int) -> dict: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:

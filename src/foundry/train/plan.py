@@ -34,13 +34,13 @@ import math
 from dataclasses import asdict, dataclass
 
 from foundry.errors import ConfigError
+from foundry.hardware import ACCELERATORS
 from foundry.model.llama import PRESETS, LlamaConfig, config_from_preset
 
 GIB = 1024**3
 STRATEGIES = ("ddp", "fsdp")
-# Dense bf16 tensor-core peak FLOP/s (no sparsity) of common accelerators, for --gpu.
-GPU_PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "l4": 121e12, "a10g": 125e12}
-GPU_MEMORY_GIB = {"h100": 80, "h200": 141, "a100": 80, "l4": 24, "a10g": 24}
+# --gpu names: the hardware table's accelerators in lower case ("rtx-4090").
+GPUS = {name.lower().replace(" ", "-"): acc for name, acc in ACCELERATORS.items()}
 
 
 @dataclass
@@ -179,7 +179,7 @@ def plan(cfg: LlamaConfig, micro_batch: int, block_size: int, grad_accum: int, w
     return out
 
 
-def _recipe_settings(path: str) -> tuple[dict, dict]:
+def recipe_settings(path: str) -> tuple[dict, dict]:
     """(model section, train section) of a recipe, at the top level or under its first stage that has them."""
     from foundry.config import read_yaml
 
@@ -190,7 +190,7 @@ def _recipe_settings(path: str) -> tuple[dict, dict]:
     return model, train
 
 
-def _model_config(model_section: dict, preset: str | None, source: str) -> LlamaConfig:
+def model_config_for(model_section: dict, preset: str | None, source: str) -> LlamaConfig:
     section = dict(model_section)
     name = preset or section.pop("preset", None)
     section.pop("preset", None)
@@ -200,7 +200,7 @@ def _model_config(model_section: dict, preset: str | None, source: str) -> Llama
     return config_from_preset(name, **{k: v for k, v in section.items() if k in known and v is not None})
 
 
-def _parse_number(text: str, what: str) -> float:
+def parse_number(text: str, what: str) -> float:
     """'2e9', '2B', '500M', '1.5T' -> float."""
     scale = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
     t = text.strip().lower()
@@ -241,58 +241,6 @@ def format_plan(p: dict) -> str:
             lines.append(f"suggestion       micro_batch_size={s[0]} grad_accum_steps={s[1]} "
                          f"({s[0] * p['block_size'] * s[1] * p['world_size']:,} tokens per step)")
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    import json
-
-    from foundry.cli import make_parser
-
-    p = make_parser("plan")
-    p.add_argument("--config", help="recipe YAML (reads its model and train sections)")
-    p.add_argument("--preset", help=f"model preset ({', '.join(PRESETS)}); overrides the recipe's")
-    p.add_argument("--micro-batch", type=int, help="sequences per micro-batch per device")
-    p.add_argument("--block-size", type=int, help="tokens per sequence")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimiser step per device")
-    p.add_argument("--world-size", type=int, default=1, help="number of devices (all nodes)")
-    p.add_argument("--strategy", choices=STRATEGIES, help="ddp or fsdp (default: the recipe's, else ddp)")
-    p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
-    p.add_argument("--tokens", default="1e9", help="token budget, e.g. 2e9 or 2B (default 1B)")
-    p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
-    p.add_argument("--gpu", choices=sorted(GPU_PEAK_FLOPS), default="h100", help="sets peak FLOP/s and memory")
-    p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s (overrides --gpu)")
-    p.add_argument("--device-gib", type=float, help="device memory in GiB (overrides --gpu)")
-    p.add_argument("--price", type=float, default=2.5, help="price per GPU-hour (default 2.5)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
-
-    model_section, train_section = _recipe_settings(args.config) if args.config else ({}, {})
-    cfg = _model_config(model_section, args.preset, args.config or "plan")
-    def pick(flag, key, default):
-        return flag if flag is not None else int(train_section.get(key, default))
-
-    micro = pick(args.micro_batch, "micro_batch_size", 16)
-    block = pick(args.block_size, "block_size", min(1024, cfg.max_seq_len))
-    accum = pick(args.grad_accum, "grad_accum_steps", 1)
-    if args.grad_accum is None and train_section.get("global_batch_size") and micro > 0 and args.world_size > 0:
-        from types import SimpleNamespace
-
-        from foundry.train.distributed import resolve_batch
-
-        # the recipe fixes the global batch: the accumulation follows from the world size, as in training
-        accum = resolve_batch(SimpleNamespace(global_batch_size=int(train_section["global_batch_size"]),
-                                              micro_batch_size=micro, grad_accum_steps=accum), args.world_size)
-    strategy = args.strategy or ("fsdp" if train_section.get("distributed") == "fsdp" else "ddp")
-    for name, value in (("--micro-batch", micro), ("--block-size", block), ("--grad-accum", accum),
-                        ("--world-size", args.world_size)):
-        if value < 1:
-            raise ConfigError(f"plan: {name} must be at least 1, got {value}")
-    peak = (args.peak_tflops * 1e12) if args.peak_tflops else GPU_PEAK_FLOPS[args.gpu]
-    device_gib = args.device_gib if args.device_gib else GPU_MEMORY_GIB[args.gpu]
-    result = plan(cfg, micro, block, accum, args.world_size, strategy, args.dtype,
-                  _parse_number(args.tokens, "--tokens"), args.mfu, peak, args.price, device_gib)
-    print(json.dumps(result, indent=2) if args.json else format_plan(result))
-    return 0
 
 
 def memory_table(block_size: int = 2048, micro_batch: int = 4, world_size: int = 8) -> str:

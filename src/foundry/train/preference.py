@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from foundry.lm_metrics import IGNORE_INDEX
+
 LOSSES = ("dpo", "ipo", "cdpo")
 
 
@@ -73,8 +75,8 @@ def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, average: bool = 
     """
     N, T, V = logits.shape
     token_logps = -F.cross_entropy(logits.reshape(N * T, V).float(), targets.reshape(N * T),
-                                   ignore_index=-100, reduction="none").view(N, T)  # (N, T), 0 where ignored
+                                   ignore_index=IGNORE_INDEX, reduction="none").view(N, T)  # (N, T), 0 where ignored
     total = token_logps.sum(-1)  # (N,)
     if average:
-        total = total / (targets != -100).sum(-1).clamp(min=1)
+        total = total / (targets != IGNORE_INDEX).sum(-1).clamp(min=1)
     return total

@@ -13,35 +13,33 @@ from pathlib import Path
 
 from pydantic import Field
 
-from foundry.config import StrictModel, TrainConfig, load_config
+from foundry.config import StrictModel
 from foundry.errors import ConfigError
+from foundry.train.stage import StageConfig, StageRunner
 
 
 class ModelSpec(StrictModel):
     """A preset from foundry.model.llama.PRESETS plus any field overridden."""
 
-    preset: str = "4m"
+    preset: str = Field("4m", description="model size: test, 1m, 4m, 14m, 124m, 350m or 1b; the fields below override it")
     vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's vocabulary size")
-    n_layer: int | None = Field(None, gt=0)
-    n_head: int | None = Field(None, gt=0)
-    n_kv_head: int | None = Field(None, gt=0)
-    n_embd: int | None = Field(None, gt=0)
-    intermediate_size: int | None = Field(None, gt=0)
-    head_dim: int | None = Field(None, gt=0)
+    n_layer: int | None = Field(None, gt=0, description="transformer blocks")
+    n_head: int | None = Field(None, gt=0, description="attention (query) heads")
+    n_kv_head: int | None = Field(None, gt=0, description="key/value heads (fewer than n_head: grouped-query attention)")
+    n_embd: int | None = Field(None, gt=0, description="hidden size")
+    intermediate_size: int | None = Field(None, gt=0, description="SwiGLU MLP width")
+    head_dim: int | None = Field(None, gt=0, description="size of one attention head (default n_embd / n_head)")
     max_seq_len: int | None = Field(None, gt=1, description="default: train.block_size")
-    rope_theta: float | None = Field(None, gt=0)
-    norm_eps: float | None = Field(None, gt=0)
-    tie_embeddings: bool | None = None
-    init_std: float | None = Field(None, gt=0)
+    rope_theta: float | None = Field(None, gt=0, description="rotary position embedding base")
+    norm_eps: float | None = Field(None, gt=0, description="RMSNorm epsilon")
+    tie_embeddings: bool | None = Field(None, description="share the input embedding with the output layer")
+    init_std: float | None = Field(None, gt=0, description="standard deviation of the initial weights")
 
 
-class PretrainConfig(StrictModel):
-    out_dir: str
+class PretrainConfig(StageConfig):
     data: str = Field(description="dataset directory holding tokens/ (from 'foundry data tokenize')")
     tokenizer: str = Field(description="tokenizer directory (or tokenizer.json)")
-    model: ModelSpec = ModelSpec()
-    train: TrainConfig = TrainConfig()
-    overwrite: bool = False
+    model: ModelSpec = Field(ModelSpec(), description="the model to pretrain (below)")
 
 
 def build_model_config(spec: ModelSpec, tokenizer, block_size: int):
@@ -65,64 +63,38 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     from foundry.data.shards import TokenBlocks, check_tokenizer_matches, load_token_index
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.llama import Llama
-    from foundry.train.checkpoint import check_run_dir, open_run_dir
-    from foundry.train.distributed import setup_distributed
-    from foundry.train.loop import loss_evaluator, train
+    from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
     from foundry.utils.io import sha256_file
 
-    check_run_dir(cfg.out_dir, resume, cfg.overwrite)
-    tokenizer = Tokenizer.load(cfg.tokenizer)
-    check_tokenizer_matches(cfg.data, tokenizer)
-    index = load_token_index(cfg.data)
-    tc = cfg.train
-    model_config = build_model_config(cfg.model, tokenizer, tc.block_size)
-    env = setup_distributed(tc)
-    train_blocks = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed, env.rank, env.world_size)
-    if "val" not in index["splits"]:
-        raise ConfigError(f"{index['dir']}: no 'val' split to evaluate on; re-run 'foundry data prepare'")
-    val_blocks = TokenBlocks(cfg.data, "val", tc.block_size, tc.seed)
-    val_info = index["splits"]["val"]
-    bytes_per_token = val_info["bytes"] / max(1, val_info["tokens"]) if val_info.get("bytes") else None
+    with StageRunner("pretrain", cfg, resume) as runner:
+        env, tc = runner.env, cfg.train
+        tokenizer = Tokenizer.load(cfg.tokenizer)
+        check_tokenizer_matches(cfg.data, tokenizer)
+        index = load_token_index(cfg.data)
+        model_config = build_model_config(cfg.model, tokenizer, tc.block_size)
+        train_blocks = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed, env.rank, env.world_size)
+        if "val" not in index["splits"]:
+            raise ConfigError(f"{index['dir']}: no 'val' split to evaluate on; re-run 'foundry data prepare'")
+        val_blocks = TokenBlocks(cfg.data, "val", tc.block_size, tc.seed)
+        val_info = index["splits"]["val"]
+        bytes_per_token = val_info["bytes"] / max(1, val_info["tokens"]) if val_info.get("bytes") else None
+        parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve()),
+                   "tokenizer_sha256": tokenizer.sha256}
+        manifest = Path(cfg.data) / "manifest.json"  # recorded when there is one; the shards are what is read
+        manifests = {Path(cfg.data).name: sha256_file(manifest)} if manifest.is_file() else {}
+        out_dir = runner.open_run_dir(parents, manifests)
 
-    out_dir = open_run_dir(cfg, resume, env)
-
-    torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
-    model = Llama(model_config)
-    objective = NextTokenObjective()
-    evaluator = loss_evaluator(objective, lambda: val_blocks.eval_batches(tc.micro_batch_size, tc.eval_batches),
-                               bytes_per_token=bytes_per_token)
-    manifest = Path(cfg.data) / "manifest.json"
-    parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve()),
-               "tokenizer_sha256": tokenizer.sha256}
-    manifests = {Path(cfg.data).name: sha256_file(manifest)} if manifest.is_file() else {}
-    n_params = model.num_params()
-    if env.rank == 0:
-        print(f"foundry pretrain: {n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size}, "
-              f"block {tc.block_size}, {tc.micro_batch_size * tc.grad_accum_steps * env.world_size * tc.block_size:,} "
-              f"tokens/step, {train_blocks.stream.num_tokens:,} train tokens -> {out_dir}")
-    results = train(model, objective, train_blocks, tc, out_dir, tokenizer, evaluators={"val": evaluator},
-                    resume=resume, stage="pretrain", parents=parents, data_manifests=manifests,
-                    best_metric="val/loss", record_config=cfg)
-    results["params"] = n_params
-    return results
-
-
-def main(argv: list[str]) -> int:
-    from foundry.cli import make_parser
-    from foundry.train.distributed import is_main_process
-
-    p = make_parser("pretrain")
-    p.add_argument("--config", required=True, help="recipe YAML (see recipes/pretrain-kjv.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its latest checkpoint")
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.max_steps=100")
-    args = p.parse_args(argv)
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    results = run_pretrain(cfg, resume=args.resume)
-    parts = [f"step {results['step']}"]
-    for key in ("val/loss", "val/ppl", "val/bpb"):
-        if key in results:
-            parts.append(f"{key} {results[key]:.4f}")
-    if is_main_process():  # one line per run, not per torchrun rank
-        print("foundry pretrain: done: " + ", ".join(parts) + f" -> {cfg.out_dir}")
-    return 0
+        torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
+        model = Llama(model_config)
+        objective = NextTokenObjective()
+        evaluator = loss_evaluator(objective, lambda: val_blocks.eval_batches(tc.micro_batch_size, tc.eval_batches),
+                                   bytes_per_token=bytes_per_token)
+        n_params = model.num_params()
+        runner.log(f"foundry pretrain: {n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size}, "
+                   f"block {tc.block_size}, {tc.micro_batch_size * env.grad_accum_steps * env.world_size * tc.block_size:,} "
+                   f"tokens/step, {train_blocks.stream.num_tokens:,} train tokens -> {out_dir}")
+        results = runner.train(model, objective, train_blocks, tokenizer, evaluators={"val": evaluator},
+                               best_metric="val/loss")
+        results["params"] = n_params
+        return runner.finish(results, summary=["val/loss", "val/ppl", "val/bpb"])

@@ -22,17 +22,18 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from foundry.config import StrictModel, TrainConfig, load_config
-from foundry.errors import CheckpointError, ConfigError, DataError
-
-IGNORE = -100
+from foundry.config import StrictModel, TrainConfig
+from foundry.errors import DataError
+from foundry.lm_metrics import IGNORE_INDEX
+from foundry.train.batches import ShuffledRows
+from foundry.train.stage import FineTuneConfig, StageRunner
 
 
 class LoRASpec(StrictModel):
-    rank: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    targets: list[str] = ["q_proj", "v_proj"]
+    rank: int = Field(8, gt=0, description="rank of each low-rank adapter")
+    alpha: float = Field(16.0, gt=0, description="adapter scale: the update is multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    targets: list[str] = Field(["q_proj", "v_proj"], description="linear layers that get adapters")
 
 
 class SFTTrainConfig(TrainConfig):
@@ -45,15 +46,13 @@ class SFTTrainConfig(TrainConfig):
     micro_batch_size: int = Field(8, gt=0)
 
 
-class SFTConfig(StrictModel):
-    init: str = Field(description="foundry checkpoint or run directory to start from")
+class SFTConfig(FineTuneConfig):
     data: str = Field(description="chat JSONL: {\"messages\": [{\"role\", \"content\"}, ...]} per line")
     val_data: str | None = Field(None, description="held-out chat JSONL for validation loss")
-    out_dir: str
-    pack: bool = True
-    lora: LoRASpec | None = None
+    pack: bool = Field(True, description="concatenate whole conversations into block_size rows (attention stays "
+                       "inside each conversation)")
+    lora: LoRASpec | None = Field(None, description="train low-rank adapters only (merged into the saved best)")
     train: SFTTrainConfig = SFTTrainConfig()
-    overwrite: bool = False
 
 
 # ---- the batch source ----------------------------------------------------------------------------------
@@ -94,7 +93,7 @@ def collate_rows(examples, rows: list[list[int]], block_size: int, pad_id: int, 
     """
     B, T = len(rows), block_size
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    targets = torch.full((B, T), IGNORE, dtype=torch.long)
+    targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((B, T), dtype=torch.long)
     segment_ids = torch.zeros((B, T), dtype=torch.long)
     for b, row in enumerate(rows):
@@ -112,69 +111,6 @@ def collate_rows(examples, rows: list[list[int]], block_size: int, pad_id: int, 
     if packed:
         batch.update(position_ids=position_ids, segment_ids=segment_ids)
     return batch
-
-
-class ShuffledRows:
-    """Rows of examples visited in a fresh permutation each epoch, drawn from (seed, epoch).
-
-    The state is (epoch, row cursor), so a resume continues at the exact row; every rank walks the same
-    row sequence and rank r of w keeps every w-th row. Subclasses say how an epoch's order becomes rows
-    (`rows_for_epoch`) and how rows become a batch (`collate`).
-    """
-
-    def __init__(self, n_examples: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.n_examples, self.seed, self.rank, self.world_size = n_examples, seed, rank, world_size
-        self.epoch, self.cursor = 0, 0
-        self._rows: list[list[int]] | None = None
-
-    def rows_for_epoch(self, epoch: int) -> list[list[int]]:
-        return [[i] for i in self.epoch_order(epoch)]
-
-    def epoch_order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n_examples, generator=g).tolist()
-
-    def collate(self, rows: list[list[int]]) -> dict:
-        raise NotImplementedError
-
-    def _next_row(self) -> list[int]:
-        if self._rows is None:
-            self._rows = self.rows_for_epoch(self.epoch)
-        if self.cursor >= len(self._rows):
-            self.epoch, self.cursor = self.epoch + 1, 0
-            self._rows = self.rows_for_epoch(self.epoch)
-        row = self._rows[self.cursor]
-        self.cursor += 1
-        return row
-
-    def next_batch(self, batch_size: int) -> dict:
-        rows = []
-        for _ in range(batch_size):
-            for r in range(self.world_size):
-                row = self._next_row()
-                if r == self.rank:
-                    rows.append(row)
-        return self.collate(rows)
-
-    def eval_rows(self) -> list[list[int]]:
-        return [[i] for i in range(self.n_examples)]
-
-    def eval_batches(self, batch_size: int, max_batches: int | None = None):
-        """Every example once, in file order, the same every call."""
-        rows = self.eval_rows()
-        for k, start in enumerate(range(0, len(rows), batch_size)):
-            if max_batches is not None and k >= max_batches:
-                break
-            yield self.collate(rows[start:start + batch_size])
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "examples": self.n_examples}
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["examples"]) != self.n_examples:
-            raise CheckpointError(f"resume: the checkpoint was trained on {state['examples']} examples, "
-                                  f"the data now has {self.n_examples}; resume with the same data")
-        self.epoch, self.cursor, self._rows = int(state["epoch"]), int(state["cursor"]), None
 
 
 class ChatBatches(ShuffledRows):
@@ -201,29 +137,13 @@ class ChatBatches(ShuffledRows):
 
 # ---- the verb --------------------------------------------------------------------------------------------
 
-def load_stage_start(cfg, resume: bool):
-    """Checks before anything is written, then the starting model: (init path, model, tokenizer).
-
-    `cfg` is a stage config with out_dir, init, overwrite and train (SFTConfig, DPOConfig).
-    """
-    from foundry.train.checkpoint import check_run_dir, load_model, resolve_checkpoint
-
-    check_run_dir(cfg.out_dir, resume, cfg.overwrite)
-    init = resolve_checkpoint(cfg.init)
-    model, tokenizer = load_model(init)
-    if cfg.train.block_size > model.config.max_seq_len:
-        raise ConfigError(f"train.block_size={cfg.train.block_size} exceeds the model's "
-                          f"max_seq_len={model.config.max_seq_len}")
-    return init, model, tokenizer
-
-
 def save_merged_lora(model, tokenizer, out_dir: Path, stage: str, step: int) -> Path:
     """Merge the adapters into `model` (in place); `checkpoints/best` becomes a plain foundry checkpoint.
 
     With a validation set, the best-by-validation adapters are merged, else the final ones.
     """
     from foundry.model.lora import merge_lora
-    from foundry.train.checkpoint import load_weights, read_meta, save_checkpoint, verify_checkpoint
+    from foundry.checkpoints import load_weights, read_meta, save_checkpoint, verify_checkpoint
 
     best = out_dir / "checkpoints" / "best"
     meta = {"step": step, "stage": stage, "val_loss": None}
@@ -239,75 +159,44 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
     """Fine-tune as `cfg` says; returns the final metrics plus the truncation counts."""
     from foundry.data.chat import read_chat_jsonl
     from foundry.model.lora import apply_lora, lora_parameter_count
-    from foundry.train.checkpoint import open_run_dir
-    from foundry.train.distributed import setup_distributed
-    from foundry.train.loop import loss_evaluator, train
+    from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
-    from foundry.utils.io import sha256_file, write_run_record
+    from foundry.utils.io import sha256_file
 
-    tc = cfg.train
-    init, model, tokenizer = load_stage_start(cfg, resume)
-    examples, stats = encode_conversations(tokenizer, read_chat_jsonl(cfg.data), tc.block_size, cfg.data)
-    env = setup_distributed(tc)
-    source = ChatBatches(examples, tc.block_size, tc.seed, tokenizer.pad_id, cfg.pack, env.rank, env.world_size)
-    objective = NextTokenObjective()
-    evaluators, val_stats = {}, None
-    if cfg.val_data:
-        val_examples, val_stats = encode_conversations(tokenizer, read_chat_jsonl(cfg.val_data), tc.block_size,
-                                                       cfg.val_data)
-        val_source = ChatBatches(val_examples, tc.block_size, tc.seed, tokenizer.pad_id, cfg.pack)
-        evaluators["val"] = loss_evaluator(objective, lambda: val_source.eval_batches(tc.micro_batch_size,
-                                                                                      tc.eval_batches))
-    if cfg.lora is not None:
-        apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+    with StageRunner("sft", cfg, resume) as runner:
+        env, tc = runner.env, cfg.train
+        start = runner.load_start(cfg.init)
+        model, tokenizer = start.model, start.tokenizer
+        examples, stats = encode_conversations(tokenizer, read_chat_jsonl(cfg.data), tc.block_size, cfg.data)
+        source = ChatBatches(examples, tc.block_size, tc.seed, tokenizer.pad_id, cfg.pack, env.rank, env.world_size)
+        objective = NextTokenObjective()
+        evaluators, val_stats = {}, None
+        if cfg.val_data:
+            val_examples, val_stats = encode_conversations(tokenizer, read_chat_jsonl(cfg.val_data), tc.block_size,
+                                                           cfg.val_data)
+            val_source = ChatBatches(val_examples, tc.block_size, tc.seed, tokenizer.pad_id, cfg.pack)
+            evaluators["val"] = loss_evaluator(objective, lambda: val_source.eval_batches(tc.micro_batch_size,
+                                                                                          tc.eval_batches))
+        if cfg.lora is not None:
+            apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
 
-    out_dir = open_run_dir(cfg, resume, env)
-    parents = {"checkpoint": str(init.resolve()), "tokenizer_sha256": tokenizer.sha256}
-    manifests = {Path(cfg.data).name: sha256_file(cfg.data)}
-    if cfg.val_data:
-        manifests[Path(cfg.val_data).name] = sha256_file(cfg.val_data)
-    trainable, total = lora_parameter_count(model)
-    if env.rank == 0:
-        print(f"foundry sft: {len(examples)} conversations ({stats.supervised:,} supervised of {stats.tokens:,} "
-              f"tokens), truncated: {stats.dropped_turns} lost early turns, {stats.cut_tail} cut at the tail, "
-              f"{stats.skipped} skipped; {'packed' if cfg.pack else 'unpacked'} rows of {tc.block_size}; "
-              f"{trainable:,} of {total:,} parameters trainable -> {out_dir}")
-    model.train()
-    results = train(model, objective, source, tc, out_dir, tokenizer, evaluators=evaluators, resume=resume,
-                    stage="sft", parents=parents, data_manifests=manifests,
-                    best_metric="val/loss" if evaluators else None, record_config=cfg)
-    if cfg.lora is not None and env.rank == 0:
-        save_merged_lora(model, tokenizer, out_dir, "sft", results["step"])
-    results["truncation"] = stats.as_dict()
-    if val_stats is not None:
-        results["val_truncation"] = val_stats.as_dict()
-    if env.rank == 0:
-        write_run_record(out_dir, "sft", cfg, parents, manifests, results={"status": "finished", **results})
-    return results
-
-
-def parse_stage_command(verb: str, argv: list[str], config_cls, example: str):
-    """`foundry VERB --config RECIPE [--resume] [key=value ...]` -> (validated config, resume)."""
-    from foundry.cli import make_parser
-
-    p = make_parser(verb)
-    p.add_argument("--config", required=True, help="recipe YAML (init, data, out_dir, train, ...)")
-    p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its latest checkpoint")
-    p.add_argument("overrides", nargs="*", help=f"dotted.key=value overrides, e.g. {example}")
-    args = p.parse_args(argv)
-    return load_config(config_cls, args.config, args.overrides), args.resume
-
-
-def main(argv: list[str]) -> int:
-    from foundry.train.distributed import is_main_process
-
-    cfg, resume = parse_stage_command("sft", argv, SFTConfig, "train.max_steps=100 pack=false lora.rank=8")
-    results = run_sft(cfg, resume=resume)
-    parts = [f"step {results['step']}", f"loss {results.get('loss', float('nan')):.4f}"]
-    if "val/loss" in results:
-        parts.append(f"val/loss {results['val/loss']:.4f}")
-    t = results["truncation"]
-    parts.append(f"truncated {t['dropped_turns'] + t['cut_tail']}, skipped {t['skipped']}")
-    if is_main_process():  # one line per run, not per torchrun rank
-        print("foundry sft: done: " + ", ".join(parts) + f" -> {cfg.out_dir}")
-    return 0
+        parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
+                   "tokenizer_sha256": tokenizer.sha256}
+        manifests = {Path(f).name: sha256_file(f) for f in [cfg.data] + ([cfg.val_data] if cfg.val_data else [])}
+        out_dir = runner.open_run_dir(parents, manifests)
+        trainable, total = lora_parameter_count(model)
+        runner.log(f"foundry sft: {len(examples)} conversations ({stats.supervised:,} supervised of {stats.tokens:,} "
+                   f"tokens), truncated: {stats.dropped_turns} lost early turns, {stats.cut_tail} cut at the tail, "
+                   f"{stats.skipped} skipped; {'packed' if cfg.pack else 'unpacked'} rows of {tc.block_size}; "
+                   f"{trainable:,} of {total:,} parameters trainable -> {out_dir}")
+        model.train()
+        results = runner.train(model, objective, source, tokenizer, evaluators=evaluators,
+                               best_metric="val/loss" if evaluators else None)
+        if cfg.lora is not None and runner.is_main:
+            save_merged_lora(model, tokenizer, out_dir, "sft", results["step"])
+        results["truncation"] = stats.as_dict()
+        if val_stats is not None:
+            results["val_truncation"] = val_stats.as_dict()
+        t = results["truncation"]
+        return runner.finish(results, summary=["loss", "val/loss"],
+                             extra=[f"truncated {t['dropped_turns'] + t['cut_tail']}, skipped {t['skipped']}"])

@@ -126,7 +126,8 @@ def code_version() -> str:
 
 
 def write_run_record(run_dir: str | os.PathLike, stage: str, config: Any, parents: dict[str, Any] | None = None,
-                     data_manifests: dict[str, str] | None = None, results: dict[str, Any] | None = None) -> Path:
+                     data_manifests: dict[str, str] | None = None, results: dict[str, Any] | None = None,
+                     created: str | None = None) -> Path:
     """Write `run.json`: what produced this run directory (config, code version, parents, data hashes).
 
     `parents` maps a role ("checkpoint", "tokenizer", "dataset") to a path or hash; `data_manifests`
@@ -135,7 +136,7 @@ def write_run_record(run_dir: str | os.PathLike, stage: str, config: Any, parent
     run_dir = Path(run_dir)
     record = {
         "stage": stage,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": created or utc_now(),
         "code_version": code_version(),
         "config": config.model_dump(mode="json") if hasattr(config, "model_dump") else config,
         "parents": parents or {},
@@ -145,3 +146,41 @@ def write_run_record(run_dir: str | os.PathLike, stage: str, config: Any, parent
     path = run_dir / "run.json"
     atomic_write_json(path, record)
     return path
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class RunRecord:
+    """A run's `run.json`, rewritten as its status changes, with `created` fixed at the run's start.
+
+    A resumed run keeps the `created` of the run it continues."""
+
+    def __init__(self, run_dir: str | os.PathLike, stage: str, config: Any, parents: dict[str, Any] | None = None,
+                 data_manifests: dict[str, str] | None = None, resume: bool = False):
+        self.run_dir, self.stage, self.config = Path(run_dir), stage, config
+        self.parents, self.data_manifests = parents or {}, data_manifests or {}
+        previous = self.run_dir / "run.json"
+        created = None
+        if resume and previous.is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                created = json.loads(previous.read_text(encoding="utf-8")).get("created")
+        self.created = created or utc_now()
+
+    def write(self, results: dict[str, Any]) -> Path:
+        return write_run_record(self.run_dir, self.stage, self.config, self.parents, self.data_manifests, results,
+                                created=self.created)
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The records of `RUN/metrics.jsonl` (a torn or malformed line, from a killed run, is skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                record = json.loads(line)
+                if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+                    records.append(record)
+    return records

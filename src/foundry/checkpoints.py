@@ -1,4 +1,9 @@
-"""Checkpoints: self-contained directories, written atomically, verified by checksum when read.
+"""The checkpoint store: saving, loading, verifying and finding checkpoints, and picking the device.
+
+It sits at library level, beside the model, so that evaluation, serving and Hugging Face import/export
+read a model without importing training (the layering is checked by tests/test_layering.py).
+
+Checkpoints are self-contained directories, written atomically, verified by checksum when read.
 
 Layout (docs/ARCHITECTURE.md): `model.safetensors`, `model_config.json`, `tokenizer.json` +
 `tokenizer_config.json`, optional `train_state.pt`, and `meta.json` last (step, stage, val_loss and the
@@ -16,7 +21,9 @@ import os
 import random
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +32,44 @@ from foundry.errors import CheckpointError, ConfigError
 from foundry.utils.io import fsync_dir, sha256_file
 
 MODEL_FILE, CONFIG_FILE, STATE_FILE, META_FILE = "model.safetensors", "model_config.json", "train_state.pt", "meta.json"
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto`: this rank's GPU when there is one, else the CPU; `cuda` means this rank's GPU."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(name)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Llama inside torch.compile / DDP wrappers (an FSDP2 model is the Llama itself)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(getattr(model, "module", None), torch.nn.Module) and hasattr(model, "no_sync"):
+            model = model.module
+        else:
+            return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model` is sharded by FSDP2 (each rank then holds a slice of every tensor)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(unwrap(model), FSDPModule)
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full (unsharded) state dict that every rank holds; under FSDP each rank keeps its shard."""
+    base = unwrap(model)
+    if is_sharded(base):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(base, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        base.load_state_dict(state)
 
 
 def _warn(message: str) -> None:
@@ -40,8 +85,6 @@ def model_state_for_saving(model: torch.nn.Module, full_state: dict | None = Non
     """CPU, contiguous tensors with HF names; a tied lm_head is left out (it is the embedding).
 
     `full_state`: the whole state dict already gathered (`distributed.full_model_state`, under FSDP)."""
-    from foundry.train.distributed import unwrap
-
     model = unwrap(model)
     state = {}
     for name, tensor in (full_state if full_state is not None else model.state_dict()).items():
@@ -61,8 +104,6 @@ def save_checkpoint(path, model, tokenizer, train_state: dict | None = None, met
     `directories`: {name: staged directory} moved inside (the DCP optimiser shards), checksummed too."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
-
-    from foundry.train.distributed import unwrap
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -196,8 +237,6 @@ def load_weights(model: torch.nn.Module, path) -> None:
     """Load `path`'s weights into `model`; a different model shape is a one-line CheckpointError."""
     from safetensors.torch import load_file
 
-    from foundry.train.distributed import unwrap
-
     path = Path(path)
     model = unwrap(model)
     saved = load_model_config(path).to_dict()
@@ -224,8 +263,6 @@ def load_weights(model: torch.nn.Module, path) -> None:
         name = wrong[0]
         raise CheckpointError(f"{path / MODEL_FILE}: tensor {name} has shape {tuple(state[name].shape)} but "
                               f"{CONFIG_FILE} implies {tuple(expected[name].shape)} ({len(wrong)} tensors differ)")
-    from foundry.train.distributed import load_model_state
-
     load_model_state(model, state)  # under FSDP each rank keeps its shard
 
 
@@ -277,30 +314,47 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def check_run_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
-    """Refuse, before anything is loaded or written, to resume a missing run or to train over an existing
-    one (unless `overwrite`)."""
-    out_dir = Path(out_dir)
-    if resume and not out_dir.is_dir():
-        raise CheckpointError(f"{out_dir}: no run to resume (directory not found)")
-    if not resume and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or overwrite=true "
-                          "to start over")
-    return out_dir
+# ---- the one door for a stage's starting model -----------------------------------------------------
+@dataclass
+class StartingModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    path: Path  # the checkpoint directory actually read (a run directory resolved), or the HF directory
+    kind: str  # "foundry" | "huggingface"
 
 
-def open_run_dir(cfg, resume: bool, env) -> Path:
-    """Create (or, with `cfg.overwrite`, recreate) `cfg.out_dir` and record the recipe that started it;
-    every input is valid by now. A resumed run keeps its config.yaml (run.json records the resumed one)."""
-    from foundry.config import dump_config
-    from foundry.train.distributed import barrier
-    from foundry.utils.io import atomic_write_text
+def load_start(path, device="cpu") -> StartingModel:
+    """The model a stage starts from: a foundry checkpoint, a run directory (its `best`, else its latest
+    valid checkpoint) or an imported Hugging Face directory. Anything else is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a checkpoint or run directory, not a file")
+    if (path / CONFIG_FILE).is_file() or (path / META_FILE).is_file() or (path / "checkpoints").is_dir():
+        resolved = resolve_checkpoint(path)
+        model, tokenizer = load_model(resolved, device=device)
+        return StartingModel(model, tokenizer, resolved, "foundry")
+    if (path / "config.json").is_file():
+        from foundry.model.hf import import_hf
 
-    out_dir = Path(cfg.out_dir)
-    if not resume and out_dir.exists() and cfg.overwrite and env.is_main:
-        shutil.rmtree(out_dir)
-    barrier(env)  # under torchrun: no rank writes into out_dir before rank 0 has cleared it
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not resume and env.is_main:
-        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    return out_dir
+        model, tokenizer = import_hf(path)
+        return StartingModel(model.to(device), tokenizer, path, "huggingface")
+    raise CheckpointError(f"{path}: not a foundry checkpoint (no model_config.json), run directory (no "
+                          "checkpoints/) or Hugging Face checkpoint (no config.json)")
+
+
+def weights_fingerprint(path) -> str:
+    """sha256 naming a starting model's weights: from meta.json when it records them, else of the files."""
+    import hashlib
+
+    path = Path(path)
+    meta = path / META_FILE
+    if meta.is_file():
+        recorded = json.loads(meta.read_text()).get("sha256", {}).get(MODEL_FILE)
+        if recorded:
+            return recorded
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) + sorted(path.glob("*config.json"))
+    if len(files) == 1:
+        return sha256_file(files[0])
+    return hashlib.sha256("\n".join(f"{f.name} {sha256_file(f)}" for f in files).encode()).hexdigest()

@@ -1,0 +1,171 @@
+"""Evaluation verbs: eval, bakeoff, report, coverage."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from foundry.cli import make_parser
+from foundry.errors import ConfigError
+
+
+def eval_main(argv: list[str]) -> int:
+    from foundry.eval.harness import evaluate, model_name, print_tables
+    from foundry.eval.tasks import load_task
+    from foundry.utils.io import atomic_write_json, code_version
+
+    p = make_parser("eval")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="checkpoint or run directory, optionally named: NAME=PATH")
+    p.add_argument("--data", nargs="+", action="extend", default=[], metavar="DATASET_DIR",
+                   help="dataset directories (from 'foundry data prepare'); scores their val split")
+    p.add_argument("--tasks", nargs="+", action="extend", default=[], metavar="TASK.jsonl",
+                   help="multiple-choice or generation task files (see foundry.eval.tasks)")
+    p.add_argument("--out", help="write results JSON here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples for multiple-choice tasks")
+    p.add_argument("--index", help="retrieval index directory: also run every task grounded")
+    p.add_argument("--k", type=int, default=3, help="passages retrieved per grounded prompt")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generation task answer length")
+    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many val tokens per dataset")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    args = p.parse_args(argv)
+
+    if not args.data and not args.tasks:
+        raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR and/or --tasks TASK.jsonl")
+    if args.shots < 0:
+        raise ConfigError(f"foundry eval: --shots must be >= 0, got {args.shots}")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"{args.out}: already exists; pass --overwrite to replace it")
+    for d in args.data:
+        if not Path(d).is_dir():
+            raise ConfigError(f"{d}: dataset directory not found")
+    tasks = [load_task(t) for t in args.tasks]  # validate every file before any model is loaded
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"foundry eval: two task files share a name ({names}); rename one")
+    for t in tasks:
+        if t.kind == "mc":
+            t.split_shots(args.shots)
+    index = None
+    if args.index:
+        from foundry.serve.retrieval import Index
+
+        index = Index.load(args.index)
+
+    from foundry.checkpoints import load_model, pick_device
+
+    device = pick_device(args.device)
+    results: dict = {"kind": "foundry.eval", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     "code_version": code_version(), "shots": args.shots, "index": args.index,
+                     "datasets": [str(d) for d in args.data], "task_files": list(args.tasks), "models": []}
+    taken: set[str] = set()
+    for spec in args.models:
+        name, path = model_name(spec, taken)
+        taken.add(name)
+        print(f"[eval] {name} ({path})")
+        model, tokenizer = load_model(path, device=device)
+        block = evaluate(model, tokenizer, args.data, tasks, args.shots, index, args.max_new_tokens,
+                         args.max_tokens, args.batch_size, k=args.k)
+        results["models"].append({"name": name, "path": str(Path(path).resolve()), **block})
+        del model
+    print_tables(results)
+    if args.out:
+        atomic_write_json(args.out, results)
+        print(f"results -> {args.out}")
+    return 0
+
+
+def bakeoff_main(argv: list[str]) -> int:
+    from foundry.eval.bakeoff.summary import add_ratings, run_bakeoff
+
+    p = make_parser("bakeoff")
+    p.add_argument("--config", help="bake-off YAML (models, prompts, rubric, sampling); not needed with --ratings")
+    p.add_argument("--out", required=True, help="output directory (outputs, rating sheet, key, summary)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
+                   help="add a model, or set the path of a model the config names; repeatable")
+    p.add_argument("--style-model", help="model for style_perplexity criteria (overrides the rubric's)")
+    p.add_argument("--ratings", help="a filled rating_sheet.csv: un-blind it and add the human criteria")
+    p.add_argument("--overwrite", action="store_true", help="regenerate into an --out that already has outputs")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. temperature=0)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.ratings:
+        add_ratings(out, args.ratings)
+        print(f"summary with ratings -> {out / 'bakeoff.md'}")
+        return 0
+    if not args.config:
+        raise ConfigError("foundry bakeoff: --config BAKEOFF.yaml is required to generate a bake-off")
+
+    summary = run_bakeoff(Path(args.config), out, args.overrides, args.model, args.style_model, args.overwrite)
+    if summary["human_pending"]:
+        print(f"\nrating sheet for raters: {out / 'rating_sheet.csv'} (the key, {out / 'blind_key.json'}, stays "
+              f"with you); then: foundry bakeoff --out {out} --ratings FILLED.csv")
+    print(f"summary -> {out / 'bakeoff.md'}")
+    return 0
+
+
+def report_main(argv: list[str]) -> int:
+    from foundry.eval.report import print_findings, write_report
+
+    p = make_parser("report")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from 'foundry run' or any stage)")
+    p.add_argument("--out", help="where to write report.md, report.html, plots/ and MODEL_CARD.md (default RUN_DIR)")
+    p.add_argument("--model", dest="model_stage", metavar="STAGE",
+                   help="the stage whose model the card describes (default: the last training stage)")
+    p.add_argument("--findings", metavar="YAML",
+                   help="claims to compute (a mapping with a 'findings:' list; default RUN_DIR/findings.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    existing = [f for f in ("report.md", "MODEL_CARD.md") if (out / f).exists()]
+    if existing and not args.overwrite:
+        raise ConfigError(f"{out / existing[0]}: already exists; pass --overwrite to replace the report")
+    paths = write_report(args.run_dir, out, args.model_stage, args.findings)
+    if paths["findings"]:
+        print_findings(paths["findings"])
+    print(f"report: {paths['report']} (+ {paths['html'].name}, {len(paths['plots'])} plot(s))")
+    print(f"model card: {paths['model_card']}")
+    return 0
+
+
+def coverage_main(argv: list[str]) -> int:
+    from foundry.eval.coverage import coverage_report, discover_base_dataset, print_report
+
+    p = make_parser("coverage")
+    p.add_argument("model", help="checkpoint or run directory")
+    p.add_argument("--domain", required=True, help="domain dataset directory (made by 'foundry data prepare')")
+    p.add_argument("--base", help="the model's own (pretraining) dataset; default: from the model's run.json")
+    p.add_argument("--top", type=int, default=200, help="how many of the domain's frequent words/bigrams to check")
+    p.add_argument("--max-chars", type=int, default=2_000_000, help="characters read per corpus for word statistics")
+    p.add_argument("--max-tokens", type=int, default=16_384, help="tokens of each val split the model scores")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--out", help="also write the JSON report to this file")
+    args = p.parse_args(argv)
+    for name in ("top", "max_chars", "max_tokens"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"foundry coverage: --{name.replace('_', '-')} must be positive")
+
+    from foundry.checkpoints import load_start, pick_device
+
+    base = Path(args.base) if args.base else discover_base_dataset(Path(args.model))
+    if base is None:
+        raise ConfigError(f"{args.model}: its run.json does not say which dataset it was trained on; "
+                          "pass --base DATASET_DIR")
+    start = load_start(args.model, device=pick_device(args.device))  # foundry checkpoint or run, or HF directory
+    model, tokenizer = start.model, start.tokenizer
+    report = coverage_report(model, tokenizer, args.domain, base, top_n=args.top, max_chars=args.max_chars,
+                             max_tokens=args.max_tokens)
+    report["model_path"] = str(args.model)
+    if args.out:
+        from foundry.utils.io import atomic_write_json
+
+        atomic_write_json(args.out, report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0

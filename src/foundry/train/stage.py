@@ -1,0 +1,155 @@
+"""The stage runner: the set-up every training stage shares, so a stage is only what makes it different.
+
+A stage (pretrain, continue, sft, dpo, selftest's probe runs, and the ones to come) is an objective, a
+batch source, a config and a starting model. Everything around them is done here, once, the same way:
+
+1. `StageRunner(name, cfg, resume)`: refuse a missing run to resume or an existing one to train over
+   (unless `overwrite`), before anything is loaded or written; set up the distributed environment once
+   (the config is not changed: the accumulation torchrun implies lives in `env.grad_accum_steps`);
+2. `runner.load_start(path)`: the one door for a starting model: a foundry checkpoint, a run directory or
+   an imported Hugging Face directory (`foundry.checkpoints.load_start`), checked against the block size;
+3. `runner.open_run_dir(parents, data_manifests)`: clear the run directory under `overwrite`, write the
+   recipe as `config.yaml` and `run.json` as "running", with the run's true creation time;
+4. `runner.train(model, objective, source, tokenizer, evaluators, ...)`: the one training loop, with an
+   evaluation of the starting model at step 0 when the stage asks (`eval_at_start`);
+5. `runner.finish(results, summary)`: `run.json` finished, once, with the stage's results; one summary
+   line from rank 0; the process group torn down.
+
+Adding a stage (see docs/ARCHITECTURE.md):
+
+    with StageRunner("mystage", cfg, resume) as runner:
+        start = runner.load_start(cfg.init)
+        source = MySource(cfg.data, cfg.train.seed, runner.env.rank, runner.env.world_size)
+        runner.open_run_dir(parents={"checkpoint": str(start.path)}, data_manifests={})
+        results = runner.train(start.model, MyObjective(), source, start.tokenizer)
+        return runner.finish(results, summary=["loss"])
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pydantic import Field
+
+from foundry.config import StrictModel, TrainConfig, dump_config
+from foundry.errors import CheckpointError, ConfigError
+
+
+class StageConfig(StrictModel):
+    """What every training stage's recipe holds: where the run goes, and the one loop's settings."""
+
+    out_dir: str = Field(description="run directory: checkpoints, metrics.jsonl, TensorBoard events, run.json")
+    overwrite: bool = Field(False, description="start over in an out_dir that already holds a run (it is deleted)")
+    train: TrainConfig = Field(TrainConfig(), description="the training loop's settings (below)")
+
+
+class FineTuneConfig(StageConfig):
+    """A stage that starts from a model and trains on a JSONL file (SFT, DPO)."""
+
+    init: str = Field(description="model to start from: a foundry checkpoint, a run directory (its best checkpoint) "
+                      "or an imported Hugging Face directory")
+    data: str = Field(description="training JSONL")
+    val_data: str | None = Field(None, description="held-out JSONL for validation")
+
+
+def check_run_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
+    """Refuse, before anything is loaded or written, to resume a missing run or to train over an existing
+    one (unless `overwrite`)."""
+    out_dir = Path(out_dir)
+    if resume and not out_dir.is_dir():
+        raise CheckpointError(f"{out_dir}: no run to resume (directory not found)")
+    if not resume and out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir}: already holds a run; pass --resume to continue it or overwrite=true "
+                          "to start over")
+    return out_dir
+
+
+class StageRunner:
+    """One stage's run: checks, distributed set-up, starting model, run directory, the loop, the record."""
+
+    def __init__(self, name: str, cfg: StageConfig, resume: bool = False):
+        import torch
+
+        from foundry.train.distributed import setup_distributed
+
+        self.name, self.cfg, self.resume = name, cfg, resume
+        self.run_dir = check_run_dir(cfg.out_dir, resume, cfg.overwrite)
+        self.env = setup_distributed(cfg.train)
+        if cfg.train.threads:  # before any work (a DPO reference pass) so all of it runs the same way
+            torch.set_num_threads(cfg.train.threads)
+        self.record = None
+
+    def __enter__(self) -> "StageRunner":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        from foundry.train.distributed import teardown
+
+        teardown(self.env)
+        return False
+
+    @property
+    def is_main(self) -> bool:
+        return self.env.is_main
+
+    def log(self, line: str) -> None:
+        """A line on stdout from rank 0 only."""
+        if self.is_main:
+            print(line, flush=True)
+
+    def load_start(self, path: str | Path):
+        """The starting model (`foundry.checkpoints.StartingModel`), on the CPU, fitting the block size."""
+        from foundry.checkpoints import load_start
+
+        start = load_start(path)
+        block, context = self.cfg.train.block_size, start.model.config.max_seq_len
+        if block > context:
+            raise ConfigError(f"train.block_size={block} exceeds the model's context ({path}: max_seq_len {context})")
+        return start
+
+    def open_run_dir(self, parents: dict | None = None, data_manifests: dict | None = None) -> Path:
+        """Create (with `overwrite`, recreate) the run directory once every input is valid; write the recipe
+        as config.yaml (a resumed run keeps its own) and run.json as "running"."""
+        from foundry.train.distributed import barrier
+        from foundry.utils.io import RunRecord, atomic_write_text
+
+        out_dir, env = self.run_dir, self.env
+        if not self.resume and out_dir.exists() and self.cfg.overwrite and env.is_main:
+            shutil.rmtree(out_dir)
+        barrier(env)  # under torchrun: no rank writes into out_dir before rank 0 has cleared it
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.record = RunRecord(out_dir, self.name, self.cfg, parents, data_manifests, resume=self.resume)
+        if env.is_main and not self.resume:  # a resumed run's record changes once its checkpoint has loaded
+            atomic_write_text(out_dir / "config.yaml", dump_config(self.cfg))
+            self.record.write({"status": "running"})
+        return out_dir
+
+    def train(self, model, objective, source, tokenizer, evaluators: dict | None = None,
+              best_metric: str | None = None, eval_at_start: bool = False) -> dict:
+        """The one training loop on this stage's run directory; returns its final metrics."""
+        from foundry.train.loop import train
+        from foundry.train.objectives import BatchSource, Objective
+
+        # programming errors, caught before any work: a new stage's pieces must fit the loop
+        if self.record is None:
+            raise RuntimeError("StageRunner.open_run_dir must come before train")
+        for piece, protocol in ((objective, Objective), (source, BatchSource)):
+            if not isinstance(piece, protocol):
+                raise TypeError(f"{type(piece).__name__} is not a {protocol.__name__} (see foundry.train.objectives)")
+        return train(model, objective, source, self.cfg.train, self.run_dir, tokenizer, evaluators=evaluators,
+                     resume=self.resume, stage=self.name, parents=self.record.parents,
+                     data_manifests=self.record.data_manifests, best_metric=best_metric, record_config=self.cfg,
+                     env=self.env, run_record=self.record, eval_at_start=eval_at_start)
+
+    def finish(self, results: dict, summary: list[str] | None = None, extra: list[str] | None = None) -> dict:
+        """Write run.json "finished" with `results`, and (if `summary` is given) print one line:
+        `foundry NAME: done: step N, KEY VALUE, ..., EXTRA -> out_dir`."""
+        if self.is_main:
+            self.record.write({**results, "status": "finished"})
+            if summary is not None:
+                parts = [f"step {results['step']}"]
+                parts += [f"{key} {results[key]:.4f}" for key in summary if key in results]
+                parts += extra or []
+                print(f"foundry {self.name}: done: " + ", ".join(parts) + f" -> {self.cfg.out_dir}", flush=True)
+        return results

@@ -1,0 +1,113 @@
+"""The package's layering, read from its imports (every `import foundry...`, at module level or inside a
+function), so that it stays true (docs/ARCHITECTURE.md, "Layers"):
+
+- the base (errors, config, utils, lm_metrics, hardware) imports no other layer;
+- data needs no model and no training;
+- the model needs neither data files nor training: it may use the tokenizer and the chat template (its
+  vocabulary and its prompt format), never datasets, shards or preparation;
+- the checkpoint store (foundry.checkpoints) reads and writes models: the model and the tokenizer only;
+- training, evaluation and serving may use data, the model and the checkpoint store; evaluation also
+  generates with the serving engine; serving never needs training or evaluation;
+- only the commands layer (foundry.commands, foundry.cli) and the pipeline know the command line; the
+  pipeline also reads a recipe's findings claims (foundry.eval.findings).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+LAYERS = {  # layer -> module prefixes
+    "base": ["foundry", "foundry.errors", "foundry.config", "foundry.utils", "foundry.lm_metrics",
+             "foundry.hardware"],
+    "data": ["foundry.data"],
+    "model": ["foundry.model"],
+    "store": ["foundry.checkpoints"],
+    "train": ["foundry.train", "foundry.selftest"],
+    "eval": ["foundry.eval"],
+    "serve": ["foundry.serve"],
+    "commands": ["foundry.commands", "foundry.cli"],
+    "pipeline": ["foundry.pipeline"],
+}
+MODEL_MAY_USE_FROM_DATA = {"foundry.data.tokenizer", "foundry.data.chat"}
+ALLOWED = {  # layer -> layers it may import (besides itself)
+    "base": set(),
+    "data": {"base"},
+    "model": {"base", "store"},  # Hugging Face import/export writes and reads checkpoints
+    "store": {"base", "model"},
+    "train": {"base", "data", "model", "store"},
+    "eval": {"base", "data", "model", "store", "serve"},
+    "serve": {"base", "data", "model", "store"},
+    "commands": {"base", "data", "model", "store", "train", "eval", "serve", "pipeline"},
+    "pipeline": {"base", "commands", "eval"},  # eval: a recipe's findings are eval.findings claims
+}
+
+
+def layer_of(module: str) -> str:
+    best = max(((prefix, layer) for layer, prefixes in LAYERS.items() for prefix in prefixes
+                if module == prefix or module.startswith(prefix + ".")), key=lambda pl: len(pl[0]))
+    return best[1]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def foundry_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every foundry import in the file, wherever it appears."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "foundry"]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "foundry":
+            # `from foundry.model import hf` imports the module foundry.model.hf
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = (SRC / Path(*sub.split("."))).with_suffix(".py").is_file() or (
+                    SRC / Path(*sub.split("."))).is_dir()
+                found.append((node.lineno, sub if is_module else node.module))
+    return found
+
+
+def violations() -> list[str]:
+    problems = []
+    for path in sorted((SRC / "foundry").rglob("*.py")):
+        importer = module_name(path)
+        mine = layer_of(importer)
+        for line, imported in foundry_imports(path):
+            theirs = layer_of(imported)
+            if theirs == mine:
+                continue
+            if mine == "model" and theirs == "data" and imported in MODEL_MAY_USE_FROM_DATA:
+                continue
+            if mine == "store" and theirs == "data" and imported == "foundry.data.tokenizer":
+                continue
+            if theirs not in ALLOWED[mine]:
+                problems.append(f"{path.relative_to(SRC)}:{line}: {mine} imports {imported} ({theirs})")
+    return problems
+
+
+def test_the_layering_holds():
+    assert violations() == []
+
+
+def test_the_checker_sees_function_level_imports(tmp_path, monkeypatch):
+    """The checker itself: an import hidden inside a function is still an import."""
+    fake = tmp_path / "foundry" / "data"
+    fake.mkdir(parents=True)
+    (tmp_path / "foundry" / "__init__.py").write_text("")
+    (fake / "__init__.py").write_text("")
+    (fake / "leaky.py").write_text("def f():\n    from foundry.train.loop import train\n")
+    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
+    assert violations() == ["foundry/data/leaky.py:2: data imports foundry.train.loop (train)"]
+
+
+@pytest.mark.parametrize("module, layer", [("foundry.train.stage", "train"), ("foundry.checkpoints", "store"),
+                                           ("foundry.utils.io", "base"), ("foundry.cli", "commands")])
+def test_layer_names(module, layer):
+    assert layer_of(module) == layer
