@@ -128,3 +128,12 @@ def test_stage_reading_the_run_directory_reruns_when_any_stage_changes(tmp_path,
     path.write_text(json.dumps(recipe("2")))
     record = run_recipe(load_recipe(path), path)
     assert [s["status"] for s in record["stages"]] == ["ran", "ran"]
+
+
+def test_until_stops_after_the_named_stage(tmp_path, fake_verb):
+    path = write_recipe(tmp_path, tmp_path / "no-such-flag")
+    record = run_recipe(load_recipe(path), path, until="b")
+    assert [s["name"] for s in record["stages"]] == ["a", "b"]
+    assert (tmp_path / "run" / "b" / "value.txt").is_file() and not (tmp_path / "run" / "c").exists()
+    with pytest.raises(ConfigError, match="--until 'z' is not a stage"):
+        run_recipe(load_recipe(path), path, until="z")

@@ -2,7 +2,8 @@
 
 A stage reads its parents' outputs through placeholders: `{out}` is the stage's own output directory
 (`RUN/<stage name>`), `{stage:NAME}` is an earlier stage's, `{run}` the run directory and `{repo}` the
-directory holding the recipe's repository (so bundled data resolves from anywhere). A training verb's
+folder holding the bundled `data/` and `recipes/` (the checkout, or the installed package's copy: see
+`foundry.utils.bundled`), so bundled data resolves from anywhere. A training verb's
 `config:` mapping is written to `RUN/.pipeline/NAME.yaml` and passed as `--config`.
 
 Each finished stage leaves `RUN/.pipeline/NAME.json` with a fingerprint of its verb, arguments, config
@@ -28,9 +29,9 @@ from foundry.cli import VERBS
 from foundry.config import StrictModel, config_from_dict, read_yaml
 from foundry.errors import ConfigError, FoundryError
 from foundry.eval.findings import SPEC_FILE, Claim, check_unique
+from foundry.utils.bundled import bundled_root
 from foundry.utils.io import atomic_write_json, atomic_write_text, code_version, read_json
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDER = re.compile(r"\{(out|run|repo|stage:([A-Za-z0-9_\-]+))\}")
 
 
@@ -102,8 +103,12 @@ def _fingerprint(stage: Stage, args: list[str], config: dict | None, parent_prin
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None) -> dict:
-    """Run every stage in order; returns the pipeline record (also written to RUN/pipeline.json)."""
+def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None, until: str | None = None) -> dict:
+    """Run every stage in order (up to and including `until`, when given); returns the pipeline record
+    (also written to RUN/pipeline.json)."""
+    names = [s.name for s in recipe.stages]
+    if until is not None and until not in names:
+        raise ConfigError(f"{recipe_path}: --until '{until}' is not a stage of this recipe ({', '.join(names)})")
     run_dir = Path(recipe.out_dir)
     if not run_dir.is_absolute():
         run_dir = Path.cwd() / run_dir
@@ -117,8 +122,9 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
         atomic_write_text(run_dir / SPEC_FILE, findings)
     force = set(force or [])
     started = time.time()
-    for stage in recipe.stages:
-        mapping = {"out": str(run_dir / stage.name), "run": str(run_dir), "repo": str(REPO_ROOT)}
+    stages = recipe.stages[:names.index(until) + 1] if until is not None else recipe.stages
+    for stage in stages:
+        mapping = {"out": str(run_dir / stage.name), "run": str(run_dir), "repo": str(bundled_root())}
         mapping.update({f"stage:{name}": str(run_dir / name) for name in prints})
         out = Path(_substitute(stage.output, mapping))
         args = _substitute(stage.args, mapping)

@@ -37,20 +37,22 @@ def run_main(argv: list[str]) -> int:
     parser.add_argument("overrides", nargs="*", help="out_dir=PATH to write the run elsewhere")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="re-run this stage even if unchanged (repeatable)")
+    parser.add_argument("--until", metavar="STAGE", help="stop after this stage")
     args = parser.parse_args(argv)
     recipe_path = Path(args.recipe)
     recipe = load_recipe(recipe_path, args.overrides)
-    record = run_recipe(recipe, recipe_path, args.force)
+    record = run_recipe(recipe, recipe_path, args.force, args.until)
     print_summary(record, Path(recipe.out_dir).resolve())
     return 0
 
 
 def quickstart_main(argv: list[str]) -> int:
-    from foundry.pipeline import REPO_ROOT
+    from foundry.utils.bundled import bundled_root
     parser = make_parser("quickstart")
     parser.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
-    parser.add_argument("--recipe", default=str(REPO_ROOT / "recipes" / "quickstart.yaml"))
+    parser.add_argument("--recipe", default=str(bundled_root() / "recipes" / "quickstart.yaml"))
+    parser.add_argument("--until", metavar="STAGE", help="stop after this stage")
     args = parser.parse_args(argv)
     if not Path(args.recipe).is_file():
         raise ConfigError(f"{args.recipe}: the bundled quickstart recipe is missing (is this a full checkout?)")
-    return run_main([args.recipe, f"out_dir={args.out}"])
+    return run_main([args.recipe, f"out_dir={args.out}"] + (["--until", args.until] if args.until else []))
