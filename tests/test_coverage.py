@@ -62,7 +62,7 @@ def test_own_language_is_better_covered_than_another(base, capsys):
         assert en["signals"][signal] < fr["signals"][signal], signal
     # the numbers behind the signals
     assert fr["fertility"]["domain"]["tokens_per_word"] > 2 * fr["fertility"]["base"]["tokens_per_word"]
-    assert fr["model"]["domain"]["perplexity"] > 10 * en["model"]["domain"]["perplexity"]
+    assert fr["model"]["domain"]["ppl"] > 10 * en["model"]["domain"]["ppl"]
     assert en["signals"]["unseen_words"] == 0.0
 
 

@@ -76,9 +76,9 @@ def test_perplexity_and_bits_per_byte(tmp_path):
     assert res["tokens"] == count == sum(len(tok.encode(t)) + 1 for t in texts)
     assert res["loss"] == pytest.approx(nats / count)
     assert res["bytes"] == sum(len(t.encode()) for t in texts)
-    assert res["bits_per_byte"] == pytest.approx(nats / math.log(2) / res["bytes"])
+    assert res["bpb"] == pytest.approx(nats / math.log(2) / res["bytes"])
     untrained = dataset_perplexity(fresh_model(3), tok, ds)
-    assert res["perplexity"] < untrained["perplexity"] / 3
+    assert res["ppl"] < untrained["ppl"] / 3
     # Window boundaries: a short block gives the same token count, every token predicted once.
     assert dataset_perplexity(model, tok, ds, block_size=5)["tokens"] == count
 
@@ -142,7 +142,7 @@ def test_cli_end_to_end_on_a_checkpoint(tmp_path, capsys):
     assert res["kind"] == "foundry.eval" and [m["name"] for m in res["models"]] == ["mine", "run"]
     for m in res["models"]:
         assert m["tasks"]["facts-mc"]["acc"] == 1.0 and m["tasks"]["facts-gen"]["acc"] == 1.0
-        assert m["perplexity"]["facts"]["bits_per_byte"] > 0
+        assert m["perplexity"]["facts"]["bpb"] > 0
     assert "facts-mc" in capsys.readouterr().out
     before = out.read_text()
     assert cli(argv) == 1 and "already exists" in capsys.readouterr().err and out.read_text() == before

@@ -50,7 +50,7 @@ def test_paired_effect_interval_and_verdicts(tmp_path):
 
 def test_bits_per_byte_points_down_and_globs_average_seeds(tmp_path):
     def ppl(blocks):
-        return {"perplexity": {"domain": {"bits_per_byte": sum(blocks) / len(blocks), "block_bits_per_byte": blocks}}}
+        return {"perplexity": {"domain": {"bpb": sum(blocks) / len(blocks), "block_bpb": blocks}}}
 
     _results(tmp_path / "eval/results.json", {"adapted_s1": ppl([1.0, 1.1, 0.9, 1.0]), "adapted_s2": ppl([1.2, 1.1, 1.1, 1.0]),
                                               "base": ppl([2.0, 2.2, 1.9, 2.1])})
@@ -117,7 +117,7 @@ def test_eval_cli_stores_per_item_scores_and_per_window_bpb(tmp_path):
     assert cli(["eval", f"m={tmp_path / 'm'}", "--data", str(ds), "--tasks", str(task),
                 "--out", str(tmp_path / "r.json")]) == 0
     model = json.loads((tmp_path / "r.json").read_text())["models"][0]
-    blocks = model["perplexity"]["ds"]["block_bits_per_byte"]
+    blocks = model["perplexity"]["ds"]["block_bpb"]
     assert len(blocks) >= 2 and min(blocks) > 0
     assert model["tasks"]["mc"]["scores"]["acc"] == [1.0] and model["tasks"]["mc"]["ids"]
 

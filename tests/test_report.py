@@ -76,7 +76,7 @@ def run(tmp_path_factory):
     (run / "eval").mkdir()
     (run / "eval" / "results.json").write_text(json.dumps({"kind": "foundry.eval", "shots": 0, "models": [
         {"name": "sft", "path": str(run / "sft" / "checkpoints" / "best"),
-         "perplexity": {"pydocs": {"loss": 2.1, "perplexity": 8.1662, "bits_per_byte": 0.8765, "tokens": 5000, "bytes": 17000}},
+         "perplexity": {"pydocs": {"loss": 2.1, "ppl": 8.1662, "bpb": 0.8765, "tokens": 5000, "bytes": 17000}},
          "tasks": {"pydocs-continuation": {"kind": "mc", "n": 120, "acc": 0.625, "acc_stderr": 0.0443, "acc_norm": 0.5917,
                                            "acc_norm_stderr": 0.045, "shots": 0}}},
         {"name": "base-sft", "path": "/elsewhere/base-sft", "perplexity": {},

@@ -194,7 +194,7 @@ def coverage_report(model, tokenizer, domain: str | Path, base: str | Path, top_
 
     signals = {
         "fertility_ratio": fert["domain"]["tokens_per_word"] / fert["base"]["tokens_per_word"],
-        "bpb_ratio": scored["domain"]["bits_per_byte"] / scored["base"]["bits_per_byte"],
+        "bpb_ratio": scored["domain"]["bpb"] / scored["base"]["bpb"],
         "unseen_words": unseen_w["share"],
         "unseen_bigrams": unseen_b["share"],
     }
@@ -227,10 +227,10 @@ def print_report(report: dict) -> None:
     g, s = report["grades"], report["signals"]
     table.add_row("tokens per word", f"{f['domain']['tokens_per_word']:.3f}", f"{f['base']['tokens_per_word']:.3f}",
                   f"{s['fertility_ratio']:.2f}", g["fertility_ratio"])
-    table.add_row("bits per byte", f"{m['domain']['bits_per_byte']:.3f}", f"{m['base']['bits_per_byte']:.3f}",
+    table.add_row("bits per byte", f"{m['domain']['bpb']:.3f}", f"{m['base']['bpb']:.3f}",
                   f"{s['bpb_ratio']:.2f}", g["bpb_ratio"])
-    table.add_row("perplexity (per token)", f"{m['domain']['perplexity']:.2f}", f"{m['base']['perplexity']:.2f}",
-                  f"{m['domain']['perplexity'] / m['base']['perplexity']:.2f}", "")
+    table.add_row("perplexity (per token)", f"{m['domain']['ppl']:.2f}", f"{m['base']['ppl']:.2f}",
+                  f"{m['domain']['ppl'] / m['base']['ppl']:.2f}", "")
     for key, label in (("words", "unseen top words"), ("bigrams", "unseen top bigrams")):
         u = report["unseen"][key]
         table.add_row(f"{label} (top {u['top_n']})", f"{u['unseen']}", "", f"{u['share']:.1%}", g[f"unseen_{key}"])

@@ -96,9 +96,9 @@ def arm_scores(results: dict, metric: str, arm: str) -> list[float]:
     for m in models:
         if kind == "bpb":
             block = m.get("perplexity", {}).get(rest)
-            if block is None or "block_bits_per_byte" not in block:
+            if block is None or "block_bpb" not in block:
                 raise KeyError(f"{m['name']} has no per-window bits per byte on {rest!r}")
-            series.append(block["block_bits_per_byte"])
+            series.append(block["block_bpb"])
         else:
             task, _, score = rest.partition(":")
             score = score_override or score or "acc"

@@ -202,7 +202,7 @@ def evaluate(model, tokenizer, datasets: list[str | Path] = (), tasks: list[Task
         out["perplexity"][name] = {**dataset_perplexity(model, tokenizer, path, "val", max_tokens=max_tokens),
                                    "path": str(path)}
         out["seconds"][f"ppl/{name}"] = round(time.perf_counter() - t0, 2)
-        log(f"  perplexity {name}: {out['perplexity'][name]['perplexity']:.3f}")
+        log(f"  perplexity {name}: {out['perplexity'][name]['ppl']:.3f}")
     for task in tasks:
         t0 = time.perf_counter()
         if task.kind == "mc":
@@ -261,7 +261,7 @@ def print_tables(results: dict) -> None:
         for d in datasets:
             t.add_column(d, justify="right")
         for m in models:
-            t.add_row(m["name"], *[f"{_fmt(m['perplexity'][d]['perplexity'], 2)} ({_fmt(m['perplexity'][d]['bits_per_byte'])})"
+            t.add_row(m["name"], *[f"{_fmt(m['perplexity'][d]['ppl'], 2)} ({_fmt(m['perplexity'][d]['bpb'])})"
                                    if d in m["perplexity"] else "-" for d in datasets])
         console.print(t)
     rows = task_rows(results)

@@ -284,7 +284,7 @@ def render_model_card(view: RunView, model_stage: str | None = None) -> str:
             evaluated = Path(str(m.get("path", ""))).resolve()
             if evaluated == stage_dir or stage_dir in evaluated.parents:
                 for d, r in m.get("perplexity", {}).items():
-                    own.append([f"perplexity {d} (val)", fmt(r.get("perplexity")), f"bits/byte {fmt(r.get('bits_per_byte'))}"])
+                    own.append([f"perplexity {d} (val)", fmt(r.get("ppl")), f"bits/byte {fmt(r.get('bpb'))}"])
                 for t, r in m.get("tasks", {}).items():
                     extra = f"acc_norm {fmt(r.get('acc_norm'))}" if r.get("kind") == "mc" else (
                         f"grounded {fmt(r.get('grounded_acc'))}" if "grounded_acc" in r else "")

@@ -62,14 +62,14 @@ def stream_loss(model, tokens, block_size: int, batch_size: int = 8, blocks: lis
 
 
 def _summary(nats: float, count: int, nbytes: float, blocks: list | None = None) -> dict:
-    """The one computation (`foundry.lm_metrics`), under the names eval results have always used."""
+    """The one computation (`foundry.lm_metrics`) under its one set of names: loss, ppl, bpb."""
     scores = lm_scores(nats, count, nbytes)
-    out = {"loss": scores["loss"], "perplexity": scores["ppl"], "bits_per_byte": scores.get("bpb", float("nan")),
+    out = {"loss": scores["loss"], "ppl": scores["ppl"], "bpb": scores.get("bpb", float("nan")),
            "tokens": count, "bytes": int(round(nbytes))}
     if blocks and nbytes:
         # Each window's bits per byte, its bytes taken at the split's average bytes per token.
         bytes_per_token = nbytes / count
-        out["block_bits_per_byte"] = [round(lm_scores(n, t, t * bytes_per_token)["bpb"], 6) for n, t in blocks if t]
+        out["block_bpb"] = [round(lm_scores(n, t, t * bytes_per_token)["bpb"], 6) for n, t in blocks if t]
     return out
 
 

@@ -211,7 +211,7 @@ def eval_tables(results: dict) -> str:
             for d in datasets:
                 r = m["perplexity"].get(d)
                 if r:
-                    rows.append([m["name"], d, fmt(r["loss"]), fmt(r["perplexity"]), fmt(r["bits_per_byte"]),
+                    rows.append([m["name"], d, fmt(r["loss"]), fmt(r["ppl"]), fmt(r["bpb"]),
                                  fmt(r["tokens"])])
         parts.append(md_table(["model", "dataset (val)", "loss", "perplexity", "bits/byte", "tokens"], rows))
     rows = task_rows(results)

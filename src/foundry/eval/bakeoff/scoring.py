@@ -86,7 +86,7 @@ def score_automatic(c: dict, output: str, prompt: dict, style=None) -> tuple[flo
         from foundry.eval.perplexity import text_perplexity
 
         model, tokenizer = style
-        ppl = text_perplexity(model, tokenizer, output)["perplexity"]
+        ppl = text_perplexity(model, tokenizer, output)["ppl"]
         lo, hi = math.log(c["ppl_best"]), math.log(c["ppl_worst"])
         return min(1.0, max(0.0, (hi - math.log(ppl)) / (hi - lo))), {"perplexity": ppl}
     raise ValueError(kind)
