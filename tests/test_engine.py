@@ -123,3 +123,33 @@ def test_engine_queue_bound_and_cancel(model, tok):
     finally:
         gate.set()
         engine.shutdown()
+
+
+def test_engine_survives_a_failing_forward(model, tok):
+    """A forward pass that raises ends the requests it touched with the error; the next request is served."""
+    original = model.forward
+    failing = [True]
+
+    def forward(*args, **kwargs):
+        if failing[0]:
+            raise RuntimeError("device fell over")
+        return original(*args, **kwargs)
+
+    engine = Engine(model, tok, max_batch=2, max_queue=4)
+    done = threading.Event()
+    try:
+        model.forward = forward
+        bad = Sequence(prompts(1)[0], Sampling(max_tokens=4, temperature=0), on_finish=lambda s: done.set())
+        engine.submit(bad)
+        assert done.wait(20)
+        assert bad.finish_reason == "error" and "fell over" in str(bad.error)
+        failing[0] = False
+        done.clear()
+        good = Sequence(prompts(1)[0], Sampling(max_tokens=4, temperature=0, stop_ids=()),
+                        on_finish=lambda s: done.set())
+        engine.submit(good)
+        assert done.wait(20)
+        assert good.finish_reason == "length" and len(good.tokens) == 4
+    finally:
+        del model.forward
+        engine.shutdown()

@@ -177,34 +177,49 @@ class RaggedKVCache(KVCache):
         super().__init__(config, batch_size, max_len, device, dtype)
         self.lengths = [0] * batch_size  # on the host: building a step's positions needs no device sync
 
-    def prepare(self, B: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position ids (B, T) and the boolean attention mask (B, 1, T, S) for appending T tokens to rows :B."""
-        if max(self.lengths[:B]) + T > self.max_len:
-            raise ValueError(f"KV cache full: {max(self.lengths[:B]) + T} > {self.max_len} tokens")
-        offsets = torch.tensor(self.lengths[:B], device=device)
-        self._positions = offsets[:, None] + torch.arange(T, device=device)  # (B, T)
-        S = max(self.lengths[:B]) + T
+    def prepare(self, B: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position ids (B, T) and the boolean attention mask (B, 1, T, S) for appending T tokens to rows :B.
+        Rows all of one length (always so for one row) take the plain cache's path: slice writes, and no
+        mask for a single new token."""
+        lengths = self.lengths[:B]
+        longest = max(lengths)
+        if longest + T > self.max_len:
+            raise ValueError(f"KV cache full: {longest + T} > {self.max_len} tokens")
+        self._uniform = longest if min(lengths) == longest else None
+        if self._uniform is not None:
+            self._positions = torch.arange(longest, longest + T, device=device).expand(B, T)
+            if T == 1:
+                return self._positions, None
+        else:
+            offsets = torch.tensor(lengths, device=device)
+            self._positions = offsets[:, None] + torch.arange(T, device=device)  # (B, T)
+        S = longest + T
         mask = torch.arange(S, device=device)[None, None, :] <= self._positions[:, :, None]  # (B, T, S) causal
         return self._positions, mask[:, None]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, H, T, D = k.shape
-        index = self._positions[:, None, :, None].expand(B, H, T, D)  # each row writes at its own offset
-        self.k[layer][:B].scatter_(2, index, k)
-        self.v[layer][:B].scatter_(2, index, v)
-        S = max(self.lengths[:B]) + T
+        S = self._positions.shape[1] + (self._uniform if self._uniform is not None else max(self.lengths[:B]))
+        if self._uniform is not None:
+            self.k[layer][:B, :, self._uniform:S] = k
+            self.v[layer][:B, :, self._uniform:S] = v
+        else:
+            index = self._positions[:, None, :, None].expand(B, H, T, D)  # each row writes at its own offset
+            self.k[layer][:B].scatter_(2, index, k)
+            self.v[layer][:B].scatter_(2, index, v)
         return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S]
 
     def advance(self, T: int) -> None:
         B = self._positions.shape[0]
         self.lengths[:B] = [n + T for n in self.lengths[:B]]
 
-    def load_row(self, row: int, single: KVCache) -> None:
-        """Copy a one-sequence cache (batch 1, `single.length` tokens) into `row`."""
-        n = single.length
+    def load_row(self, row: int, source: KVCache, source_row: int = 0, length: int | None = None) -> None:
+        """Copy the first `length` tokens (default: all `source.length`) of `source_row` of a plain cache (a
+        prefill's) into `row`."""
+        n = source.length if length is None else length
         for layer in range(len(self.k)):
-            self.k[layer][row, :, :n] = single.k[layer][0, :, :n]
-            self.v[layer][row, :, :n] = single.v[layer][0, :, :n]
+            self.k[layer][row, :, :n] = source.k[layer][source_row, :, :n]
+            self.v[layer][row, :, :n] = source.v[layer][source_row, :, :n]
         self.lengths[row] = n
 
     def move_row(self, src: int, dst: int) -> None:

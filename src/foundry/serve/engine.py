@@ -120,10 +120,42 @@ class BatchDecoder:
     def has_room(self) -> bool:
         return len(self.active) < self.max_batch
 
-    @torch.inference_mode()
     def add(self, seq: Sequence) -> None:
         """Prefill `seq`'s prompt and emit its first token (it may finish at once)."""
-        assert self.has_room
+        self.add_many([seq])
+
+    @torch.inference_mode()
+    def add_many(self, seqs: list[Sequence]) -> None:
+        """Prefill the prompts of `seqs` together and emit each one's first token (some may finish at once).
+
+        The prompts are right-padded to the longest: causal attention keeps every real token from seeing the
+        pads after it, and only each row's real tokens are copied into the batch cache.
+        """
+        assert len(self.active) + len(seqs) <= self.max_batch, "no free row"
+        ready = [seq for seq in seqs if self._start(seq)]
+        if not ready:
+            return
+        if self.cache is None:
+            self.cache = self.model.new_ragged_kv_cache(self.max_batch, self.max_len)
+        lengths = [len(seq.prompt_ids) for seq in ready]
+        longest = max(lengths)
+        ids = torch.tensor([seq.prompt_ids + [0] * (longest - len(seq.prompt_ids)) for seq in ready],
+                           device=self.device)  # (m, T)
+        prefill = self.model.new_kv_cache(len(ready), longest)
+        hidden = self.model(ids, kv_cache=prefill, return_hidden=True)  # (m, T, d)
+        last = torch.tensor(lengths, device=self.device) - 1
+        logits = self.model.lm_head(hidden[torch.arange(len(ready), device=self.device), last])  # (m, V)
+        for i, seq in enumerate(ready):
+            s = seq.sampling
+            token = sample_next(logits[i], s.temperature, s.top_k, s.top_p, seq.generator)
+            if self._accept(seq, token):  # it goes on: its prompt's keys and values take the next free row
+                self.cache.load_row(len(self.active), prefill, i, lengths[i])
+                self.active.append(seq)
+            else:
+                self._finish(seq, "cancelled")  # no-op unless it was cancelled while emitting its first token
+
+    def _start(self, seq: Sequence) -> bool:
+        """Set up `seq`'s budget, stop ids and generator; False if it cannot produce a token."""
         seq.sampling.check()
         seq.started_at = time.monotonic()
         seq.prompt_ids = fit_prompt(seq.prompt_ids, self.context, self.tokenizer.eos_id)
@@ -134,19 +166,10 @@ class BatchDecoder:
         if seq.sampling.seed is not None:
             seq.generator = torch.Generator(device=self.device)
             seq.generator.manual_seed(seq.sampling.seed)
-        if seq.budget < 1:
-            return self._finish(seq, "length")
-        if self.cache is None:
-            self.cache = self.model.new_ragged_kv_cache(self.max_batch, self.max_len)
-        single = self.model.new_kv_cache(1, len(seq.prompt_ids))
-        logits = self.model(torch.tensor([seq.prompt_ids], device=self.device), kv_cache=single)  # (1, T, V)
-        row = len(self.active)
-        self.cache.load_row(row, single)
-        self.active.append(seq)
-        token = sample_next(logits[0, -1], seq.sampling.temperature, seq.sampling.top_k, seq.sampling.top_p,
-                            seq.generator)
-        if not self._accept(seq, token):
-            self._remove(row)
+        if seq.cancelled or seq.budget < 1:
+            self._finish(seq, "length")
+            return False
+        return True
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -227,11 +250,11 @@ def generate_many(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
     model.eval()
     try:
         decoder = BatchDecoder(model, tokenizer, max(1, min(max_batch, len(prompts))))
-        for seq in sequences:
-            while not decoder.has_room:
-                decoder.step()
-            decoder.add(seq)
-        while decoder.active:
+        waiting = deque(sequences)
+        while waiting or decoder.active:
+            joining = [waiting.popleft() for _ in range(min(len(waiting), decoder.max_batch - len(decoder.active)))]
+            if joining:
+                decoder.add_many(joining)
             decoder.step()
     finally:
         model.train(was_training)
@@ -317,15 +340,14 @@ class Engine:
                     admitted.append(self.queue.popleft())
                 self._in_decoder = len(decoder.active) + len(admitted)
             try:
-                for seq in admitted:
-                    if seq.cancelled:
-                        decoder._finish(seq, "cancelled")
-                    else:
-                        decoder.add(seq)
-                decoder.step()
-            except Exception as exc:  # the model failed: every active request gets the error, the loop goes on
+                decoder.add_many(admitted)
+            except Exception as exc:  # the prefill failed (out of memory?): these and the active requests get it
                 for seq in admitted:
                     decoder._finish(seq, "error", exc)
+                decoder.fail_all(exc)
+            try:
+                decoder.step()
+            except Exception as exc:  # the model failed: every active request gets the error, the loop goes on
                 decoder.fail_all(exc)
             with self._cond:
                 self._in_decoder = len(decoder.active)
