@@ -8,7 +8,9 @@ trained on the bundled Shakespeare) with its stop tokens' embeddings zeroed, so 
                   `git archive` to a temporary directory, at its default --max-concurrency 4;
   - old-c64:      the same old server with --max-concurrency 64 (a thread per client: no 429 at any level).
 For each server and each client count, `--seconds` of closed-loop streamed completions (each client sends
-its next request when the last one ends; a refused client waits 0.1 s): requests/s, generated tokens/s,
+its next request when the last one ends; a refused client waits 0.1 s), taken as `--rounds` slices in turn
+with the other servers so that load from elsewhere on a shared machine falls on all of them alike:
+requests/s, generated tokens/s,
 time to first token and time per output token (p50/p99), refused requests. Then issue 20's burst: 60
 streamed chats at once, a third hanging up after two chunks: how many were served and refused.
 
@@ -16,7 +18,7 @@ Every server runs as its own process on 127.0.0.1 with the same checkpoint, all 
 turn at each client count, so a busy shared machine weighs on them alike; clients are asyncio tasks here.
 Raw figures go to benchmarks/results/serve_throughput.json.
 
-    python benchmarks/serve_throughput.py --preset 4m --seconds 10 --max-tokens 32
+    python benchmarks/serve_throughput.py --preset 4m --seconds 12 --rounds 4 --max-tokens 32
 """
 
 from __future__ import annotations
@@ -168,11 +170,19 @@ async def closed_loop(url: str, clients: int, seconds: float, max_tokens: int) -
         t0 = time.monotonic()
         await asyncio.gather(*(client(i, http) for i in range(clients)))
         elapsed = time.monotonic() - t0
+    return {"results": results, "refused": refused, "elapsed": elapsed}
+
+
+def summarise(clients: int, parts: list[dict]) -> dict:
+    """The figures of one server at one client count, over its interleaved slices."""
+    results = [r for part in parts for r in part["results"]]
+    elapsed = sum(part["elapsed"] for part in parts)
+    refused = sum(part["refused"] for part in parts)
     ok = [r for r in results if r["status"] == 200 and r["complete"]]
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     tpot = [r["tpot"] for r in ok if r["tpot"] is not None]
     tokens = sum(r["tokens"] for r in ok)
-    return {"clients": clients, "seconds": round(elapsed, 3), "requests": len(ok),
+    return {"clients": clients, "seconds": round(elapsed, 3), "slices": len(parts), "requests": len(ok),
             "failed": len(results) - len(ok), "refused_429": refused,
             "requests_per_s": len(ok) / elapsed, "tokens_per_s": tokens / elapsed, "tokens": tokens,
             "ttft_p50_s": percentile(ttft, 0.5), "ttft_p99_s": percentile(ttft, 0.99),
@@ -219,7 +229,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="4m")
     p.add_argument("--clients", default="1,4,16,64")
-    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--seconds", type=float, default=12, help="per server and client count, over all rounds")
+    p.add_argument("--rounds", type=int, default=4, help="slices per server and client count, taken in turn")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--peer", default="4f89939", help="git commit holding the one-sequence-per-thread server")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/serve_throughput.json"))
@@ -227,6 +238,7 @@ def main() -> None:
     levels = [int(c) for c in args.clients.split(",")]
     sys.path.insert(0, str(ROOT / "src"))
     record = {"machine": machine(), "preset": args.preset, "max_tokens": args.max_tokens, "seconds": args.seconds,
+              "rounds": args.rounds,
               "peer_commit": args.peer, "servers": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -241,8 +253,13 @@ def main() -> None:
                 asyncio.run(closed_loop(srv.url, 1, 1.0, args.max_tokens))  # warm-up
                 record["servers"][name] = {"args": servers[name][1], "runs": []}
             for clients in levels:
-                for name, srv in running.items():
-                    r = asyncio.run(closed_loop(srv.url, clients, args.seconds, args.max_tokens))
+                parts: dict[str, list] = {name: [] for name in running}
+                for _ in range(args.rounds):  # slices in turn: load from elsewhere falls on every server alike
+                    for name, srv in running.items():
+                        parts[name].append(asyncio.run(closed_loop(srv.url, clients, args.seconds / args.rounds,
+                                                                   args.max_tokens)))
+                for name in running:
+                    r = summarise(clients, parts[name])
                     record["servers"][name]["runs"].append(r)
                     print(f"{name:8s} {clients:3d} clients: {r['requests_per_s']:6.2f} req/s "
                           f"{r['tokens_per_s']:7.1f} tok/s  ttft p50 {r['ttft_p50_s'] or 0:.3f}s  "

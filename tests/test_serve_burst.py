@@ -87,7 +87,7 @@ def test_full_queue_answers_429_with_retry_after_and_disturbs_nothing(tok):
         assert results["after"].status_code == 200
 
 
-def test_clients_that_hang_up_free_their_place(tok):
+def test_clients_that_hang_up_free_their_place(tok, caplog):
     model = gated_model(tok)
     app = create_app(model, tok, ServerSettings(NAME, max_tokens_limit=200, max_concurrency=1, max_queue=4))
     engine = app.state.engine
@@ -117,6 +117,7 @@ def test_clients_that_hang_up_free_their_place(tok):
         assert engine.tokens_generated < 50, engine.tokens_generated  # 200 were asked for
         r = httpx.post(srv.url + "/v1/completions", timeout=30, json={"model": NAME, "prompt": "the", "max_tokens": 3})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+    assert not [r for r in caplog.records if r.levelno >= 40], "the server logged an error for a hang-up"
 
 
 def test_stop_string_never_met_ends_at_the_length_cap(tok):

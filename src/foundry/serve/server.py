@@ -95,8 +95,8 @@ def log_reply(reply: Reply, seq: Sequence, text: TextStream) -> None:
              seq.queue_seconds, "cancelled" if seq.cancelled else finish_reason(seq, text))
 
 
-async def whole_reply(request: Request, engine: Engine, seq: Sequence, reply: Reply, text: TextStream) -> dict:
-    """A plain (non-streamed) reply; a client that disconnects meanwhile cancels its sequence."""
+async def whole_reply(request: Request, engine: Engine, seq: Sequence, reply: Reply, text: TextStream) -> dict | None:
+    """A plain (non-streamed) reply, or None when the client disconnected meanwhile (its sequence is cancelled)."""
     tokens = open_tokens(engine, seq)
 
     async def collect() -> None:
@@ -111,11 +111,10 @@ async def whole_reply(request: Request, engine: Engine, seq: Sequence, reply: Re
             await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
             if not task.done() and await request.is_disconnected():
                 task.cancel()
-                break
-        await task
-    except asyncio.CancelledError:
-        log.info("%s client disconnected after %.3fs in the queue", reply.id, seq.queue_seconds)
-        raise
+                await asyncio.wait({task})  # the cancellation runs the token iterator's cleanup
+                log.info("%s client disconnected after %.3fs in the queue", reply.id, seq.queue_seconds)
+                return None
+        task.result()
     except Exception as exc:
         raise APIError(500, f"generation failed: {exc}", "server_error") from None
     finally:
@@ -160,7 +159,7 @@ def streamed_reply(engine: Engine, seq: Sequence, reply: Reply, text: TextStream
 def create_app(model, tokenizer, settings: ServerSettings, index=None):
     """The FastAPI app serving `model` under `settings.model_name` (optionally grounded in `index`)."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from foundry.data.chat import render_chat, validate_messages
@@ -206,6 +205,8 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
         if req.stream:
             return streamed_reply(engine, seq, reply, text, bool((req.stream_options or {}).get("include_usage")))
         body = await whole_reply(request, engine, seq, reply, text)
+        if body is None:  # nobody is listening; 499 is what proxies log for a client that closed the request
+            return Response(status_code=499)
         return JSONResponse(body, headers={"X-Queue-Seconds": f"{seq.queue_seconds:.4f}"})
 
     @app.get("/health")
