@@ -92,7 +92,7 @@ def finish_reason(seq: Sequence, text: TextStream) -> str:
 
 def log_reply(reply: Reply, seq: Sequence, text: TextStream) -> None:
     log.info("%s prompt=%d completion=%d queue=%.3fs finish=%s", reply.id, len(seq.prompt_ids), len(text.ids),
-             seq.queue_seconds, "cancelled" if seq.cancelled else finish_reason(seq, text))
+             seq.queue_seconds, "cancelled" if seq.cancelled and not text.stopped else finish_reason(seq, text))
 
 
 async def whole_reply(request: Request, engine: Engine, seq: Sequence, reply: Reply, text: TextStream) -> dict | None:
