@@ -168,7 +168,7 @@ def test_grounded_generation_reports_closed_book_and_grounded(tmp_path, monkeypa
     ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, trained_model(), tokenizer())
     seen = []
-    monkeypatch.setattr(harness, "greedy_answer", lambda m, t, prompt, chat, n: seen.append(prompt) or prompt)
+    monkeypatch.setattr(harness, "greedy_answers", lambda m, t, prompts, chat, n: seen.extend(prompts) or list(prompts))
     out = tmp_path / "r.json"
     assert cli(["eval", str(ckpt), "--tasks", str(task), "--index", str(tmp_path / "idx"), "--out", str(out)]) == 0
     res = json.loads(out.read_text())["models"][0]["tasks"]["towns"]

@@ -83,7 +83,8 @@ def test_openai_client_plain_and_streamed(tok):
 
 def test_bad_requests_answered_while_good_requests_run(tok):
     model = slow_model(tok, delay=0.02)
-    settings = ServerSettings(NAME, api_key=KEY, max_prompt_tokens=32, max_tokens_limit=64, max_concurrency=2)
+    settings = ServerSettings(NAME, api_key=KEY, max_prompt_tokens=32, max_tokens_limit=64, max_concurrency=2,
+                              max_queue=0)  # no queue: a third request is refused
     app = create_app(model, tok, settings)
     engine = app.state.engine
     results = {}
@@ -139,6 +140,7 @@ def test_bad_requests_answered_while_good_requests_run(tok):
                 client.completions.create(model=NAME, prompt="x", max_tokens=2)
             resp = http.post(url, headers=auth, json=ok)
             assert resp.status_code == 429 and resp.json()["error"]["type"] == "rate_limit_error"
+            assert int(resp.headers["Retry-After"]) >= 1
             bad_done = time.monotonic()
             assert first.is_alive(), "the good request should still be running"
         first.join(30)

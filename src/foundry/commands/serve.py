@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -107,13 +108,18 @@ def serve_main(argv: list[str]) -> int:
     p.add_argument("--model-name", default=None, help="the id clients pass as 'model' (default: directory name)")
     p.add_argument("--max-prompt-tokens", type=int, default=None, help="longest prompt accepted (default: context)")
     p.add_argument("--max-tokens-limit", type=int, default=512, help="largest max_tokens a request may ask for")
-    p.add_argument("--max-concurrency", type=int, default=4, help="requests generating at once; more get 429")
+    p.add_argument("--max-concurrency", type=int, default=16,
+                   help="requests decoded together in one batched step; more wait in the queue")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting for a place; one more is refused with 429 and Retry-After")
     p.add_argument("--device", default="auto")
     add_index_argument(p)
     args = p.parse_args(argv)
     for flag in ("port", "max_tokens_limit", "max_concurrency"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.max_queue < 0:
+        raise ConfigError(f"--max-queue must be at least 0, got {args.max_queue}")
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
         raise ConfigError(f"--max-prompt-tokens must be at least 1, got {args.max_prompt_tokens}")
     index = load_index_arg(args)
@@ -122,13 +128,15 @@ def serve_main(argv: list[str]) -> int:
     name = args.model_name or Path(args.model).resolve().name
     settings = ServerSettings(model_name=name, api_key=args.api_key, max_prompt_tokens=args.max_prompt_tokens,
                               max_tokens_limit=args.max_tokens_limit, max_concurrency=args.max_concurrency,
-                              passages=args.passages)
+                              passages=args.passages, max_queue=args.max_queue)
     app = create_app(model, tokenizer, settings, index=index)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it")
     print(f"serving '{name}' at http://{args.host}:{args.port}/v1 "
-          f"(max {args.max_concurrency} concurrent, max_tokens <= {args.max_tokens_limit}"
+          f"({args.max_concurrency} decoded together, {args.max_queue} may queue, max_tokens <= {args.max_tokens_limit}"
           f"{', grounded in ' + args.index if index is not None else ''})", flush=True)
+    logging.basicConfig(format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("foundry.serve").setLevel(logging.INFO)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

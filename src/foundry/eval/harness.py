@@ -155,12 +155,19 @@ def fit_prompt(ids: list[int], max_seq_len: int, max_new_tokens: int) -> list[in
     return ids[-room:] if room > 0 else ids[-(max_seq_len // 2):]
 
 
-def greedy_answer(model, tokenizer, prompt: str, chat: bool = True, max_new_tokens: int = 64) -> str:
-    from foundry.serve.generate import generate
+def greedy_answers(model, tokenizer, prompts: list[str], chat: list[bool], max_new_tokens: int = 64) -> list[str]:
+    """Greedy answers to many prompts, decoded together in batches by the serving engine (the same tokens
+    as one prompt at a time)."""
+    from foundry.serve.generate import generate_many
 
-    ids = fit_prompt(prompt_ids(tokenizer, prompt, chat), model.config.max_seq_len, max_new_tokens)
-    out = list(generate(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=0))
-    return tokenizer.decode(out, skip_special=True)
+    ids = [fit_prompt(prompt_ids(tokenizer, p, c), model.config.max_seq_len, max_new_tokens)
+           for p, c in zip(prompts, chat)]
+    outs = generate_many(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=0)
+    return [tokenizer.decode(out, skip_special=True) for out in outs]
+
+
+def greedy_answer(model, tokenizer, prompt: str, chat: bool = True, max_new_tokens: int = 64) -> str:
+    return greedy_answers(model, tokenizer, [prompt], [chat], max_new_tokens)[0]
 
 
 def score_generation(model, tokenizer, items: list[GenItem], max_new_tokens: int = 64, index=None,
@@ -171,13 +178,13 @@ def score_generation(model, tokenizer, items: list[GenItem], max_new_tokens: int
                     "ids": [i.id for i in items], "scores": {}}
     for mode, idx in modes:
         passed, examples = [], []
-        for item in items:
-            prompt = item.prompt
-            if idx is not None:
-                from foundry.serve.retrieval import grounded_prompt
+        prompts = [item.prompt for item in items]
+        if idx is not None:
+            from foundry.serve.retrieval import grounded_prompt
 
-                prompt = grounded_prompt(idx, item.prompt, k)
-            answer = greedy_answer(model, tokenizer, prompt, item.chat, max_new_tokens)
+            prompts = [grounded_prompt(idx, p, k) for p in prompts]
+        answers = greedy_answers(model, tokenizer, prompts, [item.chat for item in items], max_new_tokens)
+        for item, answer in zip(items, answers):
             ok = check_output(answer, item.checkers)
             passed.append(float(ok))
             if len(examples) < EXAMPLES_KEPT:

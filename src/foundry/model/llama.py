@@ -10,7 +10,9 @@ Design choices, each chosen to match Hugging Face `LlamaForCausalLM` so export i
   is a large share of the parameters).
 - Packed sequences: `segment_ids` confine attention to each packed example (block-diagonal causal
   mask) and `position_ids` restart at 0 for each example (torchtune #892).
-- A preallocated KV cache for generation.
+- A preallocated KV cache for generation, and a ragged one for continuous batching (Yu et al. 2022,
+  "Orca"): each row holds one sequence at its own length, so sequences of different lengths decode in one
+  forward pass with their own positions and a key mask, and no padding ever enters a row.
 
 Parameter names are exactly those of `LlamaForCausalLM.state_dict()`.
 """
@@ -18,7 +20,7 @@ Parameter names are exactly those of `LlamaForCausalLM.state_dict()`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -155,8 +157,82 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def advance(self, T: int) -> None:
+        self.length += T
+
     def reset(self) -> None:
         self.length = 0
+
+
+class RaggedKVCache(KVCache):
+    """Rows hold sequences of different lengths (continuous batching): row b holds `lengths[b]` tokens.
+
+    A forward pass over B rows (the first B) appends its T tokens to each row at that row's own offset, with
+    positions counted from the row's start and a mask that hides every key past the row's end, so each row
+    computes what it would alone. Rows are filled by `load_row` (from a one-sequence prefill cache) and
+    moved by `move_row`, which lets a caller keep its live sequences in the first rows.
+    """
+
+    def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, device, dtype):
+        super().__init__(config, batch_size, max_len, device, dtype)
+        self.lengths = [0] * batch_size  # on the host: building a step's positions needs no device sync
+
+    def prepare(self, B: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Position ids (B, T) and the boolean attention mask (B, 1, T, S) for appending T tokens to rows :B.
+        Rows all of one length (always so for one row) take the plain cache's path: slice writes, and no
+        mask for a single new token."""
+        lengths = self.lengths[:B]
+        longest = max(lengths)
+        if longest + T > self.max_len:
+            raise ValueError(f"KV cache full: {longest + T} > {self.max_len} tokens")
+        self._uniform = longest if min(lengths) == longest else None
+        if self._uniform is not None:
+            self._positions = torch.arange(longest, longest + T, device=device).expand(B, T)
+            if T == 1:
+                return self._positions, None
+        else:
+            offsets = torch.tensor(lengths, device=device)
+            self._positions = offsets[:, None] + torch.arange(T, device=device)  # (B, T)
+        S = longest + T
+        mask = torch.arange(S, device=device)[None, None, :] <= self._positions[:, :, None]  # (B, T, S) causal
+        return self._positions, mask[:, None]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, T, D = k.shape
+        S = self._positions.shape[1] + (self._uniform if self._uniform is not None else max(self.lengths[:B]))
+        if self._uniform is not None:
+            self.k[layer][:B, :, self._uniform:S] = k
+            self.v[layer][:B, :, self._uniform:S] = v
+        else:
+            index = self._positions[:, None, :, None].expand(B, H, T, D)  # each row writes at its own offset
+            self.k[layer][:B].scatter_(2, index, k)
+            self.v[layer][:B].scatter_(2, index, v)
+        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S]
+
+    def advance(self, T: int) -> None:
+        B = self._positions.shape[0]
+        self.lengths[:B] = [n + T for n in self.lengths[:B]]
+
+    def load_row(self, row: int, source: KVCache, source_row: int = 0, length: int | None = None) -> None:
+        """Copy the first `length` tokens (default: all `source.length`) of `source_row` of a plain cache (a
+        prefill's) into `row`."""
+        n = source.length if length is None else length
+        for layer in range(len(self.k)):
+            self.k[layer][row, :, :n] = source.k[layer][source_row, :, :n]
+            self.v[layer][row, :, :n] = source.v[layer][source_row, :, :n]
+        self.lengths[row] = n
+
+    def move_row(self, src: int, dst: int) -> None:
+        n = self.lengths[src]
+        if src != dst:
+            for layer in range(len(self.k)):
+                self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
+                self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
+            self.lengths[dst] = n
+        self.lengths[src] = 0 if src != dst else n
+
+    def reset(self) -> None:
+        self.lengths = [0] * len(self.lengths)
 
 
 class Attention(nn.Module):
@@ -260,18 +336,21 @@ class Llama(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, vocab), or the final hidden states (B, T, n_embd) if `return_hidden`."""
         B, T = input_ids.shape
-        past = kv_cache.length if kv_cache is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+        if isinstance(kv_cache, RaggedKVCache):  # each row at its own length: positions and mask per row
+            position_ids, mask = kv_cache.prepare(B, T, input_ids.device)
+        else:
+            past = kv_cache.length if kv_cache is not None else 0
+            if position_ids is None:
+                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+            mask = self._attention_mask(B, T, past, segment_ids, input_ids.device)
         cos = self.rope_cos[position_ids].unsqueeze(1).to(self.model.embed_tokens.weight.dtype)  # (B, 1, T, hd)
         sin = self.rope_sin[position_ids].unsqueeze(1).to(cos.dtype)
-        mask = self._attention_mask(B, T, past, segment_ids, input_ids.device)
         x = self.model.embed_tokens(input_ids)  # (B, T, d)
         for block in self.model.layers:
             x = block(x, cos, sin, mask, kv_cache)
         x = self.model.norm(x)
         if kv_cache is not None:
-            kv_cache.length += T
+            kv_cache.advance(T)
         return x if return_hidden else self.lm_head(x)
 
     @staticmethod
@@ -291,3 +370,7 @@ class Llama(nn.Module):
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         w = self.model.embed_tokens.weight
         return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, w.device, w.dtype)
+
+    def new_ragged_kv_cache(self, batch_size: int, max_len: int | None = None) -> RaggedKVCache:
+        w = self.model.embed_tokens.weight
+        return RaggedKVCache(self.config, batch_size, max_len or self.config.max_seq_len, w.device, w.dtype)

@@ -1,8 +1,10 @@
 """Sampling text from a model: greedy or temperature / top-k / top-p, with or without the KV cache.
 
-`generate` yields token ids one at a time so callers (terminal, chat, HTTP server) can stream. The
-KV cache is an optimisation only: cached and uncached decoding compute the same logits (up to float
-rounding) and, with a seed, draw the same tokens.
+`generate` yields token ids one at a time so callers (terminal, chat) can stream; it runs the batched
+engine (`foundry.serve.engine`) with one sequence, and `generate_many` runs it with many. Without the
+cache, every token recomputes the whole context: the plain reference the cached engine is tested against
+(cached and uncached decoding compute the same logits up to float rounding and, with a seed, draw the
+same tokens).
 """
 
 from __future__ import annotations
@@ -12,30 +14,11 @@ from typing import Iterator
 
 import torch
 
-from foundry.errors import ConfigError
+from foundry.serve.engine import BatchDecoder, Sampling, Sequence, fit_prompt, generate_many, sample_next
+
+__all__ = ["generate", "generate_many", "generate_text", "sample_next", "chat_prompt_ids", "stream_text"]
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> int:
-    """One token id from logits (V,): argmax when temperature == 0, else a filtered softmax sample."""
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        # Nucleus sampling (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", sec. 3.1):
-        # keep the smallest set of most likely tokens whose probability reaches top_p.
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already >= p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-@torch.inference_mode()
 def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int = 128, temperature: float = 0.8,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop_ids: list[int] | None = None, use_cache: bool = True) -> Iterator[int]:
@@ -44,40 +27,51 @@ def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int = 128,
     Stops before yielding any of `stop_ids` (default `<|endoftext|>` and `<|end|>`) and at the model's
     context limit; a prompt longer than the context keeps its last tokens.
     """
-    if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0, got {temperature}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
-    if seed is not None and not -(2**63) <= seed < 2**64:  # what torch.Generator.manual_seed accepts
-        raise ConfigError(f"seed must fit in 64 bits, got {seed}")
-    if stop_ids is None:
-        stop_ids = [tokenizer.eos_id, tokenizer.eot_id]
-    stop = set(stop_ids)
-    context = model.config.max_seq_len
-    prompt_ids = list(prompt_ids)[-(context - 1):] or [tokenizer.eos_id]  # an empty prompt starts a document
-    budget = min(max_new_tokens, context - len(prompt_ids))
-    device = next(model.parameters()).device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, None if stop_ids is None else tuple(stop_ids))
+    sampling.check()
     was_training = model.training
     model.eval()
     try:
-        ids = torch.tensor([prompt_ids], device=device)  # (1, T)
-        cache = model.new_kv_cache(1, len(prompt_ids) + budget) if use_cache else None
-        next_input = ids
-        for _ in range(budget):
-            logits = model(next_input if use_cache else ids, kv_cache=cache)  # (1, T or 1, V)
-            token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
-            if token in stop:
-                return
-            yield token
-            new = torch.tensor([[token]], device=device)
-            ids = torch.cat([ids, new], dim=1)
-            next_input = new
+        if use_cache:
+            yield from _generate_cached(model, tokenizer, prompt_ids, sampling)
+        else:
+            yield from _generate_uncached(model, tokenizer, prompt_ids, sampling)
     finally:
         model.train(was_training)
+
+
+def _generate_cached(model, tokenizer, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
+    prompt_ids = fit_prompt(prompt_ids, model.config.max_seq_len, tokenizer.eos_id)
+    ready: list[int] = []
+    seq = Sequence(prompt_ids, sampling, on_token=lambda _seq, token: ready.append(token))
+    decoder = BatchDecoder(model, tokenizer, max_batch=1, max_len=len(prompt_ids) + sampling.max_tokens)
+    decoder.add(seq)
+    while True:
+        yield from ready
+        ready.clear()
+        if seq.finish_reason is not None:
+            return
+        decoder.step()
+
+
+@torch.inference_mode()
+def _generate_uncached(model, tokenizer, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
+    context = model.config.max_seq_len
+    prompt_ids = fit_prompt(prompt_ids, context, tokenizer.eos_id)
+    stop = set((tokenizer.eos_id, tokenizer.eot_id) if sampling.stop_ids is None else sampling.stop_ids)
+    device = next(model.parameters()).device
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(sampling.seed)
+    ids = torch.tensor([prompt_ids], device=device)  # (1, T)
+    for _ in range(min(sampling.max_tokens, context - len(prompt_ids))):
+        logits = model(ids)  # (1, T, V)
+        token = sample_next(logits[0, -1], sampling.temperature, sampling.top_k, sampling.top_p, generator)
+        if token in stop:
+            return
+        yield token
+        ids = torch.cat([ids, torch.tensor([[token]], device=device)], dim=1)
 
 
 def generate_text(model, tokenizer, prompt: str, **kw) -> str:
@@ -87,10 +81,8 @@ def generate_text(model, tokenizer, prompt: str, **kw) -> str:
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
     """A one-turn chat prompt ending in the generation marker `<|assistant|>`."""
-    try:
-        from foundry.data.chat import render_chat
-    except ImportError:
-        return tokenizer.encode(f"<|user|>{prompt}<|end|><|assistant|>")
+    from foundry.data.chat import render_chat
+
     ids, _ = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
     return list(ids)
 

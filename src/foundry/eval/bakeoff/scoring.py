@@ -117,29 +117,30 @@ def score_outputs(criteria: list[dict], outputs: list[dict], prompts: list[dict]
 
 # ---- generation ------------------------------------------------------------------------------------
 def generate_outputs(cfg: BakeoffConfig, models: list[ModelEntry], prompts: list[dict], device: str) -> tuple[list, dict]:
-    """Every model's answer to every prompt, and per-model {tokens, seconds}. Seed: cfg.seed + prompt index."""
+    """Every model's answer to every prompt, and per-model {tokens, seconds}. Seed: cfg.seed + prompt index.
+
+    A model answers all prompts together in batched decoding (the serving engine), so its compute
+    seconds are measured for the whole set, not per answer."""
     import torch
 
     from foundry.checkpoints import load_model
     from foundry.eval.harness import fit_prompt
-    from foundry.serve.generate import generate
+    from foundry.serve.generate import generate_many
 
     outputs, usage = [], {}
     for m in models:
         model, tokenizer = load_model(m.path, device=device)
-        tokens, seconds = 0, 0.0
-        for k, p in enumerate(prompts):
-            ids = fit_prompt(_prompt_ids(tokenizer, p, cfg.chat), model.config.max_seq_len, cfg.max_new_tokens)
-            t0 = time.perf_counter()
-            new = list(generate(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed + k))
-            if torch.cuda.is_available() and str(device).startswith("cuda"):
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            tokens += len(new)
-            seconds += dt
-            outputs.append({"model": m.name, "prompt_id": p["id"], "output": tokenizer.decode(new, skip_special=True),
-                            "tokens": len(new), "seconds": round(dt, 4)})
+        ids = [fit_prompt(_prompt_ids(tokenizer, p, cfg.chat), model.config.max_seq_len, cfg.max_new_tokens)
+               for p in prompts]
+        t0 = time.perf_counter()
+        answers = generate_many(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                top_k=cfg.top_k, top_p=cfg.top_p, seed=[cfg.seed + k for k in range(len(prompts))])
+        if torch.cuda.is_available() and str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        tokens = sum(len(new) for new in answers)
+        outputs += [{"model": m.name, "prompt_id": p["id"], "output": tokenizer.decode(new, skip_special=True),
+                     "tokens": len(new)} for p, new in zip(prompts, answers)]
         usage[m.name] = {"tokens": tokens, "seconds": seconds}
         print(f"[bakeoff] {m.name}: {len(prompts)} answers, {tokens} tokens in {seconds:.1f}s")
         del model
