@@ -48,8 +48,11 @@ def split_continuation(tokenizer, context: str, continuation: str) -> tuple[list
 
 
 @torch.no_grad()
-def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[float]:
-    """Summed log-probability of each continuation given its context (both token id lists).
+def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 16,
+                   greedy: bool = False) -> list:
+    """Summed log-probability of each continuation given its context (both token id lists); with
+    `greedy`, (sum, whether every continuation token is the model's top choice) pairs, as
+    lm-evaluation-harness's `loglikelihood` returns.
 
     Sequences longer than the model's context keep their last `max_seq_len + 1` tokens.
     """
@@ -76,7 +79,8 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_siz
         for row, (s, n) in enumerate(zip(seqs, conts)):
             positions = torch.arange(len(s) - 1 - n, len(s) - 1, device=device)
             targets = torch.tensor(s[len(s) - n:], device=device)
-            results[idx[row]] = logprobs[row, positions, targets].sum().item()
+            total = logprobs[row, positions, targets].sum().item()
+            results[idx[row]] = (total, bool((logprobs[row, positions].argmax(-1) == targets).all())) if greedy else total
     return results
 
 
@@ -245,11 +249,18 @@ def print_tables(results: dict) -> None:
 
 
 def task_rows(results: dict) -> list[list[str]]:
-    """Rows of the task table (shared by the terminal table and `foundry report`)."""
+    """Rows of the task table (shared by the terminal table and `foundry report`); an lm-eval task's
+    row, "NAME [lm-eval]", follows foundry's task of the same name."""
     rows = []
-    tasks = sorted({t for m in results["models"] for t in m["tasks"]})
-    for task in tasks:
+    tasks = sorted({(t, "") for m in results["models"] for t in m["tasks"]} |
+                   {(t, " [lm-eval]") for m in results["models"] for t in m.get("lm_eval", {})})
+    for task, source in tasks:
         for m in results["models"]:
+            if source:
+                r = m["lm_eval"].get(task)
+                if r is not None:
+                    rows.append(_lm_eval_row(task + source, m["name"], r))
+                continue
             r = m["tasks"].get(task)
             if r is None:
                 continue
@@ -262,6 +273,17 @@ def task_rows(results: dict) -> list[list[str]]:
                 other = "-"
             rows.append([task, m["name"], str(r["n"]), acc, other])
     return rows
+
+
+def _lm_eval_row(task: str, model: str, r: dict) -> list[str]:
+    """acc and acc_norm where the task has them, else its first metric, named."""
+    metrics = [k for k, v in r.items() if k not in ("n", "shots", "version") and "_stderr" not in k and v is not None]
+    main = "acc" if "acc" in metrics else (metrics[0] if metrics else None)
+    if main is None:
+        return [task, model, str(r.get("n")), "-", "-"]
+    value = f"{_fmt(r[main])} ± {_fmt(r.get(main + '_stderr'))}" + ("" if main == "acc" else f" ({main})")
+    other = f"{_fmt(r['acc_norm'])} (norm)" if main == "acc" and "acc_norm" in r else "-"
+    return [task, model, str(r.get("n")), value, other]
 
 
 def main(argv: list[str]) -> int:
@@ -284,10 +306,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-tokens", type=int, default=None, help="score at most this many val tokens per dataset")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--lm-eval", nargs="+", action="extend", default=[], metavar="TASK",
+                   help="lm-evaluation-harness tasks too (offline; --shots applies; see docs/EVALUATION.md)")
+    p.add_argument("--lm-eval-include", metavar="DIR", help="folder of local lm-eval task YAMLs")
+    p.add_argument("--lm-eval-limit", type=int, metavar="N", help="score only the first N items of each lm-eval task")
     args = p.parse_args(argv)
 
-    if not args.data and not args.tasks:
-        raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR and/or --tasks TASK.jsonl")
+    if not args.data and not args.tasks and not args.lm_eval:
+        raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR, --tasks TASK.jsonl "
+                          "and/or --lm-eval TASK")
+    if args.lm_eval_limit is not None and args.lm_eval_limit < 1:
+        raise ConfigError(f"foundry eval: --lm-eval-limit must be >= 1, got {args.lm_eval_limit}")
     if args.shots < 0:
         raise ConfigError(f"foundry eval: --shots must be >= 0, got {args.shots}")
     if args.out and Path(args.out).exists() and not args.overwrite:
@@ -302,6 +331,12 @@ def main(argv: list[str]) -> int:
     for t in tasks:
         if t.kind == "mc":
             t.split_shots(args.shots)
+    lm_eval_manager = None
+    if args.lm_eval:  # unknown names fail here, before any model is loaded
+        from foundry.eval import lm_eval
+
+        lm_eval_manager = lm_eval.task_manager(args.lm_eval, args.lm_eval_include)
+        lm_eval.check_tasks(args.lm_eval, lm_eval_manager)
     index = None
     if args.index:
         from foundry.serve.retrieval import Index
@@ -315,6 +350,9 @@ def main(argv: list[str]) -> int:
     results: dict = {"kind": "foundry.eval", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "code_version": code_version(), "shots": args.shots, "index": args.index,
                      "datasets": [str(d) for d in args.data], "task_files": list(args.tasks), "models": []}
+    if args.lm_eval:
+        results["lm_eval"] = {"tasks": args.lm_eval, "include": args.lm_eval_include, "limit": args.lm_eval_limit,
+                              "version": lm_eval.lm_eval_version()}
     taken: set[str] = set()
     for spec in args.models:
         name, path = model_name(spec, taken)
@@ -323,6 +361,14 @@ def main(argv: list[str]) -> int:
         model, tokenizer = load_model(path, device=device)
         block = evaluate(model, tokenizer, args.data, tasks, args.shots, index, args.max_new_tokens,
                          args.max_tokens, args.batch_size, k=args.k)
+        if args.lm_eval:
+            t0 = time.perf_counter()
+            block["lm_eval"] = lm_eval.run_lm_eval(model, tokenizer, args.lm_eval, limit=args.lm_eval_limit,
+                                                   num_fewshot=args.shots, batch_size=args.batch_size,
+                                                   manager=lm_eval_manager)
+            block["seconds"]["lm_eval"] = round(time.perf_counter() - t0, 2)
+            for task, r in block["lm_eval"].items():
+                print(f"  lm-eval {task}: {_lm_eval_row(task, name, r)[3]}")
         results["models"].append({"name": name, "path": str(Path(path).resolve()), **block})
         del model
     print_tables(results)
