@@ -86,7 +86,7 @@ def test_bundled_task_agrees_with_foundrys_kjv_book(tmp_path, monkeypatch, capsy
     assert outside["acc_bytes"] == pytest.approx(own["acc_norm"]) == outside["acc_norm"]
     assert f"lm-eval kjv-book: {own['acc']:.3f}" in capsys.readouterr().out
     rows = task_rows(res)
-    assert [r[0] for r in rows] == ["kjv-book", "kjv-book [lm-eval]"] and rows[0][2:] == rows[1][2:]
+    assert [r[0] for r in rows] == ["kjv-book", "kjv-book (lm-eval)"] and rows[0][2:] == rows[1][2:]
 
 
 def test_few_shot_prompts_agree(tmp_path):

@@ -250,10 +250,10 @@ def print_tables(results: dict) -> None:
 
 def task_rows(results: dict) -> list[list[str]]:
     """Rows of the task table (shared by the terminal table and `foundry report`); an lm-eval task's
-    row, "NAME [lm-eval]", follows foundry's task of the same name."""
+    row, "NAME (lm-eval)", follows foundry's task of the same name."""
     rows = []
     tasks = sorted({(t, "") for m in results["models"] for t in m["tasks"]} |
-                   {(t, " [lm-eval]") for m in results["models"] for t in m.get("lm_eval", {})})
+                   {(t, " (lm-eval)") for m in results["models"] for t in m.get("lm_eval", {})})
     for task, source in tasks:
         for m in results["models"]:
             if source:
