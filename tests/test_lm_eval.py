@@ -130,3 +130,19 @@ def test_task_whose_data_is_not_local_fails_offline_naming_it(tmp_path, capsys):
     assert cli(["eval", str(ckpt), "--lm-eval", "needs-download", "--lm-eval-include", str(tasks)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs-download" in err and "offline" in err
+
+
+def test_local_generation_task_runs_through_lm_eval(tmp_path):
+    from foundry.eval.lm_eval import run_lm_eval
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"q": c, "a": e.rstrip(".")}) + "\n" for c, e in FACTS))
+    (tmp_path / "facts_gen.yaml").write_text(
+        f"task: facts-gen\noutput_type: generate_until\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files: {{test: {data}}}\ntest_split: test\n"
+        "doc_to_text: q\ndoc_to_target: a\ntarget_delimiter: ''\n"
+        "generation_kwargs:\n  until: ['.']\n  max_gen_toks: 12\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+    trained = run_lm_eval(trained_model(), tokenizer(), ["facts-gen"], tmp_path)["facts-gen"]
+    assert trained["exact_match"] == 1.0 and trained["n"] == 4
+    assert run_lm_eval(fresh_model(3), tokenizer(), ["facts-gen"], tmp_path)["facts-gen"]["exact_match"] == 0.0

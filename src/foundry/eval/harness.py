@@ -279,11 +279,12 @@ def _lm_eval_row(task: str, model: str, r: dict) -> list[str]:
     """acc and acc_norm where the task has them, else its first metric, named."""
     metrics = [k for k, v in r.items() if k not in ("n", "shots", "version") and "_stderr" not in k and v is not None]
     main = "acc" if "acc" in metrics else (metrics[0] if metrics else None)
+    n = "-" if r.get("n") is None else str(r["n"])  # groups have no item count of their own
     if main is None:
-        return [task, model, str(r.get("n")), "-", "-"]
+        return [task, model, n, "-", "-"]
     value = f"{_fmt(r[main])} ± {_fmt(r.get(main + '_stderr'))}" + ("" if main == "acc" else f" ({main})")
     other = f"{_fmt(r['acc_norm'])} (norm)" if main == "acc" and "acc_norm" in r else "-"
-    return [task, model, str(r.get("n")), value, other]
+    return [task, model, n, value, other]
 
 
 def main(argv: list[str]) -> int:

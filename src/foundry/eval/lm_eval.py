@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -140,9 +141,8 @@ def load_tasks(names: list[str], manager) -> list:
             got = manager.load([name])
         except Exception as e:  # lm-eval and datasets raise many kinds for a missing dataset
             reason = " ".join(str(e).split())[:200] or type(e).__name__
-            raise ConfigError(f"--lm-eval {name}: its data could not be loaded offline ({reason}); foundry never "
-                              "downloads: put the dataset in the Hugging Face cache or use a local task YAML "
-                              "(--lm-eval-include DIR)") from e
+            raise ConfigError(f"--lm-eval {name}: the task could not be loaded ({reason}); foundry eval runs "
+                              "offline: a dataset must be local or already in the Hugging Face cache") from e
         group = got.get("groups", {}).get(name)
         loaded += [group] if group is not None else list(got["tasks"].values())
     return loaded
@@ -171,7 +171,8 @@ def run_lm_eval(model, tokenizer, tasks: list[str], include_path: str | Path | N
         for key, value in metrics.items():
             if key == "alias" or "," not in key:
                 continue
-            row[_metric_key(key)] = float(value) if isinstance(value, (int, float)) else None  # "N/A" stderr
+            finite = isinstance(value, (int, float)) and math.isfinite(value)  # lm-eval writes "N/A" stderrs
+            row[_metric_key(key)] = float(value) if finite else None
         n = out.get("n-samples", {}).get(task, {})
         row.update({"n": n.get("effective"), "shots": out.get("n-shot", {}).get(task),
                     "version": out.get("versions", {}).get(task)})
