@@ -11,7 +11,7 @@ from foundry.errors import ConfigError
 
 
 def eval_main(argv: list[str]) -> int:
-    from foundry.eval.harness import evaluate, model_name, print_tables
+    from foundry.eval.harness import evaluate, lm_eval_row, model_name, print_tables
     from foundry.eval.tasks import load_task
     from foundry.utils.io import atomic_write_json, code_version
 
@@ -31,10 +31,17 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--max-tokens", type=int, default=None, help="score at most this many val tokens per dataset")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--lm-eval", nargs="+", action="extend", default=[], metavar="TASK",
+                   help="lm-evaluation-harness tasks too (offline; --shots applies; see docs/EVALUATION.md)")
+    p.add_argument("--lm-eval-include", metavar="DIR", help="folder of local lm-eval task YAMLs")
+    p.add_argument("--lm-eval-limit", type=int, metavar="N", help="score only the first N items of each lm-eval task")
     args = p.parse_args(argv)
 
-    if not args.data and not args.tasks:
-        raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR and/or --tasks TASK.jsonl")
+    if not args.data and not args.tasks and not args.lm_eval:
+        raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR, --tasks TASK.jsonl "
+                          "and/or --lm-eval TASK")
+    if args.lm_eval_limit is not None and args.lm_eval_limit < 1:
+        raise ConfigError(f"foundry eval: --lm-eval-limit must be >= 1, got {args.lm_eval_limit}")
     if args.shots < 0:
         raise ConfigError(f"foundry eval: --shots must be >= 0, got {args.shots}")
     if args.out and Path(args.out).exists() and not args.overwrite:
@@ -49,6 +56,12 @@ def eval_main(argv: list[str]) -> int:
     for t in tasks:
         if t.kind == "mc":
             t.split_shots(args.shots)
+    lm_eval_manager = None
+    if args.lm_eval:  # unknown names fail here, before any model is loaded
+        from foundry.eval import lm_eval
+
+        lm_eval_manager = lm_eval.task_manager(args.lm_eval, args.lm_eval_include)
+        lm_eval.check_tasks(args.lm_eval, lm_eval_manager)
     index = None
     if args.index:
         from foundry.serve.retrieval import Index
@@ -61,6 +74,9 @@ def eval_main(argv: list[str]) -> int:
     results: dict = {"kind": "foundry.eval", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      "code_version": code_version(), "shots": args.shots, "index": args.index,
                      "datasets": [str(d) for d in args.data], "task_files": list(args.tasks), "models": []}
+    if args.lm_eval:
+        results["lm_eval"] = {"tasks": args.lm_eval, "include": args.lm_eval_include, "limit": args.lm_eval_limit,
+                              "version": lm_eval.lm_eval_version()}
     taken: set[str] = set()
     for spec in args.models:
         name, path = model_name(spec, taken)
@@ -69,6 +85,14 @@ def eval_main(argv: list[str]) -> int:
         model, tokenizer = load_model(path, device=device)
         block = evaluate(model, tokenizer, args.data, tasks, args.shots, index, args.max_new_tokens,
                          args.max_tokens, args.batch_size, k=args.k)
+        if args.lm_eval:
+            t0 = time.perf_counter()
+            block["lm_eval"] = lm_eval.run_lm_eval(model, tokenizer, args.lm_eval, limit=args.lm_eval_limit,
+                                                   num_fewshot=args.shots, batch_size=args.batch_size,
+                                                   manager=lm_eval_manager)
+            block["seconds"]["lm_eval"] = round(time.perf_counter() - t0, 2)
+            for task, r in block["lm_eval"].items():
+                print(f"  lm-eval {task}: {lm_eval_row(task, name, r)[3]}")
         results["models"].append({"name": name, "path": str(Path(path).resolve()), **block})
         del model
     print_tables(results)

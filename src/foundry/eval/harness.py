@@ -47,8 +47,11 @@ def split_continuation(tokenizer, context: str, continuation: str) -> tuple[list
 
 
 @torch.no_grad()
-def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 16) -> list[float]:
-    """Summed log-probability of each continuation given its context (both token id lists).
+def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_size: int = 16,
+                   greedy: bool = False) -> list:
+    """Summed log-probability of each continuation given its context (both token id lists); with
+    `greedy`, (sum, whether every continuation token is the model's top choice) pairs, as
+    lm-evaluation-harness's `loglikelihood` returns.
 
     Sequences longer than the model's context keep their last `max_seq_len + 1` tokens.
     """
@@ -75,7 +78,8 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_siz
         for row, (s, n) in enumerate(zip(seqs, conts)):
             positions = torch.arange(len(s) - 1 - n, len(s) - 1, device=device)
             targets = torch.tensor(s[len(s) - n:], device=device)
-            results[idx[row]] = logprobs[row, positions, targets].sum().item()
+            total = logprobs[row, positions, targets].sum().item()
+            results[idx[row]] = (total, bool((logprobs[row, positions].argmax(-1) == targets).all())) if greedy else total
     return results
 
 
@@ -164,10 +168,6 @@ def greedy_answers(model, tokenizer, prompts: list[str], chat: list[bool], max_n
            for p, c in zip(prompts, chat)]
     outs = generate_many(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=0)
     return [tokenizer.decode(out, skip_special=True) for out in outs]
-
-
-def greedy_answer(model, tokenizer, prompt: str, chat: bool = True, max_new_tokens: int = 64) -> str:
-    return greedy_answers(model, tokenizer, [prompt], [chat], max_new_tokens)[0]
 
 
 def score_generation(model, tokenizer, items: list[GenItem], max_new_tokens: int = 64, index=None,
@@ -282,11 +282,18 @@ def print_tables(results: dict) -> None:
 
 
 def task_rows(results: dict) -> list[list[str]]:
-    """Rows of the task table (shared by the terminal table and `foundry report`)."""
+    """Rows of the task table (shared by the terminal table and `foundry report`); an lm-eval task's
+    row, "NAME (lm-eval)", follows foundry's task of the same name."""
     rows = []
-    tasks = sorted({t for m in results["models"] for t in m["tasks"]})
-    for task in tasks:
+    tasks = sorted({(t, "") for m in results["models"] for t in m["tasks"]} |
+                   {(t, " (lm-eval)") for m in results["models"] for t in m.get("lm_eval", {})})
+    for task, source in tasks:
         for m in results["models"]:
+            if source:
+                r = m["lm_eval"].get(task)
+                if r is not None:
+                    rows.append(lm_eval_row(task + source, m["name"], r))
+                continue
             r = m["tasks"].get(task)
             if r is None:
                 continue
@@ -301,3 +308,15 @@ def task_rows(results: dict) -> list[list[str]]:
                 other = "-"
             rows.append([task, m["name"], str(r["n"]), acc, other])
     return rows
+
+
+def lm_eval_row(task: str, model: str, r: dict) -> list[str]:
+    """acc and acc_norm where the task has them, else its first metric, named."""
+    metrics = [k for k, v in r.items() if k not in ("n", "shots", "version") and "_stderr" not in k and v is not None]
+    main = "acc" if "acc" in metrics else (metrics[0] if metrics else None)
+    n = "-" if r.get("n") is None else str(r["n"])  # groups have no item count of their own
+    if main is None:
+        return [task, model, n, "-", "-"]
+    value = f"{_fmt(r[main])} ± {_fmt(r.get(main + '_stderr'))}" + ("" if main == "acc" else f" ({main})")
+    other = f"{_fmt(r['acc_norm'])} (norm)" if main == "acc" and "acc_norm" in r else "-"
+    return [task, model, n, value, other]
