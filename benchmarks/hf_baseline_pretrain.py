@@ -7,13 +7,14 @@ file, then scored in bits per byte on another text file with the shared scorer (
                    vocabulary), its shape (preset 1m), batch 4 x 256, AdamW lr 3e-3, betas (0.9, 0.95),
                    eps 1e-8, weight decay 0.1 on matrices only (not the embedding, not norm gains), 50
                    warm-up steps, grad clip 1.0, then Trainer's `warmup_stable_decay` schedule with a
-                   1 - sqrt cool-down over the last 30% of steps to 0. Trainer's schedule counts steps,
-                   so the step count is calibrated by a short probe of the step time to end inside the
-                   budget (foundry's schedule follows the clock instead).
+                   1 - sqrt cool-down over the last 30% of steps to 0 (foundry's formula, as a LambdaLR
+                   in Trainer). Trainer's schedules count steps, so the step count is planned from the step
+                   time of the run's own first 30 steps (warm-up, whose lr does not depend on it) and
+                   re-checked until the cool-down starts (`StepPlan`); foundry's schedule follows the clock.
 --recipe defaults  what Trainer does by default, on a model a user might pick for this budget (~3.4M:
                    6 layers x 192, byte-level BPE of 4096): TrainingArguments' defaults (AdamW lr 5e-5,
                    betas (0.9, 0.999), no weight decay, no warm-up, linear decay to 0, batch 8), with the
-                   step count calibrated the same way so the linear schedule also ends in the budget.
+                   step count planned from the first 30 steps so the linear schedule ends in the budget.
 
 Both stop at the budget regardless (a hard stop), and print steps, tokens and the final learning rate.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -69,7 +71,7 @@ def main() -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), required=True)
     parser.add_argument("--tokenizer", type=Path, help="tokenizer.json to use (default: train a byte-level BPE)")
     parser.add_argument("--seconds", type=float, default=300)
-    parser.add_argument("--probe-steps", type=int, default=30, help="steps timed to calibrate the step count")
+    parser.add_argument("--probe-steps", type=int, default=30, help="steps of the run timed to plan its step count")
     parser.add_argument("--lr", type=float, help="override the recipe's peak learning rate")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--ready", type=Path, help="touch this file when set up, then wait for --go to exist")
@@ -99,71 +101,85 @@ def main() -> None:
         return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, max_position_embeddings=block, tie_word_embeddings=True,
                                             **recipe["shape"]))
 
-    def optimizers(model):
+    def optimizer(model):
         if args.recipe != "foundry":
-            return (None, None)  # Trainer's own
+            return None  # Trainer's own default
         from foundry.train.optim import parameter_groups  # the same decay rule: matrices only
 
-        opt = torch.optim.AdamW(parameter_groups(model, recipe["weight_decay"]), lr=args.lr or recipe["lr"],
-                                betas=recipe["betas"], eps=1e-8, fused=True)
-        return (opt, None)  # Trainer builds the schedule below on it
+        return torch.optim.AdamW(parameter_groups(model, recipe["weight_decay"]), lr=args.lr or recipe["lr"],
+                                 betas=recipe["betas"], eps=1e-8, fused=True)
 
-    def training_args(max_steps: int, out: Path) -> TrainingArguments:
-        common = dict(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=recipe["batch"],
-                      logging_steps=50, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                      dataloader_num_workers=0, seed=0, disable_tqdm=True)
-        if args.recipe == "defaults":
-            return TrainingArguments(**common, **({"learning_rate": args.lr} if args.lr else {}))
-        decay_steps = max(1, round(recipe["decay_fraction"] * max_steps))
-        return TrainingArguments(**common, learning_rate=args.lr or recipe["lr"], warmup_steps=recipe["warmup"],
-                                 lr_scheduler_type=recipe["schedule"], max_grad_norm=1.0,
-                                 lr_scheduler_kwargs={"num_decay_steps": decay_steps, "decay_type": "1-sqrt",
-                                                      "min_lr_ratio": 0.0})
+    class StepPlan(TrainerCallback):
+        """The step count, from the step time measured on this run's own first steps under the load it meets.
 
-    class Clock(TrainerCallback):
-        """Step end times; a hard stop at the budget; the learning rate of the last step."""
+        After `--probe-steps` steps (inside foundry's 50 warm-up steps, whose lr does not depend on the step
+        count) the plan becomes: steps so far + what 97% of the budget leaves at the recent step time. For
+        the WSD recipe the plan is re-checked each step while the lr is still constant (the stable phase),
+        then fixed when the cool-down starts; the linear default decays from step 0, so it is fixed at the
+        probe. A hard stop at 100% of the budget holds whatever happens.
+        """
 
         def __init__(self, budget: float):
-            self.budget, self.times, self.last_lr = budget, {}, None
+            self.budget, self.times, self.total, self.fixed, self.last_lr, self.probe_step_s = budget, {}, 10**9, False, None, None
+
+        def factor(self, step: int) -> float:
+            """lr multiplier at `step` for the current plan (LambdaLR)."""
+            if args.recipe == "defaults":  # Trainer's "linear" with no warm-up: (T - step) / T
+                return max(0.0, (self.total - step) / self.total)
+            from foundry.train.optim import lr_at  # foundry's WSD formula itself, not a re-typed copy
+
+            cfg = SimpleNamespace(lr=1.0, min_lr_ratio=0.0, warmup_steps=recipe["warmup"], schedule="wsd",
+                                  decay_fraction=recipe["decay_fraction"], max_steps=self.total)
+            return lr_at(step, cfg)
+
+        def decay_start(self) -> int:
+            return self.total - max(1, round(recipe["decay_fraction"] * self.total))
 
         def on_train_begin(self, _args, state, control, **kw):
             self.start = time.perf_counter()
 
         def on_step_end(self, _args, state, control, lr_scheduler=None, **kw):
-            self.times[state.global_step] = time.perf_counter() - self.start
+            step = state.global_step
+            now = self.times[step] = time.perf_counter() - self.start
+            if step >= args.probe_steps and not self.fixed:
+                first = max(5, step - 50)  # the recent step time; the first steps carry warm-up costs
+                step_s = (now - self.times[first]) / (step - first)
+                self.probe_step_s = self.probe_step_s or step_s
+                self.total = max(step + 1, step + int((self.budget * 0.97 - now) / step_s))
+                self.fixed = args.recipe == "defaults" or step >= self.decay_start()
             if lr_scheduler is not None:
                 self.last_lr = lr_scheduler.get_last_lr()[0]
-            if self.times[state.global_step] >= self.budget:
+            if step >= self.total or now >= self.budget:
                 control.should_training_stop = True
-
-    # Probe: the step time of this exact set-up on this machine now, on a throwaway model.
-    probe = Clock(float("inf"))
-    probe_model = new_model()
-    Trainer(model=probe_model, args=training_args(args.probe_steps, args.out / "probe"), train_dataset=Blocks(),
-            optimizers=optimizers(probe_model), callbacks=[probe]).train()
-    skip = min(5, args.probe_steps // 3)  # the first steps carry allocation and warm-up costs
-    step_s = (probe.times[args.probe_steps] - probe.times[skip]) / (args.probe_steps - skip)
-    max_steps = max(1, int(args.seconds * 0.97 / step_s))  # 3% margin for load drift; the hard stop is at 100%
 
     model = new_model()
     n_params = sum(p.numel() for p in model.parameters())
+    plan = StepPlan(args.seconds)
+    train_args = TrainingArguments(
+        output_dir=str(args.out), max_steps=10**7, per_device_train_batch_size=recipe["batch"], logging_steps=50,
+        save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0,
+        disable_tqdm=True, **({"learning_rate": args.lr or recipe["lr"], "max_grad_norm": 1.0}
+                              if args.recipe == "foundry" else ({"learning_rate": args.lr} if args.lr else {})))
+    trainer = Trainer(model=model, args=train_args, train_dataset=Blocks(), optimizers=(optimizer(model), None),
+                      callbacks=[plan])
+    trainer.create_optimizer()  # Trainer's default optimiser for "defaults", ours above for "foundry"
+    trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, plan.factor)
     if args.ready:  # contenders run together start their clocks together
         args.ready.touch()
         while args.go and not args.go.exists():
             time.sleep(0.1)
     train_start = time.time()
-    clock = Clock(args.seconds)
-    Trainer(model=model, args=training_args(max_steps, args.out), train_dataset=Blocks(),
-            optimizers=optimizers(model), callbacks=[clock]).train()
-    steps = max(clock.times)
+    trainer.train()
+    steps = max(plan.times)
     model.eval()
     score_ids = tok.encode(score_text, add_special_tokens=False).ids
     scored = bits_per_byte(lambda x: model(x).logits, score_ids, len(score_text.encode("utf-8")), block)
     print(json.dumps({
         "system": f"hf-trainer ({args.recipe} recipe)", "params": n_params, "vocab_size": vocab,
-        "probe_step_s": round(step_s, 4), "planned_steps": max_steps, "steps": steps,
-        "reached_schedule_end": steps >= max_steps, "train_seconds": round(clock.times[steps], 1),
-        "tokens": steps * recipe["batch"] * block, "final_lr": clock.last_lr, "batch": recipe["batch"], "block": block,
+        "probe_step_s": plan.probe_step_s, "planned_steps": plan.total, "steps": steps,
+        "reached_schedule_end": steps >= plan.total, "train_seconds": round(plan.times[steps], 1),
+        "tokens": steps * recipe["batch"] * block, "final_lr": plan.last_lr, "optimizer": repr(trainer.optimizer.optimizer
+                                                                                              if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer).replace("\n", " "), "batch": recipe["batch"], "block": block,
         "train_tokens_available": len(data), "train_start_unix": round(train_start, 1), "held_out_bpb": scored["bpb"], "scored_bytes": scored["bytes"]}))
 
 

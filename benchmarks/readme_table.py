@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,19 +87,18 @@ def dpo_rows(d: dict) -> list[str]:
 def render() -> str:
     quality = load("pretrain_quality")
     throughput = sorted((json.loads(p.read_text()) for p in RESULTS.glob("train_throughput*.json")),
-                        key=lambda r: r["configs"][0]["params"]["foundry"])
+                        key=lambda r: (r["configs"][0]["params"]["foundry"], r["machine"]["date_utc"]))
     dpo = load("dpo_throughput")
     records = [r for r in [quality, *throughput, dpo] if r]
     cpus = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores" for r in records})
     seen = loads_seen(*records)
-    lines = [HEADING, "",
-             f"Rendered by `python benchmarks/readme_table.py` from the raw results in `benchmarks/results/` (machine, "
-             f"load average and every figure). Machine: {'; '.join(cpus)}, shared with other jobs (1-minute load "
-             f"average {min(seen):.0f} to {max(seen):.0f} during these runs), so absolute speeds are far below a quiet "
-             "machine's. Each ratio compares like with like: the quality contenders and the DPO sides ran at the "
-             "same time, the throughput contenders in alternating rounds in one process. Memory is peak RSS growth "
-             "of each side's own process.", "",
-             "| what | foundry | peer | how |", "|---|---|---|---|"]
+    note = (f"Rendered by `python benchmarks/readme_table.py` from the raw results in `benchmarks/results/` "
+            f"(machine, load average and every figure). Machine: {'; '.join(cpus)}, shared with other jobs (1-minute "
+            f"load average {min(seen):.0f} to {max(seen):.0f} during these runs), so absolute speeds are far below a "
+            "quiet machine's. Each ratio compares like with like: the quality contenders and the DPO sides ran at the "
+            "same time, the throughput contenders in alternating rounds in one process. Memory is peak RSS growth "
+            "of each side's own process; MFU is against a 2048x2048 fp32 matmul rate measured in the same run.")
+    lines = [HEADING, "", *textwrap.wrap(note, 110), "", "| what | foundry | peer | how |", "|---|---|---|---|"]
     lines += quality_rows(quality) if quality else []
     for rec in throughput:
         lines += throughput_rows([rec])
