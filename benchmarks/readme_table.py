@@ -63,8 +63,8 @@ def throughput_rows(records: list[dict]) -> list[str]:
             rows.append(
                 f"| training tokens/s, {c['preset']} preset ({c['params']['foundry'] / 1e6:.1f}M params; batch "
                 f"{c['batch']}x{c['block']}, {rec['threads']} thread{'s' if rec['threads'] > 1 else ''}, median of "
-                f"{c['rounds']} rounds x {c['steps_per_round']} steps) | {f['median']:,.0f} ({f['min']:,.0f}-{f['max']:,.0f}; "
-                f"MFU {c['mfu_median']['foundry']:.0%}) | {t['median']:,.0f} ({t['min']:,.0f}-{t['max']:,.0f}; "
+                f"{c['rounds']} rounds x {c['steps_per_round']} steps) | {f['median']:,.0f} ({f['min']:,.0f}-{f['max']:,.0f}) "
+                f"| {t['median']:,.0f} ({t['min']:,.0f}-{t['max']:,.0f}; "
                 f"`LlamaForCausalLM`, {c['params']['transformers'] / 1e6:.1f}M params) | `{rec['command']}`: "
                 f"{r['median']:.2f}x (per-round {r['min']:.2f}-{r['max']:.2f}x) |")
     return rows
@@ -88,8 +88,9 @@ def render() -> str:
     quality = load("pretrain_quality")
     throughput = sorted((json.loads(p.read_text()) for p in RESULTS.glob("train_throughput*.json")),
                         key=lambda r: (r["configs"][0]["params"]["foundry"], r["machine"]["date_utc"]))
-    dpo = load("dpo_throughput")
-    records = [r for r in [quality, *throughput, dpo] if r]
+    dpo = sorted((json.loads(p.read_text()) for p in RESULTS.glob("dpo_throughput*.json")),
+                 key=lambda r: r["machine"]["date_utc"])
+    records = [r for r in [quality, *throughput, *dpo] if r]
     cpus = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores" for r in records})
     seen = loads_seen(*records)
     note = (f"Rendered by `python benchmarks/readme_table.py` from the raw results in `benchmarks/results/` "
@@ -97,12 +98,18 @@ def render() -> str:
             f"load average {min(seen):.0f} to {max(seen):.0f} during these runs), so absolute speeds are far below a "
             "quiet machine's. Each ratio compares like with like: the quality contenders and the DPO sides ran at the "
             "same time, the throughput contenders in alternating rounds in one process. Memory is peak RSS growth "
-            "of each side's own process; MFU is against a 2048x2048 fp32 matmul rate measured in the same run.")
+            "of each side's own process. Throughput: tokens/s median (min-max) over rounds, and the median of the "
+            "per-round ratio (min-max); no MFU here, as the matmul peak it divides by moved with the load. "
+            "Pretraining: train on the first 98% of the text, the recipe's lr re-checked on the next 1% (dev; "
+            "`results/pretrain_quality_dev_lr*.json`), the last 1% reported; every contender scored by one function "
+            "on its final weights; the HF peers plan their step count from their first steps so their schedules end "
+            "inside the budget.")
     lines = [HEADING, "", *textwrap.wrap(note, 110), "", "| what | foundry | peer | how |", "|---|---|---|---|"]
     lines += quality_rows(quality) if quality else []
     for rec in throughput:
         lines += throughput_rows([rec])
-    lines += dpo_rows(dpo) if dpo else []
+    for rec in dpo:
+        lines += dpo_rows(rec)
     return "\n".join(lines) + "\n"
 
 
