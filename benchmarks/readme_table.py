@@ -19,11 +19,6 @@ RESULTS = REPO / "benchmarks" / "results"
 HEADING = "## Measured, with the peer in the same run"
 
 
-def load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def loads_seen(*records: dict) -> list[float]:
     values = []
     for r in records:
@@ -85,12 +80,14 @@ def dpo_rows(d: dict) -> list[str]:
 
 
 def render() -> str:
-    quality = load("pretrain_quality")
+    quality = sorted((json.loads(p.read_text()) for p in RESULTS.glob("pretrain_quality*.json")
+                      if json.loads(p.read_text()).get("scored_part") == "test"),
+                     key=lambda r: r["machine"]["date_utc"])
     throughput = sorted((json.loads(p.read_text()) for p in RESULTS.glob("train_throughput*.json")),
                         key=lambda r: (r["configs"][0]["params"]["foundry"], r["machine"]["date_utc"]))
     dpo = sorted((json.loads(p.read_text()) for p in RESULTS.glob("dpo_throughput*.json")),
                  key=lambda r: r["machine"]["date_utc"])
-    records = [r for r in [quality, *throughput, *dpo] if r]
+    records = [*quality, *throughput, *dpo]
     cpus = sorted({f"{r['machine']['cpu']}, {r['machine']['cores']} cores" for r in records})
     seen = loads_seen(*records)
     note = (f"Rendered by `python benchmarks/readme_table.py` from the raw results in `benchmarks/results/` "
@@ -105,7 +102,8 @@ def render() -> str:
             "on its final weights; the HF peers plan their step count from their first steps so their schedules end "
             "inside the budget.")
     lines = [HEADING, "", *textwrap.wrap(note, 110), "", "| what | foundry | peer | how |", "|---|---|---|---|"]
-    lines += quality_rows(quality) if quality else []
+    for rec in quality:
+        lines += quality_rows(rec)
     for rec in throughput:
         lines += throughput_rows([rec])
     for rec in dpo:
