@@ -1,14 +1,15 @@
 """Our DPO step against TRL's `DPOTrainer`: same model weights, same pairs, same batch, one run.
 
-    python benchmarks/dpo_throughput.py [--preset 1m] [--steps 20] [--batch 8] [--block 128]
+    python benchmarks/dpo_throughput.py [--preset 1m] [--steps 20] [--batch 8] [--block 128] [--together]
 
 Each side runs in its own subprocess (so peak memory is measured cleanly) on the bundled preference
 set (data/post/preferences.jsonl) with a tokenizer trained on it and a model initialised from one seed:
 - foundry: `foundry.train.dpo.run_dpo` (reference log-probs computed once up front, then the one
   training loop; the reference pass is included in the timing);
-- TRL: `trl.DPOTrainer` with a reference model (`copy.deepcopy(model).eval()`; TRL's default, which
-  runs the reference forward every step; pass `--trl-precompute` for its precompute option) on the
-  same weights loaded through `transformers.LlamaForCausalLM` from a foundry export.
+- TRL, twice: `trl.DPOTrainer` with `precompute_ref_log_probs=True` (reference log-probs computed once up
+  front, as ours: the like-for-like comparison), and with its default (a reference model,
+  `copy.deepcopy(model).eval()`, run forward every step); both on the same weights loaded through
+  `transformers.LlamaForCausalLM` from a foundry export.
 Both: sigmoid loss, beta 0.1, constant lr, fp32 on CPU / bf16 autocast on CUDA, no checkpoints mid-run.
 
 Printed: pairs/s over the timed steps (after `--warmup` steps) and for the whole run (model loading,
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from record import load_average, machine, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "post" / "preferences.jsonl"
@@ -106,7 +109,7 @@ def run_trl(work: Path, args) -> dict:
     tok = AutoTokenizer.from_pretrained(work / "hf")
     model = LlamaForCausalLM.from_pretrained(work / "hf", torch_dtype=torch.float32)
     on_cuda = device() == "cuda"
-    cfg = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+    cfg = DPOConfig(output_dir=str(work / ("trl-precompute" if args.trl_precompute else "trl")), per_device_train_batch_size=args.batch, max_steps=args.steps,
                     learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
                     max_grad_norm=1.0, beta=0.1, loss_type=["sigmoid"], max_length=args.block, logging_steps=1,
                     save_strategy="no", report_to=[], bf16=on_cuda, use_cpu=not on_cuda, seed=0,
@@ -121,7 +124,9 @@ def run_trl(work: Path, args) -> dict:
                 torch.cuda.synchronize()
             times[state.global_step] = time.perf_counter()
 
-    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model).eval(), args=cfg,
+    # Precompute: no reference model kept (TRL runs the policy's initial weights once); default: a frozen copy.
+    ref_model = None if args.trl_precompute else copy.deepcopy(model).eval()
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg,
                          train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[StepTimer()])
     if on_cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -147,7 +152,9 @@ def main() -> None:
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads on both sides")
-    p.add_argument("--trl-precompute", action="store_true", help="TRL precompute_ref_log_probs=True")
+    p.add_argument("--trl-precompute", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--together", action="store_true", help="run the three sides at the same time (shared machine)")
+    p.add_argument("--name", default="dpo_throughput", help="results file: benchmarks/results/NAME.json")
     p.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -163,35 +170,52 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
 
+    info = machine()
+    sides = {"foundry": ["--side", "ours"], "trl-precompute": ["--side", "trl", "--trl-precompute"],
+             "trl-default": ["--side", "trl"]}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         setup(work, args)
-        results = {}
-        for side in ("ours", "trl"):
-            cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--batch", str(args.batch), "--block", str(args.block),
-                   "--preset", args.preset, "--vocab", str(args.vocab), "--threads", str(args.threads)]
-            cmd += ["--trl-precompute"] if args.trl_precompute else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                sys.exit(f"{side} failed:\n{proc.stderr[-3000:]}")
-            results[side] = json.loads(line[7:])
+        common = ["--work", str(work), "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch",
+                  str(args.batch), "--block", str(args.block), "--preset", args.preset, "--vocab", str(args.vocab),
+                  "--threads", str(args.threads)]
+        results, load = {}, {"start": load_average()}
+        rounds = [list(sides)] if args.together else [[side] for side in sides]
+        for group in rounds:  # --together: all sides at once, so a shared machine's load is the same for all
+            procs = {side: subprocess.Popen([sys.executable, __file__, *sides[side], *common], stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True) for side in group}
+            for side, proc in procs.items():
+                out, err = proc.communicate()
+                line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
+                if proc.returncode != 0 or line is None:
+                    sys.exit(f"{side} failed:\n{err[-3000:]}")
+                results[side] = json.loads(line[7:])
+            load[group[-1]] = load_average()
     dev = torch.cuda.get_device_name() if device() == "cuda" else f"cpu ({args.threads} threads)"
     print(f"DPO throughput, preset {args.preset}, {args.batch} pairs/step, block {args.block}, "
-          f"{args.steps} steps ({args.warmup} warm-up), {dev}")
-    print(f"{'':10}{'pairs/s (timed)':>18}{'pairs/s (whole run)':>22}{'peak memory MB':>17}")
+          f"{args.steps} steps ({args.warmup} warm-up), {dev}{', run together' if args.together else ''}")
+    print(f"{'':16}{'pairs/s (timed)':>18}{'pairs/s (whole run)':>22}{'peak memory MB':>17}")
     for side, r in results.items():
-        print(f"{side:10}{r['timed_pairs'] / r['timed_s']:>18.1f}{r['total_pairs'] / r['total_s']:>22.1f}"
-              f"{r['peak_mem_mb']:>17.1f}")
-    o, t = results["ours"], results["trl"]
-    speed = (o["timed_pairs"] / o["timed_s"]) / (t["timed_pairs"] / t["timed_s"])
-    whole = (o["total_pairs"] / o["total_s"]) / (t["total_pairs"] / t["total_s"])
-    mem = o["peak_mem_mb"] / t["peak_mem_mb"] if t["peak_mem_mb"] > 0 else float("nan")
-    print(f"ratio foundry/TRL: {speed:.2f}x pairs/s (timed steps), {whole:.2f}x (whole run incl. reference "
-          f"pass), {mem:.2f}x peak memory ({o['memory']})")
-    print("JSON " + json.dumps({"results": results, "speed_ratio": speed, "whole_run_ratio": whole,
-                                "memory_ratio": mem}))
+        r["pairs_per_s_timed"] = r["timed_pairs"] / r["timed_s"]
+        r["pairs_per_s_whole_run"] = r["total_pairs"] / r["total_s"]
+        print(f"{side:16}{r['pairs_per_s_timed']:>18.1f}{r['pairs_per_s_whole_run']:>22.1f}{r['peak_mem_mb']:>17.1f}")
+    o, ratios = results["foundry"], {}
+    for trl in ("trl-precompute", "trl-default"):
+        t = results[trl]
+        ratios[trl] = {"pairs_per_s_timed": o["pairs_per_s_timed"] / t["pairs_per_s_timed"],
+                       "pairs_per_s_whole_run": o["pairs_per_s_whole_run"] / t["pairs_per_s_whole_run"],
+                       "peak_memory": o["peak_mem_mb"] / t["peak_mem_mb"] if t["peak_mem_mb"] > 0 else None}
+        r = ratios[trl]
+        print(f"ratio foundry / {trl}: {r['pairs_per_s_timed']:.2f}x pairs/s (timed steps), "
+              f"{r['pairs_per_s_whole_run']:.2f}x (whole run incl. reference pass), "
+              + (f"{r['peak_memory']:.2f}x peak memory ({o['memory']})" if r["peak_memory"] else ""))
+    import trl as trl_module
+
+    write_result(args.name, {**info, "trl": trl_module.__version__},
+                 "python benchmarks/dpo_throughput.py " + " ".join(sys.argv[1:]),
+                 {"preset": args.preset, "batch": args.batch, "block": args.block, "steps": args.steps,
+                  "warmup": args.warmup, "threads": args.threads, "together": args.together, "device": dev,
+                  "load_average": load, "results": results, "ratios_foundry_over": ratios})
 
 
 if __name__ == "__main__":

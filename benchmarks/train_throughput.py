@@ -1,7 +1,9 @@
 """Training throughput: foundry's Llama vs transformers' LlamaForCausalLM, same config, batch and threads.
 
 One training step = forward, loss, backward, AdamW step. Both models start from the same weights and
-are timed alternately in one process (A, B, A, B, ...) so drift in a shared machine's load hits both.
+are timed alternately in one process (rounds of `--steps` steps: A B, B A, A B, ...) so drift in a shared
+machine's load hits both; printed: the median tokens/s over rounds with its min-max, and the median of
+the per-round ratio with its min-max. Writes `benchmarks/results/NAME.json`.
 MFU is against a 2048x2048 fp32 matmul rate measured in the same run on CPU (the practical peak), or
 the GPU's bf16 table peak on CUDA (bf16 autocast there).
 
@@ -14,6 +16,8 @@ the GPU's bf16 table peak on CUDA (bf16 autocast there).
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
 
 import torch
@@ -23,6 +27,7 @@ from foundry.model.llama import Llama, config_from_preset
 from foundry.hardware import accelerator_named, measure_matmul_flops
 from foundry.train.objectives import NextTokenObjective
 from foundry.train.optim import build_optimizer
+from record import load_average, machine, write_result
 
 
 def hf_model_from(ours: Llama):
@@ -71,7 +76,11 @@ def time_steps(step, batch, n: int, device) -> float:
     return time.perf_counter() - start
 
 
-def bench_config(name: str, args, device, peak: float) -> None:
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def bench_config(name: str, args, device, peak: float) -> dict:
     torch.manual_seed(0)
     ours = Llama(config_from_preset(name, max_seq_len=args.block)).to(device)
     hf = hf_model_from(ours)
@@ -86,20 +95,35 @@ def bench_config(name: str, args, device, peak: float) -> None:
     batch = {"input_ids": window[:, :-1].to(device), "targets": window[:, 1:].to(device)}
     for step in contenders.values():  # warm-up (allocator, kernels, compilation)
         time_steps(step, batch, args.warmup, device)
-    seconds = {k: 0.0 for k in contenders}
-    for _ in range(args.rounds):
-        for key, step in contenders.items():
-            seconds[key] += time_steps(step, batch, args.steps, device)
-    tokens = args.batch * args.block * args.steps * args.rounds
+    tokens = args.batch * args.block * args.steps
+    rates: dict[str, list[float]] = {k: [] for k in contenders}
+    load = [load_average()]
+    for r in range(args.rounds):  # A, B, A, B: the round order alternates so neither always goes first
+        order = list(contenders) if r % 2 == 0 else list(reversed(contenders))
+        for key in order:
+            rates[key].append(tokens / time_steps(contenders[key], batch, args.steps, device))
+        load.append(load_average())
     flops = ours.config.flops_per_token(args.block)
-    print(f"\n{name}: {ours.num_params() / 1e6:.2f}M params, batch {args.batch}x{args.block}, "
-          f"{torch.get_num_threads()} threads, {device}")
-    rate = {k: tokens / s for k, s in seconds.items()}
-    for key, r in rate.items():
-        print(f"  {key:<16} {r:>10,.0f} tokens/s   MFU {r * flops / peak:6.1%}")
-    print(f"  ratio foundry / transformers: {rate['foundry'] / rate['transformers']:.2f}x")
+    params = {"foundry": ours.num_params(), "transformers": sum(p.numel() for p in hf.parameters())}
+    print(f"\n{name}: foundry {params['foundry'] / 1e6:.2f}M params, transformers {params['transformers'] / 1e6:.2f}M, "
+          f"batch {args.batch}x{args.block}, {args.steps} steps x {args.rounds} rounds, {torch.get_num_threads()} "
+          f"threads, {device}")
+    for key, r in rates.items():
+        s = spread(r)
+        print(f"  {key:<16} {s['median']:>10,.0f} tokens/s (min {s['min']:,.0f}, max {s['max']:,.0f})   "
+              f"MFU {s['median'] * flops / peak:6.1%}")
+    # The ratio per round (the two ran back to back there, under nearly the same load), then its spread.
+    ratio = spread([a / b for a, b in zip(rates["foundry"], rates["transformers"])])
+    print(f"  ratio foundry / transformers: {ratio['median']:.2f}x (per-round min {ratio['min']:.2f}x, "
+          f"max {ratio['max']:.2f}x)")
+    result = {"preset": name, "params": params, "batch": args.batch, "block": args.block, "steps_per_round": args.steps,
+              "rounds": args.rounds, "tokens_per_s": {k: {"rounds": v, **spread(v)} for k, v in rates.items()},
+              "mfu_median": {k: spread(v)["median"] * flops / peak for k, v in rates.items()},
+              "ratio_foundry_over_transformers": ratio, "load_average_per_round": load}
     if args.compile:
-        print(f"  torch.compile effect: {rate['foundry+compile'] / rate['foundry']:.2f}x")
+        result["compile_effect"] = spread([a / b for a, b in zip(rates["foundry+compile"], rates["foundry"])])
+        print(f"  torch.compile effect: {result['compile_effect']['median']:.2f}x")
+    return result
 
 
 def profile_config(name: str, args, device) -> None:
@@ -123,16 +147,18 @@ def main() -> None:
     p.add_argument("--configs", nargs="+", default=["4m", "14m"], help="model presets to compare")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--block", type=int, default=256)
-    p.add_argument("--steps", type=int, default=2, help="steps per timed run")
-    p.add_argument("--rounds", type=int, default=3, help="alternating timed runs per contender")
+    p.add_argument("--steps", type=int, default=20, help="steps per timed run")
+    p.add_argument("--rounds", type=int, default=5, help="alternating timed runs per contender")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(foundry)")
     p.add_argument("--profile", metavar="PRESET", help="profile foundry's training step instead")
+    p.add_argument("--name", default="train_throughput", help="results file: benchmarks/results/NAME.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    info = machine()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     if args.profile:
@@ -147,8 +173,11 @@ def main() -> None:
     else:
         peak = measure_matmul_flops(device, n=2048, seconds=2.0)
         print(f"CPU: 2048x2048 fp32 matmul {peak / 1e9:.1f} GFLOP/s with {torch.get_num_threads()} threads")
-    for name in args.configs:
-        bench_config(name, args, device, peak)
+    results = [bench_config(name, args, device, peak) for name in args.configs]
+    write_result(args.name, info, "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
+                 {"device": str(device), "threads": torch.get_num_threads(), "peak_flops": peak,
+                  "peak_flops_source": "table (bf16)" if device.type == "cuda" else "2048x2048 fp32 matmul, measured",
+                  "configs": results})
 
 
 if __name__ == "__main__":
