@@ -47,6 +47,9 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(1.0, gt=0)
     eval_every: int = Field(100, gt=0)
     eval_batches: int = Field(20, gt=0)
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="stop once this many evaluations in a row bring no new best of the validation "
+        "metric (checkpoints/best keeps the best); unset: train to the step or time budget")
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(200, gt=0)
     keep_last: int = Field(2, ge=1, description="checkpoints kept besides the best")
