@@ -248,16 +248,16 @@ DESIGNS = {
                            "measure 'which corpus'); one word, as a long continuation's score is dominated by its "
                            "own frequency whatever the context",
     "kjv-direct-answers": "the preference check: every held-out fact question of data/post (book order, chapter "
-                          "counts); passes when the greedy answer is direct (no 'I think' / 'not sure', the answer "
-                          "in its form), the behaviour data/post/preferences.jsonl rewards over hedging",
+                          "counts); passes when the greedy answer is direct (no 'I think' / 'not sure', and a book "
+                          "name first or 'N chapters'), the behaviour data/post/preferences.jsonl rewards over hedging",
 }
 
 
-def direct_answer_items(val_chats: Path) -> list[dict]:
+def direct_answer_items(val_chats: Path, books: list[str]) -> list[dict]:
     """The preference check (issue 13, lesson d): every held-out fact question (book order, chapter counts;
     data/post/instructions_val.jsonl, in no training set) as a generation item that passes when the greedy
     answer is direct: none of the hedges the preference data rejects, and the answer in its form (a book
-    name first, or "N chapters")."""
+    name first, or "N chapters"). It checks the form, not the fact: a 1.1M model rarely knows the fact."""
     from make_post_training_data import FACT_QUESTION
 
     items, seen = [], set()
@@ -266,8 +266,9 @@ def direct_answer_items(val_chats: Path) -> list[dict]:
         if not FACT_QUESTION.match(question) or question in seen:
             continue
         seen.add(question)
+        book_first = r"^\s*(" + "|".join(re.escape(b) for b in books) + r")\b"
         form = ({"type": "regex", "pattern": r"\b\d+ chapters?\b"} if question.startswith("How many")
-                else {"type": "regex", "pattern": r"^\s*([1-3] )?[A-Z][a-z]+", "ignore_case": False})
+                else {"type": "regex", "pattern": book_first, "ignore_case": False})
         items.append({"id": f"kjv-direct-answers-{len(items):03d}", "prompt": question,
                       "checker": [{"type": "exclude", "values": HEDGES}, form]})
     return items
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "pydocs-continuation": next_word_items(py_docs, SIZES["pydocs-continuation"], random.Random(SEED + 2),
                                                "pydocs-continuation"),
     }
-    direct = direct_answer_items(REPO / "data/post/instructions_val.jsonl")
+    direct = direct_answer_items(REPO / "data/post/instructions_val.jsonl", books)
     hashes = {}
     for name, items in tasks.items():
         if len(items) < SIZES[name]:
