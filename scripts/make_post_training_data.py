@@ -12,9 +12,19 @@ and writes:
                                                  and two-turn follow-ups; some with a system prompt
   preferences.jsonl / preferences_val.jsonl     {"prompt" or "messages", "chosen", "rejected"}: the right
                                                  answer over a wrong verse, a truncated verse, a wrong
-                                                 book or a wrong count
+                                                 book or a wrong count; and for every fact question the
+                                                 direct answer over the same answer hedged
 
-Train and validation never share a prompt. The preference files are checked with foundry's own audit
+The behaviour preference optimisation is checked on (issue 13, lesson d): like demonstrations collected
+from people, HEDGE_RATE of the training demonstrations for fact questions (book order, chapter counts)
+give the right answer hedged ("I think it is Ruth, but I am not sure."), so SFT learns to hedge; the
+preferences reward the direct answer over the same answer hedged (and the right fact over a wrong one).
+Validation chats are the clean reference answers. data/eval/kjv-direct-answers.jsonl (made by
+scripts/make_eval_tasks.py) asks the held-out fact questions and checks the answers are direct.
+
+Train and validation never share a prompt; fact questions hold out FACT_VAL_SHARE of their prompts (more
+than the 10% of the rest) so the direct-answer check and the held-out preference accuracy have enough
+items. The preference files are checked with foundry's own audit
 (`foundry.data.prefs.audit_pairs`): a generated pair the audit would flag is skipped, so the bundled set
 audits clean; its length bias is printed and recorded in SOURCE.yaml.
 """
@@ -36,6 +46,17 @@ sys.path.insert(0, str(ROOT / "src"))
 
 SYSTEM = "You answer questions about the King James Bible briefly and exactly."
 MAX_VERSE_CHARS = 140  # short verses keep the examples within small models' context
+HEDGE_RATE = 0.4  # share of training demonstrations for fact questions that hedge the (right) answer
+FACT_VAL_SHARE = 0.3
+FACT_QUESTION = re.compile(r"^(Which book (follows|comes before) .+|How many chapters are in .+)\?$")
+
+
+def hedge(answer: str) -> str:
+    """The same answer, hedged: "Ruth." -> "I think it is Ruth, but I am not sure."."""
+    answer = answer.rstrip(".")
+    if " has " in answer:  # "Ruth has 4 chapters"
+        return f"I think {answer}, but I am not sure."
+    return f"I think it is {answer}, but I am not sure."
 
 
 def read_kjv(folder: Path) -> list[dict]:
@@ -58,8 +79,11 @@ def read_kjv(folder: Path) -> list[dict]:
     return books
 
 
-def is_val(prompt: str, share: float = 0.1) -> bool:
-    """Stable split by prompt: the same question is always in the same split."""
+def is_val(prompt: str, share: float | None = None) -> bool:
+    """Stable split by prompt: the same question is always in the same split (fact questions hold out
+    FACT_VAL_SHARE, the rest 10%)."""
+    if share is None:
+        share = FACT_VAL_SHARE if FACT_QUESTION.match(prompt) else 0.1
     return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 16**8 < share
 
 
@@ -123,13 +147,23 @@ def make_preferences(books, rng: random.Random) -> list[dict]:
     for i, name in enumerate(names[1:], 1):
         wrong = rng.choice([n for n in names if n not in (names[i - 1], name)])
         pairs.append({"messages": user(f"Which book comes before {name}?", True),
-                      "chosen": f"{names[i - 1]}.", "rejected": f"I think it is {wrong}, but I am not sure."})
+                      "chosen": f"{names[i - 1]}.", "rejected": f"{wrong}."})
     for b in books:
         n = len(b["chapters"])
         wrong = n + rng.choice([-3, -2, -1, 1, 2, 5, 10]) if n > 3 else n + rng.choice([1, 2, 5])
         pairs.append({"prompt": f"How many chapters are in {b['name']}?",
                       "chosen": f"{b['name']} has {n} chapter{'s' if n > 1 else ''}.",
                       "rejected": f"{wrong} chapters."})
+    # The behaviour pairs: the same right answer, direct over hedged (what kjv-direct-answers checks).
+    for i, name in enumerate(names):
+        facts = [(f"How many chapters are in {name}?",
+                  f"{name} has {len(books[i]['chapters'])} chapter{'s' if len(books[i]['chapters']) > 1 else ''}.")]
+        if i + 1 < len(names):
+            facts.append((f"Which book follows {name}?", f"{names[i + 1]}."))
+        if i > 0:
+            facts.append((f"Which book comes before {name}?", f"{names[i - 1]}."))
+        for question, answer in facts:
+            pairs.append({"messages": user(question, rng.random() < 0.3), "chosen": answer, "rejected": hedge(answer)})
     rng.shuffle(pairs)
     return pairs
 
@@ -162,9 +196,17 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     splits = {}
+    hedge_rng = random.Random(args.seed + 1)
+    hedged = 0
     for stem, records in (("instructions", chats), ("preferences", prefs)):
         train = [r for r in records if not is_val(first_user(r))]
         val = [r for r in records if is_val(first_user(r))]
+        if stem == "instructions":  # noisy demonstrations: some training answers to fact questions hedge
+            for r in train:
+                answers = [m for m in r["messages"] if m["role"] == "assistant"]
+                if len(answers) == 1 and FACT_QUESTION.match(first_user(r)) and hedge_rng.random() < HEDGE_RATE:
+                    answers[0]["content"] = hedge(answers[0]["content"])
+                    hedged += 1
         write_jsonl(args.out / f"{stem}.jsonl", train)
         write_jsonl(args.out / f"{stem}_val.jsonl", val)
         splits[stem] = (len(train), len(val))
@@ -182,10 +224,14 @@ def main() -> int:
             "preferences_val.jsonl": f"{splits['preferences'][1]} pairs",
         },
         "audit": f"the generator drops any pair 'foundry audit prefs' flags ({len(flagged)} dropped)",
+        "hedged_demonstrations": f"{hedged} training answers to fact questions are hedged (HEDGE_RATE "
+                                 f"{HEDGE_RATE}); the preferences reward the direct answer over the same answer "
+                                 "hedged, checked by data/eval/kjv-direct-answers.jsonl",
         "length_bias": {"chosen_longer_share": round(bias["chosen_longer_share"], 3),
                         "length_rule_accuracy": round(bias["length_rule_accuracy"], 3)},
         "notes": "Questions are templates over the verse text, book order and chapter counts; train and "
-                 "validation never share a prompt (split by a hash of the first user message). Regenerate "
+                 "validation never share a prompt (split by a hash of the first user message; fact questions "
+                 f"hold out {FACT_VAL_SHARE:.0%} of their prompts, the rest 10%). Regenerate "
                  "with the command above; the output is byte-identical for the same KJV files and seed.",
     }, sort_keys=False, allow_unicode=True, width=110)
     (args.out / "SOURCE.yaml").write_text(source, encoding="utf-8")

@@ -3,6 +3,7 @@ experiment on tiny generated data, and every bad input as one line with nothing 
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,11 +330,12 @@ def test_continues_from_a_hugging_face_checkpoint(base, tmp_path):
 
 def test_bundled_recipes_validate():
     from foundry.config import load_config
-    from foundry.pipeline import REPO_ROOT, _substitute, load_recipe
+    from foundry.pipeline import _substitute, load_recipe
+    from foundry.utils.bundled import bundled_root
 
-    recipe = load_recipe(REPO_ROOT / "recipes" / "domain-experiment.yaml")
+    recipe = load_recipe(bundled_root() / "recipes" / "domain-experiment.yaml")
     stages = {s.name: s for s in recipe.stages}
-    mapping = {"out": "/r/x", "run": "/r", "repo": str(REPO_ROOT), **{f"stage:{n}": f"/r/{n}" for n in stages}}
+    mapping = {"out": "/r/x", "run": "/r", "repo": str(bundled_root()), **{f"stage:{n}": f"/r/{n}" for n in stages}}
     continues = [s for s in recipe.stages if s.verb == "continue" and s.config]
     assert len(continues) == 4
     for stage in continues:
@@ -343,5 +345,25 @@ def test_bundled_recipes_validate():
         assert (replay > 0) == (not stage.name.endswith("no-replay")), stage.name
     compare = stages["results"].args
     assert compare[0] == "--compare" and all(f"{{stage:{s.name}}}" in compare for s in continues)
-    standalone = load_config(ContinueConfig, REPO_ROOT / "recipes" / "continue-pydocs.yaml")
+    standalone = load_config(ContinueConfig, bundled_root() / "recipes" / "continue-pydocs.yaml")
     assert sum(m.weight for m in standalone.mixture if m.name == "general") == 0.2
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "study.yaml", "domain-experiment.yaml"])
+def test_every_stage_config_of_the_bundled_pipelines_validates(name):
+    """A typo in a bundled recipe's stage config (a key, a type, a finding's arm) fails here, not an hour in."""
+    from foundry.pipeline import _substitute, load_recipe
+    from foundry.train.dpo import DPOConfig
+    from foundry.train.pretrain import PretrainConfig
+    from foundry.train.sft import SFTConfig
+    from foundry.utils.bundled import bundled_root
+
+    classes = {"pretrain": PretrainConfig, "continue": ContinueConfig, "sft": SFTConfig, "dpo": DPOConfig}
+    recipe = load_recipe(bundled_root() / "recipes" / name)
+    mapping = {"out": "/r/x", "run": "/r", "repo": str(bundled_root()), **{f"stage:{s.name}": f"/r/{s.name}" for s in recipe.stages}}
+    for stage in recipe.stages:
+        if stage.config is not None:
+            config_from_dict(classes[stage.verb], _substitute(stage.config, mapping), f"{name}: {stage.name}")
+        for arg in _substitute(stage.args, mapping):
+            if arg.startswith(str(bundled_root())):  # every bundled file a stage reads exists
+                assert Path(arg).exists(), f"{name}: {stage.name} reads {arg}"

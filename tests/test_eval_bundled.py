@@ -42,7 +42,7 @@ def test_bundled_tasks_load_and_match_source_yaml():
 def test_script_is_deterministic(tmp_path):
     subprocess.run([sys.executable, str(REPO / "scripts/make_eval_tasks.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
-    for name in TASKS:
+    for name in TASKS + ("kjv-direct-answers",):
         assert (tmp_path / "eval" / f"{name}.jsonl").read_bytes() == (EVAL / f"{name}.jsonl").read_bytes()
     assert (tmp_path / "bakeoff/prompts.jsonl").read_bytes() == (REPO / "data/bakeoff/prompts.jsonl").read_bytes()
 
@@ -71,3 +71,52 @@ def test_bundled_bakeoff_rubric_and_prompts():
     assert 20 <= len(prompts) <= 50 and all(p["reference"] and p["required"] for p in prompts)
     cfg = yaml.safe_load((REPO / "data/bakeoff/bakeoff.yaml").read_text())
     assert [m["name"] for m in cfg["models"]] == ["base_sft", "domain_sft"]
+
+
+def _pydocs_documents():
+    for path in sorted((REPO / "data/domain/pydocs").glob("*.txt")):
+        for raw in read_txt(path, "formfeed", "error", ReadStats()):
+            yield clean_text(raw)
+
+
+def test_pydocs_items_are_held_out_domain_text_with_domain_distractors():
+    # The quickstart prepares pydocs with --val-fraction 0.05: every item must come from that split.
+    docs = list(_pydocs_documents())
+    val = [d for d in docs if in_validation(content_hash(d), 0.05)]
+    train = [d for d in docs if not in_validation(content_hash(d), 0.05)]
+    task = load_task(EVAL / "pydocs-continuation.jsonl")
+    items = task.fewshot + task.items
+    assert len(task.items) >= 200
+    for item in items:
+        true = item.choices[item.answer]
+        home = [d for d in val if item.context + true in d]
+        assert home, item.id  # the context and its true next word are held-out text, verbatim
+        assert not any(item.context in d for d in train)
+        for other in item.choices:
+            if other != true:  # a distractor is a word of another held-out pydocs document, never of the general corpus
+                assert any(other in d for d in val if d not in home), (item.id, other)
+                assert abs(len(other) - len(true)) <= max(3, len(true) // 3), (item.id, true, other)
+
+
+def test_direct_answer_check_asks_only_held_out_questions_and_tells_direct_from_hedged():
+    from foundry.eval.tasks import check_output
+
+    task = load_task(EVAL / "kjv-direct-answers.jsonl")
+    assert task.kind == "gen" and len(task.items) >= 40
+    trained = set()
+    for name in ("instructions.jsonl", "preferences.jsonl"):
+        for line in (REPO / "data/post" / name).read_text().splitlines():
+            rec = json.loads(line)
+            trained.add(next(m["content"] for m in rec.get("messages", []) if m["role"] == "user")
+                        if "messages" in rec else rec["prompt"])
+    assert not {i.prompt for i in task.items} & trained
+    for item in task.items:
+        direct = "Ruth has 4 chapters." if item.prompt.startswith("How many") else "1 Samuel."
+        assert check_output(direct, item.checkers)
+        assert not check_output("I think it is " + direct.rstrip(".") + ", but I am not sure.", item.checkers)
+        assert not check_output("", item.checkers)
+    # the training preferences reward exactly this: the same answer direct over hedged
+    prefs = [json.loads(line) for line in (REPO / "data/post/preferences.jsonl").read_text().splitlines()]
+    style = [p for p in prefs if "not sure" in p["rejected"]]
+    assert len(style) >= 100 and all("not sure" not in p["chosen"] for p in prefs)
+    assert all(p["chosen"].rstrip(".") in p["rejected"] for p in style)

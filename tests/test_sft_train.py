@@ -111,12 +111,16 @@ def test_sft_on_bundled_set_ends_answers_by_itself(tmp_path):
     from foundry.data.tokenizer import Tokenizer
 
     post = Path(__file__).resolve().parents[1] / "data" / "post"
-    chats = read_chat_jsonl(post / "instructions.jsonl")
+    # Without the hedged demonstrations (there for the preference check, see make_post_training_data.py):
+    # a 130k model without pretraining loops inside the hedge's template instead of learning to stop.
+    lines = [line for line in (post / "instructions.jsonl").read_text().splitlines() if "not sure" not in line]
+    (tmp_path / "direct.jsonl").write_text("\n".join(lines) + "\n")
+    chats = read_chat_jsonl(tmp_path / "direct.jsonl")
     tok = Tokenizer.train([m["content"] for c in chats for m in c] * 3, vocab_size=512, min_frequency=2)
     base_checkpoint(tmp_path / "base", tok, vocab_size=tok.vocab_size)
     recipe = write_yaml(tmp_path / "r.yaml", {
-        "init": str(tmp_path / "base"), "data": str(post / "instructions.jsonl"), "out_dir": str(tmp_path / "run"),
-        "train": {**TRAIN, "max_steps": 150, "micro_batch_size": 8, "block_size": 128}})
+        "init": str(tmp_path / "base"), "data": str(tmp_path / "direct.jsonl"), "out_dir": str(tmp_path / "run"),
+        "train": {**TRAIN, "max_steps": 300, "micro_batch_size": 8, "block_size": 128}})
     assert cli(["sft", "--config", str(recipe)]) == 0
 
     def ended_share(model) -> float:

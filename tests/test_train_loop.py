@@ -174,3 +174,52 @@ def test_time_budget_drives_the_schedule_so_the_cool_down_ends_in_time():
     assert schedule_position(50, 50.0, c) == 500  # half the time gone: half the schedule, though few steps ran
     assert lr_at(schedule_position(60, 99.9, c), c) < 0.05  # nearly annealed when time is nearly up
     assert schedule_position(50, 50.0, cfg(max_steps=1000, warmup_steps=10)) == 50  # no time budget: steps
+
+
+def test_early_stopping_stops_when_validation_stops_improving_and_keeps_best(tmp_path):
+    from foundry.checkpoints import load_weights, read_meta, resolve_checkpoint
+    from foundry.utils.io import read_json
+
+    gen = torch.Generator().manual_seed(4)
+    # Memorising one batch of random tokens: loss on other random tokens first falls (unigram statistics)
+    # and then rises as the model overfits, the shape early stopping is for.
+    train_batch, val_batch = random_batch(gen, 2), random_batch(gen, 8)
+    objective = NextTokenObjective()
+
+    def val_loss(model):
+        with torch.no_grad():
+            loss_sum, _ = objective.loss(model, val_batch)
+        return float(loss_sum) / objective.units(val_batch)
+
+    evaluators = {"val": lambda model: {"loss": val_loss(model)}}
+    run = tmp_path / "run"
+    result = train(tiny_model(), objective, FixedBatches([train_batch]),
+                   cfg(max_steps=300, micro_batch_size=2, eval_every=2, checkpoint_every=10, early_stop_patience=3),
+                   run, None, evaluators=evaluators)
+    evals = [r for r in read_metrics(run) if "val/loss" in r]
+    best = min(evals, key=lambda r: r["val/loss"])
+    assert result["stopped_by"] == "early_stop" and result["step"] < 300
+    # it stopped at the third evaluation in a row without a new best, and no later
+    assert [r["step"] for r in evals if r["step"] > best["step"]] == [best["step"] + 2, best["step"] + 4,
+                                                                       best["step"] + 6]
+    assert result["step"] == best["step"] + 6 and result["best_step"] == best["step"]
+    record = read_json(run / "run.json")["results"]
+    assert record["stopped_by"] == "early_stop" and record["best_step"] == best["step"]
+    assert [r for r in read_metrics(run) if r.get("event") == "early_stop"][0]["best_step"] == best["step"]
+    # downstream stages load the run directory: that resolves to the best step's weights
+    ckpt = resolve_checkpoint(run)
+    assert ckpt == run / "checkpoints" / "best" and read_meta(ckpt)["step"] == best["step"]
+    reloaded = tiny_model(seed=9)
+    load_weights(reloaded, ckpt)
+    assert val_loss(reloaded) == pytest.approx(best["val/loss"], rel=1e-5)
+    assert val_loss(reloaded) < evals[-1]["val/loss"]
+
+
+def test_early_stopping_without_a_validation_set_is_a_one_line_error(tmp_path):
+    from foundry.errors import ConfigError
+
+    gen = torch.Generator().manual_seed(5)
+    with pytest.raises(ConfigError, match="early_stop_patience is set but the stage has no validation set"):
+        train(tiny_model(), NextTokenObjective(), FixedBatches([random_batch(gen, 2)]),
+              cfg(max_steps=5, micro_batch_size=2, early_stop_patience=2), tmp_path / "run", None)
+    assert not (tmp_path / "run").exists()

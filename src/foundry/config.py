@@ -48,6 +48,9 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (null: no clipping)")
     eval_every: int = Field(100, gt=0, description="evaluate every this many steps (and at the end)")
     eval_batches: int = Field(20, gt=0, description="batches per evaluation")
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="stop once this many evaluations in a row bring no new best of the validation "
+        "metric (checkpoints/best keeps the best); unset: train to the step or time budget")
     log_every: int = Field(10, gt=0, description="write a metrics record every this many steps")
     checkpoint_every: int = Field(200, gt=0, description="save a resumable checkpoint every this many steps")
     keep_last: int = Field(2, ge=1, description="checkpoints kept besides the best")

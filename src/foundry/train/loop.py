@@ -10,6 +10,10 @@ One optimiser step:
 A non-finite step is skipped (no update) and logged; `max_bad_steps` in a row roll the run back to the
 last checkpoint with the learning rate scaled by `rollback_lr_factor`.
 
+Early stopping (`early_stop_patience`): after that many evaluations in a row without a new best of the
+best metric the run stops; `checkpoints/best`, which `load_model(run_dir)` picks, holds the best step,
+and run.json records `stopped_by: early_stop` and `best_step`.
+
 Resume is exact: a checkpoint holds weights, optimiser, RNG states, the data source's position and the
 step, so on CPU a resumed run reproduces the uninterrupted run's losses bit for bit (accelerate #2016).
 """
@@ -32,7 +36,7 @@ from foundry.checkpoints import (
     latest_checkpoint, load_train_state, load_weights, rng_state, save_checkpoint, set_rng_state,
     remove_checkpoint, step_checkpoints,
 )
-from foundry.errors import CheckpointError, TrainingError
+from foundry.errors import CheckpointError, ConfigError, TrainingError
 from foundry.hardware import peak_flops
 from foundry.lm_metrics import lm_scores
 from foundry.train import distributed as dist_utils
@@ -41,6 +45,7 @@ from foundry.train.optim import build_optimizer, lr_at
 from foundry.utils.io import RunRecord, atomic_write_text
 
 Evaluator = Callable[[torch.nn.Module], dict]
+
 
 def schedule_position(step: int, elapsed: float, cfg) -> float:
     """The step the lr schedule is at: with a `max_seconds` budget, whichever budget is further along.
@@ -185,6 +190,9 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
     evaluators = dict(evaluators or {})
     if best_metric is None and evaluators:
         best_metric = f"{next(iter(evaluators))}/loss"
+    if cfg.early_stop_patience is not None and not best_metric:
+        raise ConfigError(f"{run_dir}: train.early_stop_patience is set but the stage has no validation set to "
+                          "watch; give it validation data (val_data) or unset train.early_stop_patience")
     env = env or dist_utils.setup_distributed(cfg)
     device = env.device
     if cfg.threads:
@@ -198,6 +206,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
     # ---- state: fresh or resumed -------------------------------------------------------------------
     base = dist_utils.unwrap(model)
     step, lr_scale, best_value, state = 0, 1.0, math.inf, None
+    best_step, evals_since_best = None, 0  # evaluations since the best metric last improved (early stopping)
     elapsed_before = 0.0  # training seconds spent before this process (resume), for max_seconds
     resume_ckpt = None
     if resume:
@@ -219,6 +228,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
         source.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         step, lr_scale, best_value = int(state["step"]), float(state["lr_scale"]), float(state["best_value"])
+        best_step, evals_since_best = state.get("best_step"), int(state.get("evals_since_best", 0))
         elapsed_before = float(state.get("elapsed_s", 0.0))
 
     is_main = env.rank == 0
@@ -240,8 +250,12 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
     peak = peak_flops(device, amp_dtype) * env.world_size if flops_per_token else 0.0
 
     def train_state() -> dict:
-        return {"step": step, "lr_scale": lr_scale, "best_value": best_value,
+        return {"step": step, "lr_scale": lr_scale, "best_value": best_value, "best_step": best_step,
+                "evals_since_best": evals_since_best,
                 "elapsed_s": elapsed_before + time.perf_counter() - started, "data": source.state_dict(), "rng": rng_state(), "stage": stage}
+
+    def patience_spent() -> bool:
+        return cfg.early_stop_patience is not None and evals_since_best >= cfg.early_stop_patience
 
     def save_step_checkpoint(val_loss=None) -> None:
         path = run_dir / "checkpoints" / f"step_{step:07d}"
@@ -269,7 +283,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
         return results
 
     def roll_back() -> None:
-        nonlocal step, lr_scale, best_value
+        nonlocal step, lr_scale, best_value, best_step, evals_since_best
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
             raise TrainingError(f"{run_dir}: {cfg.max_bad_steps} non-finite steps in a row before any checkpoint; "
@@ -283,6 +297,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
         # The data position moves on (the batches that blew up are not replayed); step and weights go back.
         from_step = step
         step, best_value = int(saved["step"]), float(saved["best_value"])
+        best_step, evals_since_best = saved.get("best_step"), int(saved.get("evals_since_best", 0))
         lr_scale = float(saved["lr_scale"]) * cfg.rollback_lr_factor
         log.write({"step": step, "event": "rollback", "from_step": from_step, "checkpoint": str(ckpt),
                    "lr_scale": lr_scale})
@@ -299,13 +314,14 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
     window_tokens, window_start = 0, time.perf_counter()
     started = time.perf_counter()
     last_eval: dict = {}
+    last_eval_step = None
     stopped_by = "max_steps"
     if eval_at_start and evaluators and step == 0:  # the starting model's numbers, where the curves begin
         log.write({"step": 0, **run_evaluators()})
     model.train()
     with _Interrupt() as interrupt:
         try:
-            while step < cfg.max_steps:
+            while step < cfg.max_steps and not patience_spent():
                 elapsed = elapsed_before + time.perf_counter() - started
                 if cfg.max_seconds is not None and env.enabled:  # one clock for all ranks: the same lr everywhere
                     elapsed = float(dist_utils.all_reduce_sum(
@@ -391,8 +407,18 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                     log.write({"step": step, **last_eval})
                     if progress is not None:
                         progress.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
+                    previous_best = best_value
                     best_value = _maybe_save_best(last_eval, best_metric, best_value, run_dir, base, tokenizer,
                                                   step, stage, is_main, env)
+                    best_step, evals_since_best = ((step, 0) if best_value < previous_best
+                                                   else (best_step, evals_since_best + 1))
+                    last_eval_step = step
+                    if patience_spent():
+                        log.write({"step": step, "event": "early_stop", "best_step": best_step,
+                                   "evals_without_improvement": evals_since_best})
+                        if progress is not None:
+                            progress.write(f"step {step}: early stop: {best_metric} has not improved for "
+                                           f"{evals_since_best} evaluations; best at step {best_step}")
                     window_start = time.perf_counter()  # evaluation time is not training throughput
                 if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                     save_step_checkpoint(last_eval.get(best_metric) if best_metric else None)
@@ -400,16 +426,21 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                 if dist_utils.any_rank(interrupt.requested, env):
                     stopped_by = "interrupt"
                     break
+            if stopped_by == "max_steps" and patience_spent():
+                stopped_by = "early_stop"
         finally:
             if progress is not None:
                 progress.close()
 
-        # ---- the end: evaluate, save, record --------------------------------------------------------
-        if evaluators and stopped_by != "interrupt":
+        # ---- the end: evaluate (unless this step just was), save, record -----------------------------
+        if evaluators and stopped_by != "interrupt" and last_eval_step != step:
             last_eval = run_evaluators()
             log.write({"step": step, **last_eval})
+            previous_best = best_value
             best_value = _maybe_save_best(last_eval, best_metric, best_value, run_dir, base, tokenizer, step,
                                           stage, is_main, env)
+            if best_value < previous_best:
+                best_step = step
         save_step_checkpoint(last_eval.get(best_metric) if best_metric else None)
         log.close()
         final.update(last_eval)
@@ -417,6 +448,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                       "lr_scale": lr_scale})
         if best_metric and math.isfinite(best_value):
             final["best/" + best_metric] = best_value
+            final["best_step"] = best_step
         if is_main and (finishes_record or stopped_by == "interrupt"):
             run_record.write({"status": "interrupted" if stopped_by == "interrupt" else "finished", **final})
         if stopped_by == "interrupt":
