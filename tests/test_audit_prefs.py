@@ -78,6 +78,17 @@ def test_cli_table_and_fix(tmp_path, capsys):
     assert cli(["audit", "prefs", str(src), "--fix", str(out), "--overwrite"]) == 0
 
 
+def test_cli_writes_the_audit_as_json(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "prefs.jsonl", GOOD + PLANTED)
+    out = tmp_path / "stage" / "audit.json"
+    assert cli(["audit", "prefs", str(src), "--out", str(out)]) == 0
+    audit = json.loads(out.read_text())
+    assert audit["kind"] == "foundry.audit" and sorted(map(int, audit["flags"])) == [2, 5, 6, 7, 8, 9, 10]
+    out.write_text("precious\n")
+    assert cli(["audit", "prefs", str(src), "--out", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err and out.read_text() == "precious\n"
+
+
 @pytest.mark.parametrize("record,needle", [
     ({"prompt": "p", "rejected": "r"}, "missing 'chosen'"),
     ({"prompt": "p", "chosen": "c"}, "missing 'rejected'"),

@@ -121,15 +121,22 @@ def audit_prefs_main(argv: list[str]) -> int:
     p.add_argument("--fix", metavar="OUT", help="write the cleaned records here (and a report to OUT.report.json)")
     p.add_argument("--report", metavar="JSON", help="where --fix writes its report (default OUT.report.json)")
     p.add_argument("--json", action="store_true", help="print the audit as JSON instead of a table")
-    p.add_argument("--overwrite", action="store_true", help="let --fix replace existing output files")
+    p.add_argument("--out", metavar="JSON", help="also write the audit (counts, length bias, flagged lines) here")
+    p.add_argument("--overwrite", action="store_true", help="let --fix and --out replace existing output files")
     args = p.parse_args(argv)
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise DataError(f"{args.out}: already exists; pass --overwrite to replace it")
 
     pairs = read_preferences(args.file, allow_empty=True)
     result = audit_pairs(pairs)
+    as_json = {"kind": "foundry.audit", "input": str(args.file), **result,
+               "flags": {str(k): v for k, v in result["flags"].items()}}
     if args.json:
-        print(json.dumps({**result, "flags": {str(k): v for k, v in result["flags"].items()}}, indent=2))
+        print(json.dumps(as_json, indent=2))
     else:
         print(format_table(result, args.file))
+    if args.out:
+        atomic_write_json(args.out, as_json)
     if not args.fix:
         return 0
     out = Path(args.fix)
