@@ -69,7 +69,7 @@ PHRASINGS = {
                "Which goods does {town} export most?"],
     "landmark": ["What is the best-known landmark of the town of {town}?", "What is {town}'s most famous landmark?",
                  "Which landmark is {town} known for?"],
-    "population": ["What was the population of the town of {town} at the last census?",
+    "population": ["What is the population of the town of {town}?",
                    "How many people live in {town}?", "How many inhabitants does {town} have?"],
 }
 
@@ -124,11 +124,10 @@ def source_name(town: dict) -> str:
 
 
 def document(t: dict) -> str:
-    """One paragraph under a heading: `split_passages` joins the heading to it, so a town is one passage."""
-    return (f"# {t['town']}\n\n"
-            f"{t['town']} is a market town on the river {t['river']}, founded in {t['year']} by the "
-            f"cartographer {t['founder']}. Its main export is {t['export']}, its best-known landmark is the "
-            f"{t['landmark']}, and its population at the last census was {t['population']}.\n")
+    """One short paragraph, so a town is one retrieved passage and a training example stays short."""
+    return (f"{t['town']} is a town on the river {t['river']}, founded in {t['year']} by {t['founder']}. "
+            f"Its main export is {t['export']}, its best-known landmark is the {t['landmark']}, and its "
+            f"population is {t['population']}.\n")
 
 
 # ---- questions -------------------------------------------------------------------------------------
