@@ -91,7 +91,8 @@ def test_questions_are_answered_by_their_documents_only():
         assert r.prompt != q.prompt and r.checkers == q.checkers  # the same fact, asked differently
         for item in (q, r):
             prompt = grounded_prompt(index, item.prompt, 1)
-            assert f"[{_town(item.id)}.md]" in prompt  # retrieval finds the town's own passage
+            # the one retrieved paragraph is the town's own and holds the answer
+            assert f"[{_town(item.id)}.md]" in prompt and _fact_in(prompt, item), prompt
             assert not check_output(item.prompt, item.checkers)
         # the post-training arm teaches exactly the asked fact, in the original wording
         assert chat[0]["content"] == q.prompt and check_output(chat[1]["content"], q.checkers)
@@ -120,6 +121,8 @@ def test_changed_documents_change_exactly_the_asked_fact():
         assert _fact_in(old, q) and not _fact_in(new, q)
         assert _fact_in(new, changed[town]) and not _fact_in(old, changed[town])
     assert sorted(questions) == sorted(p.stem for p in (FACTS / "docs_changed").glob("*.md"))
+    index = Index.build(collect_passages(FACTS / "docs_changed"))  # what eval_changed retrieves from
+    assert all(_fact_in(grounded_prompt(index, item.prompt, 1), item) for item in changed.values())
     assert make.N_EVAL_TOWNS == len(questions)
 
 
