@@ -1,162 +1,274 @@
-"""Write the bundled fact set `data/facts/`: a docs folder and a generation-task JSONL of questions.
+"""Write the bundled fact set `data/facts/`: invented towns, their documents, questions and training chats.
 
-The facts are about invented towns, generated deterministically from a fixed seed, so no model can
-know them closed-book (no pretraining corpus contains them) and every answer is in exactly one
-document: the set measures grounding, not memory. Run: `python scripts/make_fact_set.py [OUT_DIR]`.
+Every town, river, founder and landmark is invented from a fixed seed, so no model can know a fact
+closed-book; the set measures grounding (reading a retrieved passage), not memory.
+
+- `docs/`: one document per EVALUATION town, three short paragraphs (passages) of two facts each.
+- `questions.jsonl`: one question per evaluation town (the asked fact cycles through the six kinds);
+  `questions_mc.jsonl`: the same questions as four-way multiple choice (chance 0.25).
+- `questions_reworded.jsonl`: the same facts asked in other words.
+- `docs_changed/` + `questions_changed.jsonl`: the documents with the asked fact of each town changed,
+  and the same questions expecting the NEW fact: a model that reads follows the documents, one that
+  memorised them keeps the stale fact.
+- `facts_sft.jsonl`: the pitfall arm, closed-book chats teaching the asked facts themselves.
+- `grounded_train.jsonl`: grounded reading for SFT on thousands of OTHER towns, each asked only a few
+  times, so the only way to lower the loss is to copy from the passage. Each prompt is built exactly as
+  `foundry eval --index ... --k 1` builds it (`grounded_prompt` over an index of those towns' documents).
+
+Answers start with a space (" Thas [tastaer.md]"): right after `<|assistant|>` a word without its space
+would be different tokens from the same word inside the passage (" Thas"), and copying could not work.
+Checkers require the answer to START with the fact (a model that recites the passage does not pass).
+
+Run: `python scripts/make_fact_set.py [OUT_DIR]` (deterministic; rewrites every file).
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
 SEED = 7
-N_TOWNS = 10
-N_TRAINING_TOWNS = 200
-ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th"]
-VOWELS = ["a", "e", "i", "o", "u", "ae", "ou"]
-CODAS = ["n", "r", "l", "s", "th", "nd", "rk", "lt", "m"]
+N_EVAL_TOWNS = 60
+N_TRAINING_TOWNS = 4000
+QUESTIONS_PER_TRAINING_TOWN = 3  # each training town is seen this rarely: reading beats memorising
+PASSAGES = 1  # the quickstart evaluates with --k 1; training prompts are built the same way
+
+ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th",
+          "h", "w", "gr", "pl", "sk"]
+VOWELS = ["a", "e", "i", "o", "u", "ae", "ou", "ei", "ia"]
+CODAS = ["n", "r", "l", "s", "th", "nd", "rk", "lt", "m", "x", "sk", "ff"]
+FIRST_NAMES = ["Edda", "Tomas", "Ilse", "Marek", "Odile", "Bram", "Greta", "Anselm", "Livia", "Corin", "Hedda",
+               "Piet", "Ysolde", "Rurik", "Maud", "Casimir", "Ottilie", "Leofric", "Saskia", "Bertil", "Wenna",
+               "Joris", "Agathe", "Emeric"]
 EXPORTS = ["copper", "saffron", "wool", "glassware", "cider", "slate", "honey", "rope", "paper", "cheese",
-           "timber", "salt"]
-LANDMARKS = ["Glass Bridge", "Iron Lighthouse", "Clock of Nine Bells", "Amber Gate", "Salt Cathedral",
-             "Hanging Garden", "Bronze Stair", "Owl Tower", "Moon Fountain", "Stone Orchard", "Red Mill",
-             "Whispering Arch"]
-FIRST = ["Edda", "Tomas", "Ilse", "Marek", "Odile", "Bram", "Greta", "Anselm", "Livia", "Corin", "Hedda", "Piet"]
-LAST = ["Morrow", "Quill", "Harrow", "Voss", "Fenwick", "Aldane", "Brisk", "Coyle", "Dunmore", "Elsing",
-        "Garrow", "Holt"]
+           "timber", "salt", "linen", "pottery", "tin", "amber", "barley", "lace", "indigo", "soap", "candles",
+           "leather", "pewter", "walnuts", "herring", "marble", "silk", "clocks", "bells", "ink"]
+LANDMARK_ADJECTIVES = ["Glass", "Iron", "Amber", "Salt", "Bronze", "Moon", "Stone", "Red", "Whispering", "Silver",
+                       "Crooked", "Sunken", "Golden", "Weeping", "Painted", "Hollow"]
+LANDMARK_NOUNS = ["Bridge", "Lighthouse", "Gate", "Cathedral", "Garden", "Stair", "Tower", "Fountain", "Orchard",
+                  "Mill", "Arch", "Well", "Market", "Chapel", "Clock", "Obelisk"]
+FIELDS = ("year", "river", "founder", "export", "landmark", "population")
+
+# Three wordings of each question; `questions.jsonl` uses the first, `questions_reworded.jsonl` the second
+# or third (alternating), grounded training all three (on other towns).
+PHRASINGS = {
+    "year": ["In which year was the town of {town} founded?", "When was {town} founded?",
+             "What year was {town} founded in?"],
+    "river": ["Which river flows past the town of {town}?", "On which river does {town} lie?",
+              "What river runs through {town}?"],
+    "founder": ["Who founded the town of {town}?", "Who was {town} founded by?", "By whom was {town} founded?"],
+    "export": ["What is the main export of the town of {town}?", "What does {town} chiefly export?",
+               "Which goods are the main export of {town}?"],
+    "landmark": ["What is the best-known landmark of the town of {town}?", "What is {town}'s best-known landmark?",
+                 "Which landmark is {town} known for?"],
+    "population": ["What is the population of the town of {town}?", "How large is the population of {town}?",
+                   "What population does {town} have?"],
+}
 
 
-def name(rng: random.Random, syllables: int) -> str:
+# ---- invented towns --------------------------------------------------------------------------------
+def invented_word(rng: random.Random, syllables: int) -> str:
     word = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(syllables)) + rng.choice(CODAS)
     return word.capitalize()
 
 
-def make_towns(rng: random.Random) -> list[dict]:
-    towns, seen = [], set()
-    exports, landmarks = rng.sample(EXPORTS, N_TOWNS), rng.sample(LANDMARKS, N_TOWNS)
-    firsts, lasts = rng.sample(FIRST, N_TOWNS), rng.sample(LAST, N_TOWNS)
-    years = rng.sample(range(1210, 1890), N_TOWNS)
-    while len(towns) < N_TOWNS:
-        town, river = name(rng, 2), name(rng, 1)
-        if town in seen or river in seen:
-            continue
-        seen.update((town, river))
-        i = len(towns)
-        towns.append({"town": town, "river": river, "export": exports[i], "landmark": landmarks[i],
-                      "founder": f"{firsts[i]} {lasts[i]}", "year": str(years[i]),
-                      "population": str(rng.randrange(2, 90) * 1000 + rng.randrange(1, 999))})
+def fact_value(rng: random.Random, field: str, names: "NamePool") -> str:
+    """One invented value of `field`'s kind."""
+    if field == "year":
+        return str(rng.randrange(1100, 1900))
+    if field == "river":
+        return names.new(rng, rng.choice((1, 2)))
+    if field == "founder":
+        return f"{rng.choice(FIRST_NAMES)} {names.new(rng, 2)}"
+    if field == "export":
+        return rng.choice(EXPORTS)
+    if field == "landmark":
+        return f"{rng.choice(LANDMARK_ADJECTIVES)} {rng.choice(LANDMARK_NOUNS)}"
+    return str(rng.randrange(1000, 99000))
+
+
+class NamePool:
+    """Invented words never handed out twice, so a town's name is in its own document only and
+    retrieval by name finds exactly that document."""
+
+    def __init__(self):
+        self.taken: set[str] = set()
+
+    def new(self, rng: random.Random, syllables: int) -> str:
+        while True:
+            word = invented_word(rng, syllables)
+            if word not in self.taken:
+                self.taken.add(word)
+                return word
+
+
+def make_towns(rng: random.Random, n: int, names: NamePool) -> list[dict]:
+    towns = []
+    for _ in range(n):
+        town = {"town": names.new(rng, rng.choice((2, 2, 3)))}
+        town.update({field: fact_value(rng, field, names) for field in FIELDS})
+        towns.append(town)
     return towns
 
 
-def make_training_towns(rng: random.Random, n: int, taken: set[str]) -> list[dict]:
-    """Other invented towns, disjoint from the evaluation towns, to teach reading retrieved passages."""
-    towns, seen = [], set(taken)
-    while len(towns) < n:
-        town, river = name(rng, 2), name(rng, 1)
-        if town in seen or river in seen:
-            continue
-        seen.update((town, river))
-        towns.append({"town": town, "river": river, "export": rng.choice(EXPORTS),
-                      "landmark": rng.choice(LANDMARKS), "founder": f"{rng.choice(FIRST)} {rng.choice(LAST)}",
-                      "year": str(rng.randrange(1210, 1890)),
-                      "population": str(rng.randrange(2, 90) * 1000 + rng.randrange(1, 999))})
-    return towns
+def source_name(town: dict) -> str:
+    return f"{town['town'].lower()}.md"
 
 
-def grounded_chats(towns: list[dict], passages: int) -> list[dict]:
-    """SFT chats whose user turn is exactly what `foundry eval/generate/serve --index` build (the same
-    `grounded_prompt` over an index of these towns' documents) and whose answer copies the fact and cites
-    its source, so a model learns to answer from the passages it is given."""
-    import tempfile
+def document(t: dict) -> str:
+    """Three short paragraphs of two facts each, so a retrieved passage (a paragraph) is short and a
+    training example fits twice in a 256-token row. Each paragraph repeats the town's name and holds the
+    words its questions ask with ("founded", "river", "export", "landmark", "population"), so BM25 finds
+    the paragraph with the answer; no paragraph says "town", which every question says, and none names
+    the town twice (that would outweigh the question's other words)."""
+    town = t["town"]
+    return (f"{town} was founded in {t['year']} by {t['founder']}, who chose its site.\n\n"
+            f"{town} lies on the river {t['river']}, and its main export is {t['export']}.\n\n"
+            f"The best-known landmark of {town} is the {t['landmark']}; its population is {t['population']}.\n")
 
+
+# ---- questions -------------------------------------------------------------------------------------
+def starts_with(value: str) -> dict:
+    """The answer must begin with the fact (leading spaces aside), and the fact must end there."""
+    return {"type": "regex", "pattern": rf"^\s*{re.escape(value)}(?![\w])"}
+
+
+def question(t: dict, field: str, phrasing: int, qid: str) -> dict:
+    return {"id": qid, "prompt": PHRASINGS[field][phrasing].format(town=t["town"]),
+            "checker": starts_with(t[field])}
+
+
+def asked_field(i: int) -> str:
+    return FIELDS[i % len(FIELDS)]
+
+
+def multiple_choice(towns: list[dict], rows: list[dict], rng: random.Random) -> list[dict]:
+    """The questions as log-likelihood multiple choice: the true fact against three of the same kind from
+    other towns, so closed-book is at chance (0.25) and only the passage can lift it."""
+    out = []
+    for i, (t, row) in enumerate(zip(towns, rows)):
+        field = asked_field(i)
+        others = rng.sample(sorted({o[field] for o in towns if o[field] != t[field]}), 3)
+        choices = others + [t[field]]
+        rng.shuffle(choices)
+        out.append({"id": row["id"], "context": row["prompt"], "choices": [f" {c}" for c in choices],
+                    "answer": choices.index(t[field])})
+    return out
+
+
+def changed_towns(towns: list[dict], rng: random.Random, names: NamePool) -> list[dict]:
+    """Each town with its asked fact replaced by another invented value of the same kind."""
+    changed = []
+    for i, t in enumerate(towns):
+        field = asked_field(i)
+        new = t[field]
+        while new == t[field] or re.search(rf"(?<![\w]){re.escape(new)}(?![\w])", document(t)):
+            new = fact_value(rng, field, names)
+        changed.append({**t, field: new})
+    return changed
+
+
+# ---- chats -----------------------------------------------------------------------------------------
+def grounded_answer(value: str, source: str) -> str:
+    return f" {value} [{source}]"  # leading space: see the module docstring
+
+
+def grounded_chats(towns: list[dict], rng: random.Random) -> list[dict]:
+    """SFT chats whose user turn is exactly what `foundry eval --index --k 1` builds (the same
+    `grounded_prompt` over an index of these towns' documents) and whose answer copies the fact from the
+    passage and cites its source. Each town is asked QUESTIONS_PER_TRAINING_TOWN different facts."""
     from foundry.serve.retrieval import Index, collect_passages, grounded_prompt
 
     with tempfile.TemporaryDirectory() as tmp:
         for t in towns:
-            (Path(tmp) / f"{t['town'].lower()}.md").write_text(document(t), encoding="utf-8")
+            (Path(tmp) / source_name(t)).write_text(document(t), encoding="utf-8")
         index = Index.build(collect_passages(tmp))
-        chats = []
-        for t in towns:
-            for q in questions(t):
-                prompt = grounded_prompt(index, q["prompt"], passages)
-                answer = f"{q['checker']['values'][0]} [{t['town'].lower()}.md]"
-                chats.append({"messages": [{"role": "user", "content": prompt},
-                                           {"role": "assistant", "content": answer}]})
+    chats = []
+    for t in towns:
+        for field in rng.sample(FIELDS, QUESTIONS_PER_TRAINING_TOWN):
+            q = PHRASINGS[field][rng.randrange(len(PHRASINGS[field]))].format(town=t["town"])
+            prompt = grounded_prompt(index, q, PASSAGES)
+            # the right passage, or the example would teach making answers up
+            assert f"[{source_name(t)}] " in prompt and re.search(rf" {re.escape(t[field])}\b", prompt), (t, q)
+            chats.append({"messages": [{"role": "user", "content": prompt},
+                                       {"role": "assistant", "content": grounded_answer(t[field], source_name(t))}]})
+    rng.shuffle(chats)
     return chats
 
 
-def document(t: dict) -> str:
-    return (f"# {t['town']}\n\n"
-            f"{t['town']} is a market town on the banks of the river {t['river']}. It was founded in "
-            f"{t['year']} by the cartographer {t['founder']}, who drew the first map of the valley and "
-            f"chose the site for its ford.\n\n"
-            f"The main export of {t['town']} is {t['export']}, carried downstream on barges. The town's "
-            f"best-known landmark is the {t['landmark']}, and its population at the last census was "
-            f"{t['population']}.\n")
+def closed_book_chats(towns: list[dict], rows: list[dict]) -> list[dict]:
+    """The pitfall arm: the asked facts taught as plain question and answer (the questions' own wording)."""
+    return [{"messages": [{"role": "user", "content": row["prompt"]},
+                          {"role": "assistant", "content": f" {t[asked_field(i)]}"}]}
+            for i, (t, row) in enumerate(zip(towns, rows))]
 
 
-def questions(t: dict) -> list[dict]:
-    town = t["town"]
-    qa = [
-        (f"In which year was the town of {town} founded?", [t["year"]]),
-        (f"Which river flows past the town of {town}?", [t["river"]]),
-        (f"What is the main export of the town of {town}?", [t["export"]]),
-        (f"Who founded the town of {town}?", [t["founder"]]),
-        (f"What is the best-known landmark of the town of {town}?", [t["landmark"]]),
-    ]
-    return [{"id": f"{town.lower()}-{k}", "prompt": q, "checker": {"type": "include", "values": values}}
-            for k, (q, values) in enumerate(qa)]
+# ---- writing ---------------------------------------------------------------------------------------
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def multiple_choice(towns: list[dict], rng: random.Random) -> list[dict]:
-    """The same questions as log-likelihood multiple choice: the true fact against three of the same kind
-    from other towns, so closed-book is at chance (0.25) and only the passage can lift it."""
-    fields = ["year", "river", "export", "founder", "landmark"]
-    rows = []
+def write_docs(folder: Path, towns: list[dict]) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
     for t in towns:
-        for q, field_ in zip(questions(t), fields):
-            others = rng.sample([o[field_] for o in towns if o[field_] != t[field_]], 3)
-            choices = others + [t[field_]]
-            rng.shuffle(choices)
-            rows.append({"id": q["id"], "context": q["prompt"], "choices": [f" {c}" for c in choices],
-                         "answer": choices.index(t[field_])})
-    return rows
+        (folder / source_name(t)).write_text(document(t), encoding="utf-8")
 
 
 def main(out: Path) -> None:
-    rng = random.Random(SEED)
-    towns = make_towns(rng)
-    docs = out / "docs"
-    docs.mkdir(parents=True, exist_ok=True)
-    for t in towns:
-        (docs / f"{t['town'].lower()}.md").write_text(document(t), encoding="utf-8")
-    rows = [q for t in towns for q in questions(t)]
-    (out / "questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    mc = multiple_choice(towns, random.Random(SEED + 2))
-    (out / "questions_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc), encoding="utf-8")
-    taken = {t["town"] for t in towns} | {t["river"] for t in towns}
-    train = grounded_chats(make_training_towns(random.Random(SEED + 1), N_TRAINING_TOWNS, taken), passages=1)
-    (out / "grounded_train.jsonl").write_text("".join(json.dumps(c) + "\n" for c in train), encoding="utf-8")
+    names = NamePool()
+    towns = make_towns(random.Random(SEED), N_EVAL_TOWNS, names)
+    training_towns = make_towns(random.Random(SEED + 1), N_TRAINING_TOWNS, names)  # the pool keeps them disjoint
+    out.mkdir(parents=True, exist_ok=True)
+    write_docs(out / "docs", towns)
+    rows = [question(t, asked_field(i), 0, f"{t['town'].lower()}-{asked_field(i)}") for i, t in enumerate(towns)]
+    write_jsonl(out / "questions.jsonl", rows)
+    reworded = [question(t, asked_field(i), 1 + i % 2, f"{t['town'].lower()}-{asked_field(i)}-reworded")
+                for i, t in enumerate(towns)]
+    write_jsonl(out / "questions_reworded.jsonl", reworded)
+    mc = multiple_choice(towns, rows, random.Random(SEED + 2))
+    write_jsonl(out / "questions_mc.jsonl", mc)
+    changed = changed_towns(towns, random.Random(SEED + 3), names)
+    write_docs(out / "docs_changed", changed)
+    write_jsonl(out / "questions_changed.jsonl",
+                [question(t, asked_field(i), 0, f"{t['town'].lower()}-{asked_field(i)}-changed")
+                 for i, t in enumerate(changed)])
+    facts = closed_book_chats(towns, rows)
+    write_jsonl(out / "facts_sft.jsonl", facts)
+    train = grounded_chats(training_towns, random.Random(SEED + 4))
+    write_jsonl(out / "grounded_train.jsonl", train)
+    n = len(towns)
     source = {
         "name": "foundry fact set (invented towns)",
-        "source": "generated by scripts/make_fact_set.py (seed 7); every fact is invented",
+        "source": f"generated by scripts/make_fact_set.py (seed {SEED}); every town and fact is invented",
         "license": "CC0-1.0 (written for this project)",
-        "documents": f"{len(towns)} markdown files in docs/",
-        "questions": f"{len(rows)} generation tasks in questions.jsonl, "
-                     '{"id", "prompt", "checker": {"type": "include", "values": [...]}}',
-        "questions_mc": f"{len(mc)} multiple-choice tasks in questions_mc.jsonl (the same questions, four "
-                        "choices of the same kind, chance 0.25), {\"id\", \"context\", \"choices\", \"answer\"}",
-        "grounded_train": f"{len(train)} SFT chats in grounded_train.jsonl about {N_TRAINING_TOWNS} other invented "
-                          "towns (none shared with docs/): a retrieved passage and a question, answered from the "
-                          "passage with its source",
-        "purpose": "closed-book against grounded accuracy; no model can know these facts without retrieval",
+        "documents": f"{n} markdown files in docs/, one invented town each, three paragraphs of two facts",
+        "questions": f"{n} generation tasks in questions.jsonl, one per town, "
+                     '{"id", "prompt", "checker": {"type": "regex", "pattern": "^\\\\s*FACT"}} '
+                     "(the answer must start with the fact)",
+        "questions_reworded": f"{n} generation tasks: the same facts asked in other words",
+        "questions_mc": f"{len(mc)} multiple-choice tasks (the questions with four choices of the same kind, "
+                        'chance 0.25), {"id", "context", "choices", "answer"}',
+        "docs_changed": f"{n} documents: docs/ with the asked fact of each town changed",
+        "questions_changed": f"{n} generation tasks: the questions, expecting the changed fact of docs_changed/",
+        "facts_sft": f"{len(facts)} closed-book SFT chats teaching the asked facts (the post-training arm)",
+        "grounded_train": f"{len(train)} SFT chats about {N_TRAINING_TOWNS} other invented towns (none in docs/), "
+                          f"{QUESTIONS_PER_TRAINING_TOWN} questions each: the top retrieved passage "
+                          f"(grounded_prompt, k={PASSAGES}) and a question, answered by copying the fact with "
+                          "its source",
+        "purpose": "closed-book against grounded accuracy, and grounding against post-training for facts",
     }
     (out / "SOURCE.yaml").write_text(yaml.safe_dump(source, sort_keys=False, width=110), encoding="utf-8")
-    print(f"wrote {len(towns)} documents and {len(rows)} questions to {out}")
+    print(f"wrote {n} documents, {n} questions (+ reworded, changed, mc), {len(facts)} fact chats and "
+          f"{len(train)} grounded training chats to {out}")
 
 
 if __name__ == "__main__":

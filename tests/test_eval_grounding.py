@@ -54,7 +54,7 @@ def test_mc_fact_set_is_answerable_only_from_the_documents():
 
     task = load_task(FACTS / "questions_mc.jsonl")
     index = Index.build(collect_passages(FACTS / "docs"))
-    assert len(task.items) == 50
+    assert len(task.items) == len(load_task(FACTS / "questions.jsonl").items) >= 50
     for item in task.items:
         assert len(set(item.choices)) == 4
         right, wrong = item.choices[item.answer].strip(), [c.strip() for i, c in enumerate(item.choices)
