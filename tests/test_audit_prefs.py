@@ -89,6 +89,32 @@ def test_cli_writes_the_audit_as_json(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and out.read_text() == "precious\n"
 
 
+def test_model_flags_the_pairs_it_confidently_reverses(tmp_path, monkeypatch, capsys):
+    """With --model, a flipped pair (one prompt, so no structural check can see it) is flagged when the
+    model scores the rejected answer well above the chosen one; a small disagreement is not."""
+    import foundry.eval.harness as harness
+    from foundry.checkpoints import save_checkpoint
+    from _eval_models import fresh_model, tokenizer
+
+    pairs = [GOOD[1], GOOD[3], {"prompt": "Which book follows Genesis?", "chosen": "Leviticus", "rejected": "Exodus"}]
+    src = write_jsonl(tmp_path / "prefs.jsonl", pairs)
+    save_checkpoint(tmp_path / "m", fresh_model(0), tokenizer())
+    margins = {"1": 0.5, "2": -0.4, "3": -6.0}  # line -> log p(chosen) - log p(rejected)
+
+    def fake_scores(model, tok, items, batch_size=16):
+        return {"scores": {"margin": [margins[i.id] for i in items]}}
+
+    monkeypatch.setattr(harness, "score_preferences", fake_scores)
+    out = tmp_path / "audit.json"
+    assert cli(["audit", "prefs", str(src), "--model", str(tmp_path / "m"), "--out", str(out)]) == 0
+    audit = json.loads(out.read_text())
+    assert audit["flags"] == {"3": ["model_disagrees"]} and audit["counts"]["model_disagrees"] == 1
+    assert "model disagrees" in capsys.readouterr().out
+    assert cli(["audit", "prefs", str(src), "--model", str(tmp_path / "m"), "--disagree-margin", "0.1",
+                "--out", str(out), "--overwrite"]) == 0
+    assert sorted(json.loads(out.read_text())["flags"]) == ["2", "3"]
+
+
 @pytest.mark.parametrize("record,needle", [
     ({"prompt": "p", "rejected": "r"}, "missing 'chosen'"),
     ({"prompt": "p", "chosen": "c"}, "missing 'rejected'"),

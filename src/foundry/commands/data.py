@@ -122,13 +122,31 @@ def audit_prefs_main(argv: list[str]) -> int:
     p.add_argument("--report", metavar="JSON", help="where --fix writes its report (default OUT.report.json)")
     p.add_argument("--json", action="store_true", help="print the audit as JSON instead of a table")
     p.add_argument("--out", metavar="JSON", help="also write the audit (counts, length bias, flagged lines) here")
+    p.add_argument("--model", metavar="CKPT", help="also flag pairs this model confidently reverses (give it a model "
+                                                  "trained on the file, e.g. its DPO run): the likely flipped labels")
+    p.add_argument("--disagree-margin", type=float, default=1.0, metavar="NATS",
+                   help="with --model: flag when log p(rejected) exceeds log p(chosen) by more than this")
+    p.add_argument("--device", default="auto", help="with --model: auto | cpu | cuda | cuda:N")
     p.add_argument("--overwrite", action="store_true", help="let --fix and --out replace existing output files")
     args = p.parse_args(argv)
     if args.out and Path(args.out).exists() and not args.overwrite:
         raise DataError(f"{args.out}: already exists; pass --overwrite to replace it")
 
+    if args.disagree_margin < 0:
+        raise DataError(f"--disagree-margin must be >= 0, got {args.disagree_margin}")
     pairs = read_preferences(args.file, allow_empty=True)
     result = audit_pairs(pairs)
+    if args.model:
+        from foundry.checkpoints import load_model, pick_device
+        from foundry.data.prefs import add_model_flags
+        from foundry.eval.harness import score_preferences
+        from foundry.eval.tasks import PrefItem
+
+        model, tokenizer = load_model(args.model, device=pick_device(args.device))
+        scorable = [p for p in pairs if p.chosen.strip() and p.rejected.strip()]
+        scored = score_preferences(model, tokenizer, [PrefItem(p.messages, p.chosen, p.rejected, str(p.line))
+                                                      for p in scorable])
+        add_model_flags(result, {p.line: m for p, m in zip(scorable, scored["scores"]["margin"])}, args.disagree_margin)
     as_json = {"kind": "foundry.audit", "input": str(args.file), **result,
                "flags": {str(k): v for k, v in result["flags"].items()}}
     if args.json:

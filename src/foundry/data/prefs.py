@@ -148,8 +148,23 @@ def audit_pairs(pairs: list[PreferencePair]) -> dict:
     return {"records": len(pairs), "flags": flags, "counts": counts, "length_bias": length_bias}
 
 
+def add_model_flags(result: dict, margins: dict[int, float], threshold: float) -> dict:
+    """Flag the pairs a model reverses with confidence: log p(chosen) - log p(rejected) below -threshold nats.
+
+    A flipped label is invisible to the checks above when each prompt appears once; a model trained on
+    the file (or another judge) learns what most pairs agree on, so the pairs it confidently reverses are
+    the likely mislabels (the small-loss idea of noisy-label learning, e.g. Han et al. 2018, "Co-teaching").
+    """
+    for line, margin in margins.items():
+        if margin < -threshold:
+            result["flags"].setdefault(line, []).append("model_disagrees")
+    result["counts"]["model_disagrees"] = sum("model_disagrees" in v for v in result["flags"].values())
+    result["model_margin_threshold"] = threshold
+    return result
+
+
 def format_table(result: dict, path) -> str:
-    rows = [("check", "records")] + [(c.replace("_", " "), str(result["counts"][c])) for c in CHECKS]
+    rows = [("check", "records")] + [(c.replace("_", " "), str(n)) for c, n in result["counts"].items()]
     lb = result["length_bias"]
     rows += [("chosen is longer (share)", f"{lb['chosen_longer_share']:.3f}"),
              ("length-only rule accuracy", f"{lb['length_rule_accuracy']:.3f}"),
