@@ -253,9 +253,25 @@ def test_run_record_is_created_when_the_run_starts(experiment):
     root, runs = experiment
     created = calendar.timegm(time.strptime(runs["replay"]["created"], "%Y-%m-%dT%H:%M:%SZ"))
     started = (root / "replay" / "config.yaml").stat().st_mtime  # written as the run directory opens
-    finished = (root / "replay" / "run.json").stat().st_mtime
-    assert finished - started > 1  # the run lasted long enough for the test to tell start from end
     assert started - 1 <= created <= started
+
+
+def test_run_record_keeps_its_start_time_through_every_write(tmp_path, monkeypatch):
+    """`created` is taken once, when the record is made (the run's start), never at a later write; a
+    resumed run keeps the `created` of the run it continues. A fake clock makes this independent of how
+    fast the machine is."""
+    import foundry.utils.io as io
+
+    clock = iter(f"2026-01-01T00:00:0{i}Z" for i in range(10))
+    monkeypatch.setattr(io, "utc_now", lambda: next(clock))
+    record = io.RunRecord(tmp_path, "continue", {"x": 1})
+    record.write({"status": "running"})
+    record.write({"status": "finished"})
+    assert json.loads((tmp_path / "run.json").read_text())["created"] == "2026-01-01T00:00:00Z"
+    resumed = io.RunRecord(tmp_path, "continue", {"x": 1}, resume=True)
+    resumed.write({"status": "finished"})
+    assert json.loads((tmp_path / "run.json").read_text())["created"] == "2026-01-01T00:00:00Z"
+    assert io.RunRecord(tmp_path, "continue", {"x": 1}).created != "2026-01-01T00:00:00Z"  # a new run starts anew
 
 
 def test_resume_after_a_crash_reproduces_the_run(experiment, base, tmp_path, capsys):
