@@ -10,7 +10,7 @@ import torch
 from foundry.cli import main as cli
 from foundry.data.tokenizer import Tokenizer
 from foundry.errors import CheckpointError
-from foundry.model.hf import import_hf
+from foundry.checkpoints import import_hf
 from foundry.serve.generate import generate
 from foundry.checkpoints import load_model
 

@@ -323,6 +323,20 @@ class StartingModel:
     kind: str  # "foundry" | "huggingface"
 
 
+def import_hf(hf_dir, max_seq_len: int | None = None):
+    """A local transformers checkpoint directory -> (Llama in float32, Tokenizer): the weights through
+    `foundry.model.hf`, the tokenizer with its special tokens mapped to foundry's roles."""
+    from foundry.data.tokenizer import Tokenizer
+    from foundry.model.hf import DEFAULT_MAX_SEQ_LEN, import_hf_model
+
+    model, text, special = import_hf_model(hf_dir, max_seq_len or DEFAULT_MAX_SEQ_LEN)
+    tokenizer = Tokenizer.from_foreign(text, special)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"{Path(hf_dir) / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but "
+                              f"the model's embedding only {model.config.vocab_size}")
+    return model, tokenizer
+
+
 def load_start(path, device="cpu") -> StartingModel:
     """The model a stage starts from: a foundry checkpoint, a run directory (its `best`, else its latest
     valid checkpoint) or an imported Hugging Face directory. Anything else is a one-line CheckpointError."""
@@ -336,8 +350,6 @@ def load_start(path, device="cpu") -> StartingModel:
         model, tokenizer = load_model(resolved, device=device)
         return StartingModel(model, tokenizer, resolved, "foundry")
     if (path / "config.json").is_file():
-        from foundry.model.hf import import_hf
-
         model, tokenizer = import_hf(path)
         return StartingModel(model.to(device), tokenizer, path, "huggingface")
     raise CheckpointError(f"{path}: not a foundry checkpoint (no model_config.json), run directory (no "

@@ -30,7 +30,8 @@ def export_main(argv: list[str]) -> int:
 
 def import_main(argv: list[str]) -> int:
     from foundry.checkpoints import save_checkpoint
-    from foundry.model.hf import DEFAULT_MAX_SEQ_LEN, import_hf
+    from foundry.checkpoints import import_hf
+    from foundry.model.hf import DEFAULT_MAX_SEQ_LEN
     from foundry.utils.io import read_json
 
     p = make_parser("import")

@@ -238,10 +238,10 @@ def foreign_special_tokens(hf_dir: Path, cfg: dict, tokenizer_json: str) -> dict
     return mapping
 
 
-def import_hf(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
-    """Read a local transformers checkpoint directory -> (Llama in float32, Tokenizer)."""
-    from foundry.data.tokenizer import Tokenizer
-
+def import_hf_model(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
+    """Read a local transformers checkpoint directory -> (Llama in float32, tokenizer.json text, its special
+    tokens by foundry role). The tokenizer object is built by the checkpoint store
+    (`foundry.checkpoints.import_hf`), so the model needs no data code."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise CheckpointError(f"{hf_dir}: not a directory")
@@ -291,8 +291,4 @@ def import_hf(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
         raise
     except Exception as exc:  # UnicodeDecodeError, or tokenizers' bare Exception on malformed JSON
         raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
-    tokenizer = Tokenizer.from_foreign(text, special)
-    if tokenizer.vocab_size > config.vocab_size:
-        raise CheckpointError(f"{tok_path}: tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                              f"embedding only {config.vocab_size}")
-    return model, tokenizer
+    return model, text, special
