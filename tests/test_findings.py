@@ -10,7 +10,7 @@ from foundry.cli import main as cli
 from foundry.errors import ConfigError
 from foundry.eval.findings import CONTRADICTED, HOLDS, NOT_MEASURED, NOT_SHOWN, Claim, evaluate_claim
 from foundry.eval.harness import score_preferences
-from foundry.eval.stats import mean_ci
+from foundry.eval.stats import mean_ci, paired_proportions_ci
 from foundry.eval.tasks import PrefItem, load_task
 
 
@@ -36,7 +36,9 @@ def test_paired_effect_interval_and_verdicts(tmp_path):
     f = evaluate_claim(_claim(better=["grounded@grounded_acc"], than=["other"]), tmp_path)
     expected = mean_ci([x - y for x, y in zip(a, b)])
     assert f["verdict"] == HOLDS and f["paired"] and f["n"] == 30
-    assert f["effect"] == pytest.approx(expected["mean"]) and f["ci_low"] == pytest.approx(expected["ci_low"])
+    # Right/wrong scores, one arm a side: the Agresti-Min interval for matched proportions.
+    assert f["effect"] == pytest.approx(expected["mean"])
+    assert (f["ci_low"], f["ci_high"]) == pytest.approx(paired_proportions_ci(a, b))
     assert f["arm_means"] == {"better": [pytest.approx(0.8)], "than": [pytest.approx(0.2)]}
     # The same comparison the other way round is contradicted; a model against itself shows nothing.
     assert evaluate_claim(_claim(better=["other"], than=["grounded@grounded_acc"]), tmp_path)["verdict"] == CONTRADICTED
@@ -46,6 +48,21 @@ def test_paired_effect_interval_and_verdicts(tmp_path):
     assert cost["verdict"] == "a cost" and cost["effect"] < 0
     assert evaluate_claim(_claim(better=["grounded@grounded_acc"], than=["other"], cost=True), tmp_path)["verdict"] == "a gain"
     assert evaluate_claim(_claim(better=["other"], than=["grounded"], cost=True), tmp_path)["verdict"] == "no cost shown"
+
+
+def test_all_or_nothing_comparison_keeps_a_real_interval():
+    # 60 of 60 against 0 of 60: every difference is 1, so the t interval is the point [1, 1]; the
+    # matched-proportions interval (Agresti & Min 2005) is not.
+    low, high = paired_proportions_ci([1.0] * 60, [0.0] * 60)
+    assert 0.85 < low < 0.95 and high == 1.0
+    t = mean_ci([1.0] * 60)
+    assert t["ci_low"] == t["ci_high"] == 1.0
+    # No difference at all: a symmetric interval around zero; an interval always holds the observed effect.
+    low, high = paired_proportions_ci([1.0, 0.0] * 30, [1.0, 0.0] * 30)
+    assert low == pytest.approx(-high) and low < 0 < high
+    a, b = [1.0] * 20 + [0.0] * 40, [1.0] * 5 + [0.0] * 55
+    low, high = paired_proportions_ci(a, b)
+    assert low < 0.25 < high
 
 
 def test_bits_per_byte_points_down_and_globs_average_seeds(tmp_path):

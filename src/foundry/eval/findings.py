@@ -19,7 +19,9 @@ the contrast (a0 - a1) - (b0 - b1): "b falls less than a".
 
 The effect is measured in the direction of improvement (accuracy up; bits per byte down), per item
 where the arms share their items (same task, or the same validation windows under one tokenizer), and
-its interval is the Student-t interval of those paired differences (`foundry.eval.stats.mean_ci`).
+its interval is the Student-t interval of those paired differences (`foundry.eval.stats.mean_ci`); a
+plain one-against-one comparison of right/wrong scores uses the Agresti-Min interval for matched
+proportions instead (`paired_proportions_ci`), which stays honest when every pair differs the same way.
 Arms without shared items fall back to an unpaired interval (each side's standard errors added in
 quadrature, normal quantile). Verdict: *holds* when the whole interval shows an improvement,
 *contradicted* when the whole interval shows the opposite, else *not shown at this scale*.
@@ -40,7 +42,7 @@ from pydantic import Field
 
 from foundry.config import StrictModel
 from foundry.errors import ConfigError
-from foundry.eval.stats import mean_ci
+from foundry.eval.stats import mean_ci, paired_proportions_ci
 
 HOLDS, CONTRADICTED, NOT_SHOWN, NOT_MEASURED = "holds", "contradicted", "not shown at this scale", "not measured"
 COST_VERDICTS = {HOLDS: "a gain", CONTRADICTED: "a cost", NOT_SHOWN: "no cost shown"}
@@ -131,6 +133,9 @@ def evaluate_claim(claim: Claim, run_dir: Path) -> dict:
                  for v in zip(*sides[0], *sides[1])]
         ci = mean_ci(diffs)
         effect, low, high, n, paired = ci["mean"], ci["ci_low"], ci["ci_high"], ci["n"], True
+        binary = all(v in (0.0, 1.0) for side in sides for s in side for v in s)
+        if binary and len(sides[0]) == len(sides[1]) == 1 and n > 1:
+            low, high = paired_proportions_ci(sides[0][0], sides[1][0])
     else:
         effect = sign * (sum(out["arm_means"]["better"]) - sum(out["arm_means"]["than"]))
         variance = sum(mean_ci(s)["std"] ** 2 / len(s) for side in sides for s in side if len(s) > 1)
