@@ -79,8 +79,10 @@ def read_preferences(path: str | Path, allow_empty: bool = False) -> list[Prefer
     return pairs
 
 
-def encode_preference(tokenizer, messages: list[dict], chosen: str, rejected: str) -> tuple[list[int], list[int], list[int]]:
-    """(prompt_ids, chosen_ids, rejected_ids) through the one chat template; each completion ends in `<|end|>`."""
+def encode_preference(tokenizer, messages: list[dict], chosen: str, rejected: str,
+                      where: str = "preference pair") -> tuple[list[int], list[int], list[int]]:
+    """(prompt_ids, chosen_ids, rejected_ids) through the one chat template; each completion ends in `<|end|>`.
+    Shared by DPO's training rows and evaluation's preference accuracy, so both score the same tokens."""
     from foundry.data.chat import render_chat
 
     prompt, _ = render_chat(tokenizer, messages, add_generation_prompt=True)
@@ -89,7 +91,8 @@ def encode_preference(tokenizer, messages: list[dict], chosen: str, rejected: st
         full, mask = render_chat(tokenizer, messages + [{"role": "assistant", "content": text}])
         # the template puts a special token at every boundary, so the prompt is a prefix of the whole
         if full[:len(prompt)] != prompt or not all(mask[len(prompt):]):
-            raise DataError(f"the chat template rendered a prompt that is not a prefix of its conversation: {messages!r}")
+            raise DataError(f"{where}: the prompt does not render as a prefix of prompt + completion; check the "
+                            "chat template in the tokenizer")
         completions.append(full[len(prompt):])
     return prompt, completions[0], completions[1]
 

@@ -131,7 +131,7 @@ def score_preferences(model, tokenizer, items: list[PrefItem], batch_size: int =
 
     requests = []
     for item in items:
-        prompt, chosen, rejected = encode_preference(tokenizer, item.messages, item.chosen, item.rejected)
+        prompt, chosen, rejected = encode_preference(tokenizer, item.messages, item.chosen, item.rejected, item.id)
         requests += [(prompt, chosen), (prompt, rejected)]
     lls = loglikelihoods(model, requests, batch_size)
     margins = [lls[2 * i] - lls[2 * i + 1] for i in range(len(items))]
@@ -152,19 +152,13 @@ def prompt_ids(tokenizer, prompt: str, chat: bool = True) -> list[int]:
     return [tokenizer.eos_id] + tokenizer.encode(prompt)
 
 
-def fit_prompt(ids: list[int], max_seq_len: int, max_new_tokens: int) -> list[int]:
-    """The end of a prompt that leaves room for `max_new_tokens` in the context (at least half the context
-    is kept for the prompt when the answer alone would fill it)."""
-    room = max_seq_len - max_new_tokens
-    return ids[-room:] if room > 0 else ids[-(max_seq_len // 2):]
-
-
 def greedy_answers(model, tokenizer, prompts: list[str], chat: list[bool], max_new_tokens: int = 64) -> list[str]:
     """Greedy answers to many prompts, decoded together in batches by the serving engine (the same tokens
     as one prompt at a time)."""
+    from foundry.serve.engine import fit_prompt
     from foundry.serve.generate import generate_many
 
-    ids = [fit_prompt(prompt_ids(tokenizer, p, c), model.config.max_seq_len, max_new_tokens)
+    ids = [fit_prompt(prompt_ids(tokenizer, p, c), model.config.max_seq_len, tokenizer.eos_id, max_new_tokens)
            for p, c in zip(prompts, chat)]
     outs = generate_many(model, tokenizer, ids, max_new_tokens=max_new_tokens, temperature=0)
     return [tokenizer.decode(out, skip_special=True) for out in outs]

@@ -69,10 +69,12 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def fit_prompt(prompt_ids: list[int], context: int, eos_id: int) -> list[int]:
-    """A prompt that leaves room for one new token: its last `context - 1` tokens; an empty prompt starts a
-    document (eos)."""
-    return list(prompt_ids)[-(context - 1):] or [eos_id]
+def fit_prompt(prompt_ids: list[int], context: int, eos_id: int, reserve: int = 1) -> list[int]:
+    """The end of a prompt that leaves `reserve` tokens of the context for the answer (at least half the
+    context is kept for the prompt when the answer alone would fill it); an empty prompt starts a
+    document (eos). The one prompt-fitting rule of generation, evaluation and the bake-off."""
+    keep = context - reserve if context > reserve else context // 2
+    return list(prompt_ids)[-max(1, keep):] or [eos_id]
 
 
 @dataclass(eq=False)

@@ -26,7 +26,6 @@ import torch
 from pydantic import Field
 
 from foundry.config import TrainConfig
-from foundry.errors import DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
 from foundry.train.preference import preference_loss, sequence_logps
@@ -92,22 +91,13 @@ def fit_pair(prompt: list[int], chosen: list[int], rejected: list[int], block_si
 
 
 def encode_pairs(tokenizer, pairs, block_size: int) -> tuple[list[tuple[list[int], list[int], list[int]]], PairStats]:
-    """(prompt_ids, chosen_ids, rejected_ids) per pair, via the one chat template."""
-    from foundry.data.chat import render_chat
+    """(prompt_ids, chosen_ids, rejected_ids) per pair, via the one chat template, fitted to `block_size`."""
+    from foundry.data.prefs import encode_preference
 
     stats = PairStats()
-    encoded = []
-    for p in pairs:
-        prompt, _ = render_chat(tokenizer, p.messages, add_generation_prompt=True)
-        completions = []
-        for text in (p.chosen, p.rejected):
-            full, mask = render_chat(tokenizer, p.messages + [{"role": "assistant", "content": text}])
-            # the template puts a special token at every boundary, so the prompt is a prefix of the whole
-            if full[:len(prompt)] != prompt or not all(mask[len(prompt):]):
-                raise DataError(f"preference pair {len(encoded) + 1}: the prompt does not render as a prefix of "
-                                "prompt + completion; check the chat template in the tokenizer")
-            completions.append(full[len(prompt):])
-        encoded.append(fit_pair(prompt, completions[0], completions[1], block_size, stats))
+    encoded = [fit_pair(*encode_preference(tokenizer, p.messages, p.chosen, p.rejected, f"preference pair {i}"),
+                        block_size, stats)
+               for i, p in enumerate(pairs, 1)]
     return encoded, stats
 
 

@@ -124,13 +124,14 @@ def generate_outputs(cfg: BakeoffConfig, models: list[ModelEntry], prompts: list
     import torch
 
     from foundry.checkpoints import load_model
-    from foundry.eval.harness import fit_prompt
+    from foundry.serve.engine import fit_prompt
     from foundry.serve.generate import generate_many
 
     outputs, usage = [], {}
     for m in models:
         model, tokenizer = load_model(m.path, device=device)
-        ids = [fit_prompt(_prompt_ids(tokenizer, p, cfg.chat), model.config.max_seq_len, cfg.max_new_tokens)
+        ids = [fit_prompt(_prompt_ids(tokenizer, p, cfg.chat), model.config.max_seq_len, tokenizer.eos_id,
+                          cfg.max_new_tokens)
                for p in prompts]
         t0 = time.perf_counter()
         answers = generate_many(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
