@@ -115,3 +115,27 @@ def test_bad_preferences_one_line_nothing_written(tmp_path, workdir, capsys, rec
     err = capsys.readouterr().err
     assert err.startswith("foundry: error: ") and needle in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_completion_only_logps_match_full_logits_with_the_same_gradient():
+    """pair_logps projects only completion positions to the vocabulary; it must give the log-probs and the
+    gradient of scoring the full (2B, T, V) logits."""
+    from foundry.model.llama import Llama, config_from_preset
+    from foundry.train.preference import sequence_logps
+
+    torch.manual_seed(0)
+    model = Llama(config_from_preset("test"))
+    input_ids = torch.randint(0, 512, (4, 12))
+    targets = torch.full((4, 12), -100)
+    for row, start in enumerate([2, 5, 3, 9]):  # prompts of different lengths, then completions
+        targets[row, start:11] = input_ids[row, start + 1:12]
+    batch = {"input_ids": input_ids, "targets": targets}
+
+    chosen, rejected = pair_logps(model, batch)
+    grads_scored = torch.autograd.grad((chosen - rejected).sum(), list(model.parameters()))
+    full = sequence_logps(model(input_ids), targets)  # the (B, T, V) way
+    grads_full = torch.autograd.grad((full[:2] - full[2:]).sum(), list(model.parameters()))
+
+    torch.testing.assert_close(torch.cat([chosen, rejected]), full, rtol=0, atol=1e-5)
+    for a, b in zip(grads_scored, grads_full):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

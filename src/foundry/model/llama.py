@@ -333,8 +333,11 @@ class Llama(nn.Module):
         segment_ids: torch.Tensor | None = None,  # (B, T); tokens attend only within their segment
         kv_cache: KVCache | None = None,
         return_hidden: bool = False,
+        logits_at: torch.Tensor | None = None,  # (B, T) bool: project only these positions to the vocabulary
     ) -> torch.Tensor:
-        """Logits (B, T, vocab), or the final hidden states (B, T, n_embd) if `return_hidden`."""
+        """Logits (B, T, vocab); the final hidden states (B, T, n_embd) if `return_hidden`; or, given
+        `logits_at`, logits (n, vocab) of its n True positions in row-major order, so a loss over a few
+        positions (DPO's completion tokens) never computes the vocabulary projection of the rest."""
         B, T = input_ids.shape
         if isinstance(kv_cache, RaggedKVCache):  # each row at its own length: positions and mask per row
             position_ids, mask = kv_cache.prepare(B, T, input_ids.device)
@@ -351,7 +354,11 @@ class Llama(nn.Module):
         x = self.model.norm(x)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return x if return_hidden else self.lm_head(x)
+        if return_hidden:
+            return x
+        if logits_at is not None:
+            x = x[logits_at]  # (n, d)
+        return self.lm_head(x)
 
     @staticmethod
     def _attention_mask(B, T, past, segment_ids, device) -> torch.Tensor | None:

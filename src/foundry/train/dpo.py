@@ -28,7 +28,7 @@ from pydantic import Field
 from foundry.config import TrainConfig
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.train.preference import preference_loss, sequence_logps
+from foundry.train.preference import preference_loss, scored_logps
 from foundry.train.stage import FineTuneConfig, StageRunner
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -138,9 +138,11 @@ class PairBatches(ShuffledRows):
 # ---- the objective ---------------------------------------------------------------------------------------
 
 def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Policy log-probs of the chosen and rejected completions: one forward over all 2B rows."""
-    logits = model(batch["input_ids"])  # (2B, T, V)
-    logps = sequence_logps(logits, batch["targets"], average=average)  # (2B,)
+    """Policy log-probs of the chosen and rejected completions: one forward over all 2B rows, projecting
+    only the completion positions to the vocabulary (prompt logits are never materialised)."""
+    scored = batch["targets"] != IGNORE_INDEX  # (2B, T)
+    logits = model(batch["input_ids"], logits_at=scored)  # (n, V), n = completion tokens in the batch
+    logps = scored_logps(logits, batch["targets"], average=average)  # (2B,)
     B = logps.shape[0] // 2
     return logps[:B], logps[B:]
 

@@ -70,13 +70,21 @@ def preference_loss(name: str, policy_chosen, policy_rejected, ref_chosen, ref_r
 def sequence_logps(logits: torch.Tensor, targets: torch.Tensor, average: bool = False) -> torch.Tensor:
     """Summed (or per-token averaged) log-probability of the targets != -100 in each row.
 
-    logits (N, T, V), targets (N, T) -> (N,). Uses cross_entropy, which never materialises the (N, T, V)
-    log-softmax as a separate tensor for the backward pass.
+    logits (N, T, V), targets (N, T) -> (N,).
     """
-    N, T, V = logits.shape
-    token_logps = -F.cross_entropy(logits.reshape(N * T, V).float(), targets.reshape(N * T),
-                                   ignore_index=IGNORE_INDEX, reduction="none").view(N, T)  # (N, T), 0 where ignored
-    total = token_logps.sum(-1)  # (N,)
+    return scored_logps(logits[targets != IGNORE_INDEX], targets, average)
+
+
+def scored_logps(scored_logits: torch.Tensor, targets: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """`sequence_logps` from the logits of the scored positions only.
+
+    scored_logits (n, V) are the logits where targets (N, T) != -100, in row-major order (the model's
+    `logits_at`); -> (N,). Prompt positions never reach the vocabulary projection or the float32 upcast.
+    """
+    scored = targets != IGNORE_INDEX  # (N, T)
+    token_logps = -F.cross_entropy(scored_logits.float(), targets[scored], reduction="none")  # (n,)
+    rows = scored.nonzero(as_tuple=True)[0]  # (n,) the row of each scored token
+    total = token_logps.new_zeros(targets.shape[0]).index_add(0, rows, token_logps)  # (N,)
     if average:
-        total = total / (targets != IGNORE_INDEX).sum(-1).clamp(min=1)
+        total = total / scored.sum(-1).clamp(min=1)
     return total
