@@ -74,3 +74,33 @@ def test_export_cli_refuses_existing_target_unless_overwrite(tmp_path, capsys):
     assert cli(["export", str(ckpt), "--out", str(out), "--format", "hf", "--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     transformers.AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.parametrize("qk_norm,mlp_act,arch", [(True, "silu", "Qwen3ForCausalLM"),
+                                                  (False, "relu2", "LlamaForCausalLM"),
+                                                  (True, "relu2", "Qwen3ForCausalLM")])
+def test_recipe_options_export_to_a_transformers_class_and_back(tmp_path, qk_norm, mlp_act, arch):
+    """QK-norm exports as Qwen3 (its q_norm/k_norm), a squared-ReLU gate as `hidden_act: relu2`; logits
+    within 1e-4 of transformers', and `foundry import` reads the directory back to the same model."""
+    from foundry.checkpoints import load_model
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=2, qk_norm=qk_norm, mlp_act=mlp_act)
+    with torch.no_grad():  # norm gains away from 1, so a dropped or misplaced q/k norm would show
+        for name, p in model.named_parameters():
+            if "q_norm" in name or "k_norm" in name:
+                p.uniform_(0.5, 1.5)
+    out = export_hf(model, tok, tmp_path / "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == [arch] and cfg["hidden_act"] == mlp_act
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    assert type(hf).__name__ == arch
+    ids = torch.randint(0, tok.vocab_size, (2, 37), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(ids)
+    assert (ours - _hf_logits(hf, ids)).abs().max().item() < 1e-4
+    assert cli(["import", str(out), "--out", str(tmp_path / "back")]) == 0
+    back, _ = load_model(tmp_path / "back")
+    assert back.config.qk_norm == qk_norm and back.config.mlp_act == mlp_act
+    with torch.no_grad():
+        assert (back(ids) - ours).abs().max().item() < 1e-5

@@ -223,3 +223,29 @@ def test_early_stopping_without_a_validation_set_is_a_one_line_error(tmp_path):
         train(tiny_model(), NextTokenObjective(), FixedBatches([random_batch(gen, 2)]),
               cfg(max_steps=5, micro_batch_size=2, early_stop_patience=2), tmp_path / "run", None)
     assert not (tmp_path / "run").exists()
+
+
+def test_muon_overfits_one_batch_and_resumes_to_the_same_weights(tmp_path):
+    """`optimizer: muon` (hidden matrices on torch.optim.Muon, the rest on AdamW) trains, and its state
+    (momentum buffers of both optimisers) survives a checkpoint: 3 + 3 steps equal 6 uninterrupted."""
+    gen = torch.Generator().manual_seed(4)
+    batches = [random_batch(gen, 2) for _ in range(3)]
+    muon = dict(optimizer="muon", micro_batch_size=2, lr=2e-2)
+    whole = tiny_model()
+    train(whole, NextTokenObjective(), FixedBatches(batches), cfg(max_steps=6, **muon), tmp_path / "whole", None)
+    halves = tiny_model()
+    train(halves, NextTokenObjective(), FixedBatches(batches), cfg(max_steps=3, checkpoint_every=3, **muon),
+          tmp_path / "halves", None)
+    resumed = tiny_model(seed=9)  # different weights: the checkpoint must supply them
+    train(resumed, NextTokenObjective(), FixedBatches(batches), cfg(max_steps=6, **muon), tmp_path / "halves",
+          None, resume=True)
+    for a, b in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+    model = tiny_model()
+    result = train(model, NextTokenObjective(), FixedBatches(batches[:1]), cfg(max_steps=60, **muon),
+                   tmp_path / "overfit", None)
+    assert result["loss"] < 0.5
+    opt = build_optimizer(tiny_model(), cfg(**muon))
+    assert type(opt.optimizers[0]).__name__ == "Muon"
+    assert all(p.ndim == 2 for p in opt.optimizers[0].param_groups[0]["params"])

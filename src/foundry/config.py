@@ -43,6 +43,9 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(50, ge=0, description="steps of linear warm-up from 0 to lr")
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on norms, biases, embeddings)")
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="adamw, or muon for the attention and MLP matrices (AdamW for the rest)")
+    muon_momentum: float = Field(0.95, gt=0, lt=1, description="Muon's momentum")
     beta1: float = Field(0.9, description="AdamW beta1")
     beta2: float = Field(0.95, description="AdamW beta2")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (null: no clipping)")

@@ -7,11 +7,12 @@ Design choices:
   is what transformers expects; an untied model stores `lm_head.weight` as well.
 - A model with q/k/v biases (imported from Qwen2) is exported as `LlamaForCausalLM` with
   `attention_bias: true` and an all-zero `o_proj.bias`, because transformers' Llama puts a bias on all
-  four projections; the logits are identical.
+  four projections; the logits are identical. A model with QK-norm is exported as `Qwen3ForCausalLM`
+  (Llama's layout plus `self_attn.q_norm` / `k_norm`), and a squared-ReLU gate keeps `hidden_act: relu2`.
 - Import reads safetensors only (single file or sharded with `model.safetensors.index.json`), never
   pickled `pytorch_model.bin`. The context length is capped (default 4096) and also to a Mistral
   sliding window, so sliding-window attention never comes into play and full attention is exact.
-- Features we cannot run exactly are refused by name: rope scaling, an MLP bias, a non-SiLU activation,
+- Features we cannot run exactly are refused by name: rope scaling, an MLP bias, an activation other than silu or relu2,
   an unknown architecture.
 - The imported tokenizer.json is kept byte for byte; its special tokens (which are not foundry's seven)
   are recorded in `tokenizer_config.json` under `foundry_special_tokens` for `Tokenizer.load`.
@@ -24,21 +25,24 @@ from pathlib import Path
 import torch
 
 from foundry.errors import CheckpointError, ConfigError, FoundryError
-from foundry.model.llama import Llama, LlamaConfig
+from foundry.model.llama import MLP_ACTIVATIONS, Llama, LlamaConfig
 from foundry.utils.io import atomic_directory, atomic_write_json, read_json
 
 # model_type -> architecture name written by transformers' save_pretrained.
-SUPPORTED = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+SUPPORTED = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+             "qwen3": "Qwen3ForCausalLM"}
 DEFAULT_MAX_SEQ_LEN = 4096
 
 
 # ---- export --------------------------------------------------------------------------------------
 def hf_config_dict(config: LlamaConfig, tokenizer, dtype: torch.dtype) -> dict:
-    """transformers `LlamaConfig` fields for our config (rope written in both the 4.x and 5.x forms)."""
+    """transformers `LlamaConfig` fields for our config (rope written in both the 4.x and 5.x forms); with
+    QK-norm, `Qwen3Config`'s, whose attention is Llama's plus the per-head q/k RMSNorm."""
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
+    model_type = "qwen3" if config.qk_norm else "llama"
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [SUPPORTED[model_type]],
+        "model_type": model_type,
         "vocab_size": config.vocab_size,
         "hidden_size": config.n_embd,
         "intermediate_size": config.intermediate_size,
@@ -46,7 +50,7 @@ def hf_config_dict(config: LlamaConfig, tokenizer, dtype: torch.dtype) -> dict:
         "num_attention_heads": config.n_head,
         "num_key_value_heads": config.n_kv_head,
         "head_dim": config.head_dim,
-        "hidden_act": "silu",
+        "hidden_act": config.mlp_act,
         "max_position_embeddings": config.max_seq_len,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": config.rope_theta,
@@ -62,6 +66,7 @@ def hf_config_dict(config: LlamaConfig, tokenizer, dtype: torch.dtype) -> dict:
         "pad_token_id": pad,
         "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
+        **({"use_sliding_window": False, "sliding_window": None} if config.qk_norm else {}),
     }
 
 
@@ -126,15 +131,16 @@ def _map_hf_config(cfg: dict, path: Path, max_seq_len: int) -> LlamaConfig:
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
         if not isinstance(cfg.get(key), int):
             raise CheckpointError(f"{path}: missing or non-integer '{key}'")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{path}: hidden_act '{cfg['hidden_act']}' is not supported (only silu)")
+    if cfg.get("hidden_act", "silu") not in MLP_ACTIVATIONS:
+        raise CheckpointError(f"{path}: hidden_act '{cfg['hidden_act']}' is not supported "
+                              f"(only {', '.join(MLP_ACTIVATIONS)})")
     if cfg.get("mlp_bias"):
         raise CheckpointError(f"{path}: mlp_bias is not supported")
     theta = _rope(cfg, path)
     n_head = cfg["num_attention_heads"]
     limit = min(int(cfg.get("max_position_embeddings") or max_seq_len), max_seq_len)
     window = cfg.get("sliding_window")
-    if model_type == "qwen2" and window and cfg.get("use_sliding_window") \
+    if model_type in ("qwen2", "qwen3") and window and cfg.get("use_sliding_window") \
             and cfg.get("max_window_layers", 0) < cfg["num_hidden_layers"]:
         # Qwen2 mixes full and sliding layers here; refuse rather than silently change its attention.
         raise CheckpointError(f"{path}: sliding window attention on some layers (use_sliding_window with "
@@ -156,6 +162,8 @@ def _map_hf_config(cfg: dict, path: Path, max_seq_len: int) -> LlamaConfig:
             norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bias,
+            qk_norm=model_type == "qwen3",
+            mlp_act=cfg.get("hidden_act", "silu"),
             init_std=float(cfg.get("initializer_range", 0.02)),
         )
     except ConfigError as exc:

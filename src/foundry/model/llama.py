@@ -5,7 +5,10 @@ Design choices, each chosen to match Hugging Face `LlamaForCausalLM` so export i
 - Rotary position embeddings in the "rotate half" layout that transformers uses.
 - Grouped-query attention (n_kv_head <= n_head) through `F.scaled_dot_product_attention`, which
   picks flash / memory-efficient kernels on CUDA and a fused kernel on CPU.
-- SwiGLU MLP: down(silu(gate(x)) * up(x)).
+- SwiGLU MLP: down(silu(gate(x)) * up(x)); or, with `mlp_act: relu2`, the squared ReLU in the gate (the
+  modded-nanogpt speedrun's activation, here gated so it stays a Llama with `hidden_act: relu2`).
+- Optional QK-norm (`qk_norm`): RMSNorm over each head's queries and keys before rotary, as Qwen3 and
+  OLMo 2 do; such a model exports as `Qwen3ForCausalLM`.
 - Optional tied input/output embeddings (on by default for small models, where the embedding matrix
   is a large share of the parameters).
 - Packed sequences: `segment_ids` confine attention to each packed example (block-diagonal causal
@@ -29,6 +32,10 @@ import torch.nn.functional as F
 from foundry.errors import ConfigError
 
 
+# The MLP gate's activation; names as transformers' ACT2FN spells them, so an export keeps `hidden_act`.
+MLP_ACTIVATIONS = {"silu": F.silu, "relu2": lambda x: F.relu(x).square()}
+
+
 @dataclass
 class LlamaConfig:
     vocab_size: int = 4096
@@ -43,6 +50,8 @@ class LlamaConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     attention_bias: bool = False  # Qwen2 puts biases on q, k and v projections
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before rotary (Qwen3, OLMo 2)
+    mlp_act: str = "silu"  # gate activation: silu (SwiGLU) or relu2 (squared ReLU, modded-nanogpt)
     init_std: float = 0.02
 
     def __post_init__(self):
@@ -59,6 +68,8 @@ class LlamaConfig:
             self.head_dim = self.n_embd // self.n_head
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"model: n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
+        if self.mlp_act not in MLP_ACTIVATIONS:
+            raise ConfigError(f"model: mlp_act '{self.mlp_act}' is not one of {', '.join(MLP_ACTIVATIONS)}")
         if self.head_dim % 2:
             raise ConfigError(f"model: head_dim={self.head_dim} must be even for rotary embeddings")
 
@@ -78,6 +89,8 @@ class LlamaConfig:
         attn = d * hd * self.n_head * 2 + d * hd * self.n_kv_head * 2
         if self.attention_bias:
             attn += hd * (self.n_head + 2 * self.n_kv_head)
+        if self.qk_norm:
+            attn += 2 * hd
         block = attn + 3 * d * self.intermediate_size + 2 * d
         core = L * block + d
         embeddings = self.vocab_size * d * (1 if self.tie_embeddings else 2)
@@ -245,11 +258,17 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=b)
         self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=b)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        if config.qk_norm:  # bounds the attention logits, so a higher lr does not blow them up
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
 
     def forward(self, x, cos, sin, mask, kv_cache: KVCache | None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, Hkv, hd)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd), (B, Hkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
@@ -268,9 +287,10 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.n_embd, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=False)
+        self.act = MLP_ACTIVATIONS[config.mlp_act]
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Block(nn.Module):

@@ -10,6 +10,7 @@ TensorBoard events and `run.json`. Validation reports loss, perplexity and bits 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -34,6 +35,9 @@ class ModelSpec(StrictModel):
     norm_eps: float | None = Field(None, gt=0, description="RMSNorm epsilon")
     tie_embeddings: bool | None = Field(None, description="share the input embedding with the output layer")
     init_std: float | None = Field(None, gt=0, description="standard deviation of the initial weights")
+    qk_norm: bool | None = Field(None, description="RMSNorm on each head's queries and keys (exports as Qwen3)")
+    mlp_act: Literal["silu", "relu2"] | None = Field(None, description="MLP gate activation: silu (SwiGLU) or "
+                                                     "relu2 (squared ReLU)")
 
 
 class PretrainConfig(StageConfig):
