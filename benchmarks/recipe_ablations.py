@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/foundry-quality"))
     parser.add_argument("--name", default="recipe_ablations")
     args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
     info, data = machine(), build_data(args.work, args.vocab_size)
     previous = RESULTS / f"{args.name}.json"  # a sweep cut short resumes: finished (variant, seed) pairs stay
     runs = json.loads(previous.read_text())["runs"] if previous.is_file() else []
