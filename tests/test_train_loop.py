@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -249,3 +250,15 @@ def test_muon_overfits_one_batch_and_resumes_to_the_same_weights(tmp_path):
     opt = build_optimizer(tiny_model(), cfg(**muon))
     assert type(opt.optimizers[0]).__name__ == "Muon"
     assert all(p.ndim == 2 for p in opt.optimizers[0].param_groups[0]["params"])
+
+
+def test_profile_steps_write_the_operator_table_trace_and_arithmetic_share(tmp_path, capsys):
+    gen = torch.Generator().manual_seed(5)
+    train(tiny_model(), NextTokenObjective(), FixedBatches([random_batch(gen, 2)]),
+          cfg(max_steps=6, micro_batch_size=2, profile_steps=2), tmp_path / "run", None)
+    out = tmp_path / "run" / "profile"
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["arithmetic_share"] < 1 and summary["top_other_ops"]
+    assert "aten::mm" in (out / "ops.txt").read_text() or "aten::addmm" in (out / "ops.txt").read_text()
+    assert json.loads((out / "trace.json").read_text())["traceEvents"]
+    assert "of the profiled steps' time in matmul and attention kernels" in capsys.readouterr().err

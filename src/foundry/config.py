@@ -67,6 +67,8 @@ class TrainConfig(StrictModel):
     distributed: Literal["auto", "none", "ddp", "fsdp"] = Field(
         "auto", description="under torchrun: auto (= ddp), ddp or fsdp; none refuses several processes")
     progress: bool = Field(True, description="show a progress bar")
+    profile_steps: int = Field(0, ge=0, description="profile this many steps after 3 warm-up steps with "
+                               "torch.profiler (tables and a trace in RUN/profile/); 0: off")
 
 
 def _parse_override(word: str) -> tuple[list[str], Any]:

@@ -91,6 +91,9 @@ def recipe_parser(verb: str, config_cls: type[BaseModel], example: str, config_h
     p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start over in an out_dir that holds a run "
                    "(same as overwrite=true)")
+    if "train" in config_cls.model_fields:
+        p.add_argument("--profile", type=int, metavar="N", help="profile N training steps with torch.profiler: "
+                       "operator table, trace and arithmetic share in RUN/profile/ (same as train.profile_steps=N)")
     p.add_argument("overrides", nargs="*", help=f"dotted.key=value overrides, e.g. {example}")
     return p
 
@@ -100,4 +103,6 @@ def load_recipe_args(config_cls: type[BaseModel], args: argparse.Namespace):
     from foundry.config import load_config
 
     overrides = list(args.overrides) + (["overwrite=true"] if getattr(args, "overwrite", False) else [])
+    if getattr(args, "profile", None):
+        overrides.append(f"train.profile_steps={args.profile}")
     return load_config(config_cls, args.config, overrides)

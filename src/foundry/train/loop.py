@@ -42,6 +42,7 @@ from foundry.lm_metrics import lm_scores
 from foundry.train import distributed as dist_utils
 from foundry.train.objectives import BatchSource, Objective
 from foundry.train.optim import build_optimizer, lr_at
+from foundry.train.profile import StepProfiler
 from foundry.utils.io import RunRecord, atomic_write_text
 
 Evaluator = Callable[[torch.nn.Module], dict]
@@ -309,6 +310,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
         progress = tqdm(total=cfg.max_steps, initial=step, desc=stage, unit="step", dynamic_ncols=True,
                         file=sys.stderr)
 
+    profiler = StepProfiler(getattr(cfg, "profile_steps", 0), run_dir, enabled=is_main)
     final: dict = {}
     bad_in_a_row = 0
     window_tokens, window_start = 0, time.perf_counter()
@@ -365,6 +367,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                     bad_in_a_row = 0
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
+                profiler.step()
                 if not finite:
                     bad_in_a_row += 1
                     log.write({"step": step, "event": "skipped_non_finite", "loss": loss if math.isfinite(loss)
@@ -431,6 +434,10 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
         finally:
             if progress is not None:
                 progress.close()
+            profiler.close()
+            if profiler.summary is not None:
+                print(f"foundry: profile: {profiler.summary['arithmetic_share']:.0%} of the profiled steps' time in "
+                      f"matmul and attention kernels; tables in {profiler.out}", file=sys.stderr)
 
         # ---- the end: evaluate (unless this step just was), save, record -----------------------------
         if evaluators and stopped_by != "interrupt" and last_eval_step != step:
