@@ -56,6 +56,7 @@ class StepProfiler:
         def self_time(event) -> float:
             return float(getattr(event, "self_device_time_total" if cuda else "self_cpu_time_total", 0.0))
 
+        averages = [e for e in averages if not e.key.startswith("ProfilerStep")]  # the profiler's own time
         total = sum(self_time(e) for e in averages) or 1.0
         arithmetic = sum(self_time(e) for e in averages if e.key.startswith(ARITHMETIC_OPS))
         others = sorted((e for e in averages if not e.key.startswith(ARITHMETIC_OPS)), key=self_time, reverse=True)
