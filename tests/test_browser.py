@@ -202,3 +202,39 @@ def test_the_chat_page_streams_an_answer(browser, tmp_path):
         assert [m.get_attribute("class") for m in d.find_elements("css selector", ".msg")] == \
             ["msg user", "msg assistant", "msg user", "msg assistant"]
         d.save_screenshot(str(SHOTS / "chat-page.png"))
+
+
+def test_the_report_card_renders_offline(browser, tmp_path):
+    """report.html of the quickstart's committed report: every resource it loads is a local file, its
+    plots show, and on a laptop-sized window the page does not scroll sideways (wide tables scroll in place)."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from foundry.eval.report import markdown_to_html
+
+    d = browser
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quickstart" / "report.md").read_text()
+    plots = re.findall(r"\]\((plots/[^)]+\.png)\)", text)
+    assert plots
+    for rel in plots:  # stand-in curves: the committed report's plots are not in the repository
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=60)
+        ax.plot(range(10), [3 - 0.2 * i for i in range(10)])
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp_path / rel)
+        plt.close(fig)
+    page = tmp_path / "report.html"
+    page.write_text(markdown_to_html(text, "foundry report"))
+    assert not re.search(r"<(script|link)\b|@import|https?://[^\s\"'<>]*\.(css|js|woff2?|ttf)", page.read_text())
+    d.get(page.as_uri())
+    wait_for(lambda: d.execute_script("return document.readyState") == "complete", what="the report")
+    resources = d.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(r.startswith("file://") for r in resources), resources  # nothing fetched from a network
+    sources = d.execute_script("return [...document.images].map(i => [i.src, i.complete && i.naturalWidth > 0])")
+    assert len(sources) == len(plots) and all(src.startswith("file://") and shown for src, shown in sources)
+    assert len(d.find_elements("css selector", ".table-wrap table")) >= 3
+    assert d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    d.save_screenshot(str(SHOTS / "report-page.png"))
