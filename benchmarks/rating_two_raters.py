@@ -67,7 +67,10 @@ def answers(prompts: list[dict]) -> list[dict]:
     return out
 
 
-def simulated_score(rater: str, answer: str, reference: str, rng: random.Random) -> dict:
+def simulated_score(rater: str, answer: str, reference: str, seed: int) -> dict:
+    """The simulated rater's scores of one answer; the noise is seeded per rater and answer, so the run is
+    the same whatever order the page shows the answers in."""
+    rng = random.Random(f"simulated-{rater}-{seed}-{answer}")
     noise, bias = {"rater_a": (0.5, 0.0), "rater_b": (0.8, 0.3)}[rater]
     accuracy = round(1 + 4 * token_f1(answer, reference) + bias + rng.gauss(0, noise))
     voice = round(4 + rng.gauss(0, 0.9))  # no signal: every answer is King James text
@@ -77,6 +80,7 @@ def simulated_score(rater: str, answer: str, reference: str, rng: random.Random)
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/rating_two_raters")
+    ap.add_argument("--seed", type=int, default=0, help="the simulated raters' noise (and the blinding)")
     args = ap.parse_args()
     work = Path(args.out)
     shutil.rmtree(work, ignore_errors=True)
@@ -89,7 +93,8 @@ def main() -> None:
     auto = score_outputs(criteria, outputs, prompts)
     for o in outputs:
         o["scores"] = auto[(o["model"], o["prompt_id"])]
-    sheet, key = blind(outputs, prompts, criteria)
+    ap_seed = args.seed
+    sheet, key = blind(outputs, prompts, criteria, secret=f"two-rater-run-{ap_seed}")  # fixed: a reproducible run
     atomic_write_text(bake / "outputs.jsonl", "".join(json.dumps(o) + "\n" for o in outputs))
     atomic_write_json(bake / "state.json", {"config_path": None, "criteria": criteria, "prompts": prompts,
                                             "models": [{"name": m, "path": m} for m in ("steady", "loose")],
@@ -111,7 +116,6 @@ def main() -> None:
     saved = 0
     with httpx.Client(base_url=url, timeout=30) as client:
         for name, token in raters.items():
-            rng = random.Random(f"simulated-{name}")
             h = {"X-Rater-Token": token}
             session = client.get("/api/session", headers=h).json()
             for i in range(session["total"]):
@@ -119,7 +123,7 @@ def main() -> None:
                 version = item["version"]
                 # the rater sees the prompt and the answer only; the reference stands in for their knowledge
                 prompt_id = next(p["id"] for p in prompts if p["prompt"] == item["prompt"])
-                for crit, value in simulated_score(name, item["answer"], refs[prompt_id], rng).items():
+                for crit, value in simulated_score(name, item["answer"], refs[prompt_id], args.seed).items():
                     r = client.put("/api/rating", headers=h,
                                    json={"blind_id": item["blind_id"], "version": version, "scores": {crit: value}})
                     r.raise_for_status()
@@ -134,7 +138,7 @@ def main() -> None:
               "answers": len(outputs), "agreement": summary["agreement"],
               "means": {m["name"]: {c: {k: m["criteria"][c][k] for k in ("mean", "half_width", "n")}
                                     for c in ("accuracy", "voice", "accuracy_auto")} for m in summary["models"]},
-              "raters_simulated": True}
+              "raters_simulated": True, "seed": args.seed}
     atomic_write_json(work / "result.json", result)
     (work / "raters.json").unlink(missing_ok=True)
     (bake / "raters.json").unlink(missing_ok=True)  # tokens are not results
