@@ -150,3 +150,14 @@ def test_two_raters_and_a_sheet_feed_one_summary_with_agreement(bake, tmp_path, 
     assert summary["agreement"]["raters"] == ["alice", "bob", "carol"]
     assert {m["name"]: m["criteria"]["accuracy"]["mean"] for m in summary["models"]}["alpha"] == pytest.approx(11 / 3)
     capsys.readouterr()
+
+
+def test_the_rate_command_refuses_what_it_cannot_serve(tmp_path, capsys):
+    assert cli(["bakeoff", "rate", str(tmp_path)]) == 1
+    assert "not a bake-off directory" in capsys.readouterr().err
+    out = make_bakeoff(tmp_path)
+    assert cli(["bakeoff", "rate", str(out)]) == 1
+    assert "no raters yet; name them: foundry bakeoff rate" in capsys.readouterr().err
+    assert cli(["bakeoff", "rate", str(out), "--rater", "../eve"]) == 1
+    assert "a rater name is 1-64 letters" in capsys.readouterr().err
+    assert not (out / "raters.json").exists()

@@ -82,8 +82,9 @@ def render_markdown(summary: dict) -> str:
              f"Cells: mean ± half-width of the {summary['ci']}; automatic criteria score 0..1, human criteria "
              "their own scale. Overall: weighted mean of criteria mapped to 0..1.", "", markdown_table(summary), ""]
     if summary["human_pending"]:
-        parts += [f"Human criteria not yet rated: {', '.join(summary['human_pending'])}. Fill rating_sheet.csv and "
-                  "re-run with --ratings FILLED.csv.", ""]
+        parts += [f"Human criteria not yet rated: {', '.join(summary['human_pending'])}. Rate them in the browser "
+                  "(foundry bakeoff rate OUT --rater NAME), or fill rating_sheet.csv and re-run with --ratings "
+                  "FILLED.csv.", ""]
     if summary.get("agreement"):
         parts += ["## Raters' agreement", "", agreement_text(summary["agreement"]), ""]
     parts += ["## Criteria", ""]
