@@ -142,6 +142,7 @@ def main() -> None:
     atomic_write_json(work / "result.json", result)
     (work / "raters.json").unlink(missing_ok=True)
     (bake / "raters.json").unlink(missing_ok=True)  # tokens are not results
+    (bake / ".ratings.lock").unlink(missing_ok=True)
     print((bake / "bakeoff.md").read_text())
     print(json.dumps({k: v for k, v in result.items() if k != "agreement"}, indent=1))
 

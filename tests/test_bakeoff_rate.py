@@ -161,3 +161,26 @@ def test_the_rate_command_refuses_what_it_cannot_serve(tmp_path, capsys):
     assert cli(["bakeoff", "rate", str(out), "--rater", "../eve"]) == 1
     assert "a rater name is 1-64 letters" in capsys.readouterr().err
     assert not (out / "raters.json").exists()
+
+
+def test_two_processes_writing_the_store_lose_nothing(tmp_path):
+    """The page and a sheet import (or two pages) in separate processes: every rating each saved is there."""
+    import subprocess
+    import sys
+
+    out = make_bakeoff(tmp_path)
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from foundry.eval.bakeoff.store import RatingStore\n"
+        "out = Path(sys.argv[1]); state = json.loads((out / 'state.json').read_text())\n"
+        "store = RatingStore(out, json.loads((out / 'blind_key.json').read_text()), state['criteria'])\n"
+        "for i in range(10):\n"
+        "    for bid in sorted(store.key):\n"
+        "        store.rate(sys.argv[2], bid, {'accuracy': 1 + i % 5})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(out), name]) for name in ("p1", "p2", "p3")]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    stored = _stored(out)
+    assert sorted(stored) == ["p1", "p2", "p3"]
+    # 10 rounds over 6 answers: every one of the 60 changes of each process was kept (version 10 each).
+    assert all(r["version"] == 10 and r["scores"] == {"accuracy": 5} for items in stored.values() for r in items.values())

@@ -8,14 +8,17 @@ Layout: `{"kind": "foundry.bakeoff.ratings", "raters": {RATER: {BLIND_ID: {"scor
 "comments": str, "version": int, "updated": ISO time}}}}`.
 
 Safety: every change re-reads the file, applies one rating and rewrites the whole file atomically
-(temporary file, fsync, rename) under a lock, so a killed server or a closed tab loses at most the
-rating being sent, never one already saved. Two tabs rating the same answer: each change carries the
+(temporary file, fsync, rename) under a lock (a thread lock, and an advisory file lock on
+`OUT/.ratings.lock` where the system has one, so a sheet imported while the page runs cannot drop a
+rating the page saved meanwhile), so a killed server or a closed tab loses at most the rating being
+sent, never one already saved. Two tabs rating the same answer: each change carries the
 `version` of the answer it was made on; a change made on an older version is refused (a conflict, 409
 on the page) and the tab shows the answer as saved, so no rating is overwritten unseen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -84,6 +87,23 @@ class RatingStore:
         return clean
 
     # ---- writing ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):
+        """One writer at a time: threads of this process, and other processes (POSIX advisory lock)."""
+        with self._lock:
+            try:
+                import fcntl
+            except ImportError:  # no advisory locks here (Windows): one process at a time is the rule
+                yield
+                return
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / ".ratings.lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _write(self, raters: dict) -> None:
         from foundry.utils.io import atomic_write_json
 
@@ -101,7 +121,7 @@ class RatingStore:
                 raise RatingError(f"rating: '{name}' is not a human criterion of this rubric")
         if comments is not None and (not isinstance(comments, str) or len(comments) > MAX_COMMENT):
             raise RatingError(f"rating: 'comments' must be text of at most {MAX_COMMENT} characters")
-        with self._lock:
+        with self._locked():
             raters = self.load()
             mine = raters.setdefault(rater, {})
             current = mine.get(blind_id, {"scores": {}, "comments": "", "version": 0})
@@ -122,7 +142,7 @@ class RatingStore:
         """Replace the whole ratings of each rater named in `ratings` ({rater: {blind_id: {"scores",
         "comments"}}}), as a filled sheet gives them; other raters' ratings stay."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with self._lock:
+        with self._locked():
             raters = self.load()
             for rater, items in ratings.items():
                 old = raters.get(rater, {})
