@@ -31,11 +31,13 @@ def make_bakeoff(root: Path, rubric: str = RUBRIC) -> Path:
     """`root/out`: 3 prompts x 2 models = 6 blinded answers, the rubric's automatic scores already set."""
     (root / "rubric.yaml").write_text(rubric)
     criteria = load_rubric(root / "rubric.yaml")
-    outputs = [{"model": m, "prompt_id": p["id"], "output": f"Product {p['id'][1:]} is {adj}: answer by {m[0]}{i}.",
+    outputs = [{"model": m, "prompt_id": p["id"], "output": f"Product {p['id'][1:]} is {text}.",
                 "tokens": 8, "scores": {"brief": 1.0}}
-               for m, adj in zip(MODELS, ("light and fast", "strong")) for i, p in enumerate(PROMPTS)]
+               for m, text in zip(MODELS, ("light and quick to set up, with a two-year warranty",
+                                           "the strongest product ever made, guaranteed to last forever"))
+               for p in PROMPTS]
     out = root / "out"
-    sheet, key = blind(outputs, PROMPTS, criteria)
+    sheet, key = blind(outputs, PROMPTS, criteria, secret="fixture")  # fixed: the docs screenshot stays the same
     atomic_write_text(out / "outputs.jsonl", "".join(json.dumps(o) + "\n" for o in outputs))
     atomic_write_json(out / "state.json", {
         "config_path": None, "criteria": criteria, "prompts": PROMPTS,

@@ -107,6 +107,7 @@ def test_a_full_rating_session(browser, tmp_path):
         body.send_keys("2")
         rated(1)
         assert pressed("voice") == ["2"]
+        time.sleep(0.3)  # the progress bar's 0.2 s transition, so the screenshot is the same every run
         d.save_screenshot(str(SHOTS / "rating-page.png"))
         body.send_keys(Keys.ENTER)
         at(2)
