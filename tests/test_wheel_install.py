@@ -21,6 +21,7 @@ def test_quickstart_first_stages_from_a_wheel(tmp_path):
     (wheel,) = wheels.glob("foundry-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "foundry/_bundled/recipes/quickstart.yaml" in names
+    assert {f"foundry/serve/static/{f}" for f in ("chat.html", "chat.js", "rate.html", "rate.js", "style.css")} <= set(names)
     assert any(n.startswith("foundry/_bundled/data/general/kjv/") for n in names)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],

@@ -103,6 +103,32 @@ def _fingerprint(stage: Stage, args: list[str], config: dict | None, parent_prin
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def stage_budget(config: dict | None, args: list[str]) -> float | None:
+    """A stage's time box in seconds: a `...max_seconds=N` argument, else its config's `train.max_seconds`
+    (or a top-level `max_seconds`); None when the stage is not time-boxed."""
+    for arg in reversed(args):
+        m = re.fullmatch(r"(?:[\w.]+\.)?max_seconds=([0-9.]+)", arg)
+        if m:
+            return float(m.group(1))
+    if isinstance(config, dict):
+        train = config.get("train") if isinstance(config.get("train"), dict) else {}
+        value = train.get("max_seconds", config.get("max_seconds"))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def stage_list(names: list[str], budgets: dict[str, float | None]) -> str:
+    """The run's stages, numbered, with the time box of each that has one."""
+    from foundry.utils.timefmt import clock
+
+    boxed = [b for b in budgets.values() if b]
+    lines = [f"[foundry run] {len(names)} stage(s)" + (f"; time boxes add up to {clock(sum(boxed))}" if boxed else "")]
+    lines += [f"  {i}/{len(names)} {n}" + (f" (time box {clock(budgets[n])})" if budgets.get(n) else "")
+              for i, n in enumerate(names, 1)]
+    return "\n".join(lines)
+
+
 def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None, until: str | None = None) -> dict:
     """Run every stage in order (up to and including `until`, when given); returns the pipeline record
     (also written to RUN/pipeline.json)."""
@@ -123,7 +149,12 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
     force = set(force or [])
     started = time.time()
     stages = recipe.stages[:names.index(until) + 1] if until is not None else recipe.stages
-    for stage in stages:
+    from foundry.utils.timefmt import clock
+
+    budgets = {s.name: stage_budget(s.config, [str(a) for a in s.args]) for s in stages}
+    print(stage_list([s.name for s in stages], budgets), flush=True)
+    for number, stage in enumerate(stages, 1):
+        where = f"{number}/{len(stages)} {stage.name}"
         mapping = {"out": str(run_dir / stage.name), "run": str(run_dir), "repo": str(bundled_root())}
         mapping.update({f"stage:{name}": str(run_dir / name) for name in prints})
         out = Path(_substitute(stage.output, mapping))
@@ -138,7 +169,7 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
         done = read_json(done_file) if done_file.is_file() else None
         entry = {"name": stage.name, "verb": stage.verb, "fingerprint": fp, "output": str(out)}
         if done and done.get("fingerprint") == fp and out.exists() and stage.name not in force:
-            print(f"[foundry run] {stage.name}: unchanged, skipped (finished {done['finished']})")
+            print(f"[foundry run] {where}: unchanged, skipped (finished {done['finished']})")
             entry.update(status="skipped", seconds=done.get("seconds"))
             record["stages"].append(entry)
             prints[stage.name] = fp
@@ -160,7 +191,9 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
                 out.rename(aside)
         done_file.unlink(missing_ok=True)
         atomic_write_text(attempt_file, fp)
-        print(f"[foundry run] {stage.name}: foundry {' '.join(argv)}", flush=True)
+        box = f"time box {clock(budgets[stage.name])}, " if budgets[stage.name] else ""
+        print(f"[foundry run] {where} ({box}run so far {clock(time.time() - started)}): foundry {' '.join(argv)}",
+              flush=True)
         t0 = time.time()
         from foundry.cli import main as cli_main
 
@@ -176,6 +209,9 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
         atomic_write_json(done_file, {"fingerprint": fp, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                       "seconds": seconds, "argv": argv})
         entry.update(status="ran", seconds=seconds)
+        left = sum(b or 0 for s, b in budgets.items() if s in names[names.index(stage.name) + 1:])
+        print(f"[foundry run] {where}: done in {clock(seconds)}"
+              + (f"; time boxes still ahead {clock(left)}" if left else ""), flush=True)
         record["stages"].append(entry)
         prints[stage.name] = fp
     record["seconds"] = round(time.time() - started, 1)

@@ -105,7 +105,13 @@ def eval_main(argv: list[str]) -> int:
 def bakeoff_main(argv: list[str]) -> int:
     from foundry.eval.bakeoff.summary import add_ratings, run_bakeoff
 
-    p = make_parser("bakeoff")
+    if argv[:1] == ["rate"]:
+        return bakeoff_rate_main(argv[1:])
+    if argv[:1] == ["summary"]:
+        return bakeoff_summary_main(argv[1:])
+    p = make_parser("bakeoff", "side-by-side model comparison on a rubric, with cost. Also: 'foundry bakeoff rate "
+                               "OUT --rater NAME' (the rating page) and 'foundry bakeoff summary OUT' (the summary "
+                               "from the ratings store)")
     p.add_argument("--config", help="bake-off YAML (models, prompts, rubric, sampling); not needed with --ratings")
     p.add_argument("--out", required=True, help="output directory (outputs, rating sheet, key, summary)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
@@ -126,8 +132,54 @@ def bakeoff_main(argv: list[str]) -> int:
     summary = run_bakeoff(Path(args.config), out, args.overrides, args.model, args.style_model, args.overwrite)
     if summary["human_pending"]:
         print(f"\nrating sheet for raters: {out / 'rating_sheet.csv'} (the key, {out / 'blind_key.json'}, stays "
-              f"with you); then: foundry bakeoff --out {out} --ratings FILLED.csv")
+              f"with you); then: foundry bakeoff --out {out} --ratings FILLED.csv\n"
+              f"or rate in the browser: foundry bakeoff rate {out} --rater NAME [--rater NAME ...]")
     print(f"summary -> {out / 'bakeoff.md'}")
+    return 0
+
+
+def bakeoff_rate_main(argv: list[str]) -> int:
+    import uvicorn
+
+    from foundry.eval.bakeoff.rate import create_rating_app, ensure_raters
+    from foundry.eval.bakeoff.summary import refresh_summary
+
+    p = make_parser("bakeoff rate", "a local web page where named raters rate the blinded answers of a bake-off "
+                                    "(docs/PEOPLE.md)")
+    p.add_argument("out", metavar="OUT", help="the bake-off directory (from 'foundry bakeoff --config ... --out OUT')")
+    p.add_argument("--rater", action="append", default=[], metavar="NAME",
+                   help="a rater to create a link for (repeatable); raters named before keep their links")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if not (out / "blind_key.json").is_file():
+        raise ConfigError(f"{out}: not a bake-off directory (no blind_key.json); run "
+                          f"'foundry bakeoff --config BAKEOFF.yaml --out {out}' first")
+    raters = ensure_raters(out, args.rater)
+    if not raters:
+        raise ConfigError(f"{out}: no raters yet; name them: foundry bakeoff rate {out} --rater alice --rater bob")
+    app = create_rating_app(out, raters)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    print(f"rating page for {out} (ratings saved to {out / 'ratings.json'} as they are given):")
+    for name, token in raters.items():
+        print(f"  {name}: http://{shown}:{args.port}/?t={token}")
+    print("Send each rater their own link. Ctrl-C stops the page and rewrites the summary.")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    refresh_summary(out)
+    print(f"summary with ratings -> {out / 'bakeoff.md'}")
+    return 0
+
+
+def bakeoff_summary_main(argv: list[str]) -> int:
+    from foundry.eval.bakeoff.summary import refresh_summary
+
+    p = make_parser("bakeoff summary", "rewrite OUT/bakeoff.json and bakeoff.md from the ratings store, with "
+                                       "the raters' agreement")
+    p.add_argument("out", metavar="OUT", help="the bake-off directory")
+    args = p.parse_args(argv)
+    refresh_summary(Path(args.out))
+    print(f"summary with ratings -> {Path(args.out) / 'bakeoff.md'}")
     return 0
 
 

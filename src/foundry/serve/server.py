@@ -257,4 +257,35 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
         ids, _ = render_chat(tokenizer, messages, add_generation_prompt=True)
         return await respond(request, req, list(ids), settings.max_tokens_limit, "chat")
 
+    add_chat_page(app, settings, index, context)
     return app
+
+
+# ---- the chat page at / (static files in foundry/serve/static; it talks to /v1/chat/completions) -------
+def add_chat_page(app, settings: ServerSettings, index, context: int) -> None:
+    from foundry.serve.web import mount_static, page
+
+    mount_static(app)
+
+    @app.get("/")
+    async def chat_page():
+        return page("chat.html")
+
+    @app.get("/ui/info")
+    async def ui_info():  # what the page shows and offers; no secrets (the model name is public at /health)
+        return {"model": settings.model_name, "retrieval": index is not None, "passages": settings.passages,
+                "max_tokens_limit": settings.max_tokens_limit, "context": context,
+                "needs_key": settings.api_key is not None}
+
+    @app.post("/ui/passages")
+    async def ui_passages(request: Request):  # the passages the server grounds a question in, to cite them
+        check_key(request, settings.api_key)
+        try:
+            body = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise APIError(400, "request body is not JSON", code="invalid_json") from None
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            raise APIError(400, "expected {\"query\": TEXT}", param="query", code="invalid_value")
+        if index is None:
+            return {"passages": []}
+        return {"passages": index.search(body["query"][:4000], settings.passages)}

@@ -305,10 +305,10 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
 
     progress = None
     if is_main and cfg.progress:
-        from tqdm.auto import tqdm
+        from foundry.train.progress import BudgetProgress
 
-        progress = tqdm(total=cfg.max_steps, initial=step, desc=stage, unit="step", dynamic_ncols=True,
-                        file=sys.stderr)
+        # follows the budget that will end the run (a time box, or the steps), with tok/s, MFU, time left
+        progress = BudgetProgress(stage, cfg.max_steps, cfg.max_seconds, step, elapsed_before, file=sys.stderr)
 
     profiler = StepProfiler(getattr(cfg, "profile_steps", 0), run_dir, enabled=is_main)
     final: dict = {}
@@ -378,8 +378,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                         roll_back()
                         bad_in_a_row = 0
                         if progress is not None:
-                            progress.reset(total=cfg.max_steps)
-                            progress.update(step)
+                            progress.restart(step, elapsed_before + time.perf_counter() - started)
                     continue
 
                 # ---- logging -----------------------------------------------------------------------
@@ -394,15 +393,12 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                         record[key] = float(dist_utils.all_reduce_sum(value, env)) / total_units
                     log.write(record)
                     if progress is not None:
-                        time_left = {} if cfg.max_seconds is None else {  # the bar's own ETA counts steps
-                            "left": f"{max(0.0, cfg.max_seconds - record['elapsed_s']):.0f}s"}
-                        progress.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_s:,.0f}",
-                                             mfu=f"{record['mfu']:.1%}" if peak else "-", **time_left,
-                                             refresh=False)
+                        progress.update(step, record["elapsed_s"], loss=loss, tokens_per_s=tokens_per_s,
+                                        mfu=record["mfu"])
                     window_tokens, window_start = 0, now
                     final.update(record)
                 if progress is not None:
-                    progress.update(1)
+                    progress.update(step, elapsed_before + time.perf_counter() - started)
 
                 # ---- evaluation, checkpoints ---------------------------------------------------------
                 if evaluators and step % cfg.eval_every == 0 and step < cfg.max_steps:

@@ -8,6 +8,10 @@ Flow:
    summary `DIR/bakeoff.json` + `DIR/bakeoff.md` (human criteria marked pending).
 2. Raters fill the human criteria columns (integers on the criterion's scale; empty = not rated; an
    optional `rater` column allows several raters, whose scores of one answer are averaged).
+   Or in the browser: `foundry bakeoff rate DIR --rater alice --rater bob` serves a page (one blinded answer
+   at a time, each rater's own order, each score saved when given; module `rate`); `foundry bakeoff
+   summary DIR` then rewrites the summary. Both ways feed one store, `DIR/ratings.json` (module `store`),
+   and the summary adds the raters' agreement (Krippendorff's alpha, ordinal; `foundry.eval.agreement`).
 3. `foundry bakeoff --out DIR --ratings FILLED.csv` validates the sheet against the key, un-blinds it
    and rewrites `bakeoff.json` / `bakeoff.md` with the human criteria included (criteria, models and
    automatic scores come from `DIR/state.json` and `DIR/outputs.jsonl`, as the generation run scored them).
@@ -43,6 +47,7 @@ over the criteria that have scores; ties go to the cheaper model. Cost = tokens 
 price_per_1k_tokens + measured generation seconds * price_per_compute_second.
 
 Modules: `rubric` (the config, the rubric and the prompts), `scoring` (generation and automatic
-criteria), `sheet` (the blinded rating sheet and reading it back), `summary` (statistics, ranking,
-the tables, and a whole bake-off run).
+criteria), `sheet` (the blinded rating sheet and reading it back), `store` (the ratings store and the
+agreement between raters), `rate` (the rating page), `summary` (statistics, ranking, the tables, and a
+whole bake-off run).
 """

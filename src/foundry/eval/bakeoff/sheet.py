@@ -50,6 +50,16 @@ def blind(outputs: list[dict], prompts: list[dict], criteria: list[dict],
 
 def read_ratings(path: str | Path, key: dict, criteria: list[dict]) -> dict:
     """Validate a filled sheet and un-blind it: {(model, prompt_id): {criterion: mean over raters}}."""
+    from foundry.eval.bakeoff.store import per_answer_means
+
+    return per_answer_means(read_sheet(path, key, criteria), key)
+
+
+def read_sheet(path: str | Path, key: dict, criteria: list[dict]) -> dict:
+    """Validate a filled sheet: {rater: {blind_id: {"scores": {criterion: int}, "comments": str}}}.
+
+    A sheet without a `rater` column (or a row with it empty) is rated by "sheet"; an answer with no
+    score at all is left out."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: rating sheet not found")
@@ -68,8 +78,7 @@ def read_ratings(path: str | Path, key: dict, criteria: list[dict]) -> dict:
     if missing:
         raise DataError(f"{path}:1: missing column(s) {missing}; use the rating_sheet.csv that bakeoff wrote")
     col = {h: i for i, h in enumerate(header)}
-    collected: dict = defaultdict(lambda: defaultdict(list))
-    seen: set = set()
+    collected: dict = defaultdict(dict)
     line = reader.line_num
     for row in reader:
         start, line = line + 1, reader.line_num  # a quoted answer may span several lines
@@ -82,11 +91,10 @@ def read_ratings(path: str | Path, key: dict, criteria: list[dict]) -> dict:
         if bid not in key["key"]:
             raise DataError(f"{where}: blind id '{bid}' is not in the blind key; this row does not belong to "
                             "this bake-off's sheet")
-        rater = row[col["rater"]].strip() if "rater" in col else ""
-        if (bid, rater) in seen:
-            raise DataError(f"{where}: blind id '{bid}' rated twice{f' by {rater}' if rater else ''}")
-        seen.add((bid, rater))
-        owner = key["key"][bid]
+        rater = (row[col["rater"]].strip() if "rater" in col else "") or "sheet"
+        if bid in collected[rater]:
+            raise DataError(f"{where}: blind id '{bid}' rated twice{f' by {rater}' if rater != 'sheet' else ''}")
+        scores = {}
         for c in human:
             cell = row[col[c["name"]]].strip()
             if not cell:
@@ -98,7 +106,8 @@ def read_ratings(path: str | Path, key: dict, criteria: list[dict]) -> dict:
                 value = None
             if value is None or not lo <= value <= hi:
                 raise DataError(f"{where}: '{c['name']}' score {cell!r} is not an integer on the scale {lo}..{hi}")
-            collected[(owner["model"], owner["prompt_id"])][c["name"]].append(value)
-    return {k: {c: sum(v) / len(v) for c, v in crit.items()} for k, crit in collected.items()}
-
-
+            scores[c["name"]] = value
+        comments = row[col["comments"]].strip() if "comments" in col else ""
+        collected[rater][bid] = {"scores": scores, "comments": comments}
+    # an answer nobody scored stays unrated (but is still counted as seen, for the twice-rated check)
+    return {r: {b: v for b, v in items.items() if v["scores"] or v["comments"]} for r, items in collected.items()}

@@ -82,28 +82,49 @@ def render_markdown(summary: dict) -> str:
              f"Cells: mean ± half-width of the {summary['ci']}; automatic criteria score 0..1, human criteria "
              "their own scale. Overall: weighted mean of criteria mapped to 0..1.", "", markdown_table(summary), ""]
     if summary["human_pending"]:
-        parts += [f"Human criteria not yet rated: {', '.join(summary['human_pending'])}. Fill rating_sheet.csv and "
-                  "re-run with --ratings FILLED.csv.", ""]
+        parts += [f"Human criteria not yet rated: {', '.join(summary['human_pending'])}. Rate them in the browser "
+                  "(foundry bakeoff rate OUT --rater NAME), or fill rating_sheet.csv and re-run with --ratings "
+                  "FILLED.csv.", ""]
+    if summary.get("agreement"):
+        parts += ["## Raters' agreement", "", agreement_text(summary["agreement"]), ""]
     parts += ["## Criteria", ""]
     parts += [f"- **{c['name']}** ({c['type']}, weight {c['weight']:g}): {c['description']}" for c in summary["criteria"]]
     return "\n".join(parts) + "\n"
 
 
+def agreement_text(agreement: dict) -> str:
+    """The agreement table and the answers raters disagree on most (markdown)."""
+    from foundry.utils.tables import md_table
+
+    raters = agreement["raters"]
+    rows = [[name, "-" if a["alpha"] is None else f"{a['alpha']:.3f}", str(a["raters"]), str(a["answers_rated_twice"]),
+             str(a["pairable_values"])] for name, a in agreement["criteria"].items()]
+    parts = [f"Raters: {', '.join(raters) if raters else 'none yet'}. {agreement['method']}; alpha needs answers "
+             "scored by two or more raters ('-' until then).", "",
+             md_table(["criterion", "alpha (ordinal)", "raters", "answers rated by 2+", "pairable scores"], rows)]
+    if agreement["disagreements"]:
+        parts += ["", "Answers the raters disagree on most:", "",
+                  md_table(["blind id", "model", "prompt", "spread", "scores"],
+                           [[d["blind_id"], d["model"], d["prompt_id"], f"{d['spread']:.2f}",
+                             "; ".join(f"{c}: " + ", ".join(f"{r} {v}" for r, v in vs.items())
+                                       for c, vs in d["scores"].items())] for d in agreement["disagreements"]])]
+    return "\n".join(parts)
+
+
 # ---- writing -------------------------------------------------------------------------------------------
-def write_summary(out: Path, summary: dict) -> None:
+def write_summary(out: Path, summary: dict, quiet: bool = False) -> None:
     from foundry.utils.io import atomic_write_json, atomic_write_text
 
     atomic_write_json(out / "bakeoff.json", summary)
     atomic_write_text(out / "bakeoff.md", render_markdown(summary))
-    print(markdown_table(summary))
+    if not quiet:
+        print(markdown_table(summary))
+        if summary.get("agreement"):
+            print(agreement_text(summary["agreement"]))
 
 
-def add_ratings(out: Path, ratings: str | Path) -> dict:
-    """Un-blind a filled sheet against the bake-off in `out` and rewrite its summary with the human scores.
-
-    Everything else (criteria, models, prompts, automatic scores) is read from what the generation run
-    stored in `out`, so the ratings always meet the rubric their answers were scored with.
-    """
+def _stored(out: Path) -> tuple[dict, dict, list[dict]]:
+    """(state, key, outputs) that the generation run stored in `out`."""
     from foundry.utils.io import read_json
 
     state_file, key_file, outputs_file = out / "state.json", out / "blind_key.json", out / "outputs.jsonl"
@@ -112,14 +133,49 @@ def add_ratings(out: Path, ratings: str | Path) -> dict:
             raise ConfigError(f"{f}: missing; run 'foundry bakeoff --config BAKEOFF.yaml --out {out}' first")
     state, key = read_json(state_file), read_json(key_file)
     outputs = [json.loads(line) for line in outputs_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return state, key, outputs
+
+
+def rating_store(out: Path):
+    """The bake-off's ratings store (`out/ratings.json`), checked against its key and rubric."""
+    from foundry.eval.bakeoff.store import RatingStore
+
+    state, key, _ = _stored(out)
+    return RatingStore(out, key, state["criteria"])
+
+
+def add_ratings(out: Path, ratings: str | Path) -> dict:
+    """Un-blind a filled sheet against the bake-off in `out`, put its ratings in the ratings store (replacing
+    those of the raters it names) and rewrite the summary with the human scores.
+
+    Everything else (criteria, models, prompts, automatic scores) is read from what the generation run
+    stored in `out`, so the ratings always meet the rubric their answers were scored with.
+    """
+    from foundry.eval.bakeoff.sheet import read_sheet
+
+    state, key, _ = _stored(out)
+    sheet = read_sheet(ratings, key, state["criteria"])  # validated before anything is written
+    rating_store(out).replace(sheet)
+    return refresh_summary(out, ratings=str(ratings))
+
+
+def refresh_summary(out: Path, ratings: str | None = None, quiet: bool = False) -> dict:
+    """Rewrite `out/bakeoff.json` and `bakeoff.md` from the generation run and the ratings store: human
+    criteria averaged over raters per answer, then mean and interval over prompts, and the raters'
+    agreement."""
+    from foundry.eval.bakeoff.store import agreement, per_answer_means
+
+    state, key, outputs = _stored(out)
     criteria = state["criteria"]
-    human = read_ratings(ratings, key, criteria)  # validated before anything is written
+    raters = rating_store(out).load()
     auto = {(o["model"], o["prompt_id"]): o["scores"] for o in outputs}
     models = [ModelEntry(**m) for m in state["models"]]
-    summary = summarise(criteria, models, state["usage"], auto, human, state["prompts"])
-    summary.update(config=state.get("config_path"), ratings=str(ratings),
+    summary = summarise(criteria, models, state["usage"], auto, per_answer_means(raters, key), state["prompts"])
+    summary.update(config=state.get("config_path"), ratings=ratings or str(out / "ratings.json"),
                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    write_summary(out, summary)
+    if human_criteria(criteria):
+        summary["agreement"] = agreement(raters, key, criteria)
+    write_summary(out, summary, quiet)
     return summary
 
 
