@@ -36,20 +36,23 @@ def loss_and_grads(kind: str, batch: dict, gather: bool = True) -> tuple[float, 
     return loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def main(kind: str, out: str, n: int = 8) -> None:
+def main(out: str, n: int = 8) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    batch = global_batch(n, model_for(kind).config)
-    per = n // world
-    mine = {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
-    loss, grads = loss_and_grads(kind, mine)
-    dist.all_reduce(loss)
-    for g in grads.values():
-        dist.all_reduce(g)  # SUM, as distributed._allreduce_sum_hook does
+    results = {}
+    for kind in ("clip", "siglip"):
+        batch = global_batch(n, model_for(kind).config)
+        per = n // world
+        mine = {k: v[rank * per:(rank + 1) * per] for k, v in batch.items()}
+        loss, grads = loss_and_grads(kind, mine)
+        dist.all_reduce(loss)
+        for g in grads.values():
+            dist.all_reduce(g)  # SUM, as distributed._allreduce_sum_hook does
+        results[kind] = {"loss": loss, "grads": grads}
     if rank == 0:
-        torch.save({"loss": loss, "grads": grads}, out)
+        torch.save(results, out)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1])

@@ -18,9 +18,11 @@ from _clip_gather_worker import global_batch, loss_and_grads, model_for  # noqa:
 WORKER = Path(__file__).parent / "_clip_gather_worker.py"
 
 
-def run_two_ranks(kind: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
-           kind, str(out)]
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    """{kind: {"loss", "grads"}} from one 2-process torchrun (both objectives, to start torch once)."""
+    out = tmp_path_factory.mktemp("gather") / "two.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
@@ -29,8 +31,8 @@ def run_two_ranks(kind: str, out: Path) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
-def test_gathered_loss_and_gradients_equal_one_process(kind, tmp_path):
-    two = run_two_ranks(kind, tmp_path / "two.pt")
+def test_gathered_loss_and_gradients_equal_one_process(kind, two_ranks):
+    two = two_ranks[kind]
     batch = global_batch(8, model_for(kind).config)
     loss, grads = loss_and_grads(kind, batch)
     assert torch.allclose(two["loss"], loss, rtol=1e-5, atol=1e-5), (float(two["loss"]), float(loss))
