@@ -109,22 +109,27 @@ def make_scene_dataset(root: Path, n: int = 96) -> Path:
 
 
 def test_clip_stage_loss_falls_and_continues(tmp_path):
+    import yaml
+
     data = make_scene_dataset(tmp_path)
-    common = ["model.preset=test", "train.micro_batch_size=16", "train.lr=3e-3", "train.warmup_steps=5",
-              "train.eval_every=1000", "train.log_every=5", "train.progress=false", "train.threads=1",
-              "train.checkpoint_every=1000", "train.eval_batches=2"]
-    assert cli_main(["clip", f"data={data}", f"out_dir={tmp_path / 'run'}", "train.max_steps=60",
-                     f"zero_shot={{scenes: {data}}}", *common]) == 0
+    recipe = tmp_path / "clip.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": str(data), "model": {"preset": "test"},
+        "train": {"micro_batch_size": 16, "lr": 6e-3, "warmup_steps": 5, "eval_every": 1000, "log_every": 5,
+                  "progress": False, "threads": 1, "checkpoint_every": 1000, "eval_batches": 2}}))
+    assert cli_main(["clip", "--config", str(recipe), f"out_dir={tmp_path / 'run'}", "train.max_steps=80",
+                     f"zero_shot={{scenes: {data}}}"]) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
-    assert losses[-1] < 0.8 * losses[0], losses
-    final = json.loads((tmp_path / "run" / "run.json").read_text())
+    # chance on a batch of 16 is ln 16 = 2.77 nats per pair; the trained model is far below it
+    assert losses[-1] < math.log(16) - 1.0 and losses[-1] < losses[0] - 1.0, losses
+    final = json.loads((tmp_path / "run" / "run.json").read_text())["results"]
     assert 0 <= final["scenes/zero_shot_acc"] <= 1 and "scenes/i2t_r@1" in final
     # continual pretraining: starts from the parent's weights (evaluated at step 0) with its tokenizer
-    assert cli_main(["clip", f"data={data}", f"init={tmp_path / 'run'}", f"out_dir={tmp_path / 'more'}",
-                     "train.max_steps=5", *common]) == 0
+    assert cli_main(["clip", "--config", str(recipe), f"init={tmp_path / 'run'}", f"out_dir={tmp_path / 'more'}",
+                     "train.max_steps=5"]) == 0
     more = [json.loads(line) for line in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
-    assert more[0]["step"] == 0 and abs(more[0]["val/loss"] - final["val/loss"]) < 1e-4
+    assert more[0]["step"] == 0 and abs(more[0]["val/loss"] - final["best/val/loss"]) < 1e-4  # init: the best checkpoint
     assert (tmp_path / "more" / "checkpoints").is_dir()
     assert cli_main(["clip", "eval", str(tmp_path / "more"), "--data", f"scenes={data}", "--out",
                      str(tmp_path / "eval")]) == 0

@@ -245,16 +245,32 @@ class Clip(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """CLIP's initialisation (Radford et al. 2021's code, as transformers' CLIPPreTrainedModel): attention
+        and MLP weights scaled by width and depth, projections by width^-0.5. With a flat 0.02 everywhere
+        a small model starts with every caption embedded alike and sits at the chance loss for long."""
         std = self.config.init_std
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
-                nn.init.normal_(module.weight, std=std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.vision_model.embeddings.class_embedding, std=std)
+        for tower, width, layers in ((self.text_model, self.config.text_width, self.config.text_layers),
+                                     (self.vision_model, self.config.vision_width, self.config.vision_layers)):
+            for block in tower.encoder.layers:
+                for proj in (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj):
+                    nn.init.normal_(proj.weight, std=width ** -0.5 * (2 * layers) ** -0.5)
+                nn.init.normal_(block.self_attn.out_proj.weight, std=width ** -0.5)
+                nn.init.normal_(block.mlp.fc1.weight, std=(2 * width) ** -0.5)
+                nn.init.normal_(block.mlp.fc2.weight, std=width ** -0.5 * (2 * layers) ** -0.5)
+        text, vision = self.text_model.embeddings, self.vision_model.embeddings
+        nn.init.normal_(text.token_embedding.weight, std=std)
+        nn.init.normal_(text.position_embedding.weight, std=std)
+        nn.init.normal_(vision.class_embedding, std=self.config.vision_width ** -0.5)
+        nn.init.normal_(vision.patch_embedding.weight, std=std)
+        nn.init.normal_(vision.position_embedding.weight, std=std)
+        nn.init.normal_(self.visual_projection.weight, std=self.config.vision_width ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=self.config.text_width ** -0.5)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
