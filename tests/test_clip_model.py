@@ -136,3 +136,5 @@ def test_clip_stage_loss_falls_and_continues(tmp_path):
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]["scenes"]
     assert {"zero_shot_acc", "chance", "linear_probe_acc", "i2t_r@10", "t2i_r@10"} <= set(results)
     assert (tmp_path / "eval" / "retrieval-scenes.png").is_file()
+    card = (tmp_path / "eval" / "model_card.md").read_text()
+    assert card.count("license **Apache-2.0**") == 2  # both stages trained on the scenes, each listed

@@ -64,7 +64,7 @@ def clip_main(argv: list[str]) -> int:
 def clip_eval_main(argv: list[str]) -> int:
     from foundry.checkpoints import load_model
     from foundry.data.images import load_pairs
-    from foundry.eval.clip import evaluate_pairs, retrieval_grid
+    from foundry.eval.clip import evaluate_pairs, model_card, retrieval_grid
     from foundry.model.clip import Clip
     from foundry.utils.io import atomic_write_json, atomic_write_text
 
@@ -72,7 +72,8 @@ def clip_eval_main(argv: list[str]) -> int:
     p.add_argument("checkpoint", help="CLIP checkpoint or run directory")
     p.add_argument("--data", action="append", required=True, metavar="NAME=DIR",
                    help="dataset from 'foundry data images' to evaluate on (its val split; repeatable)")
-    p.add_argument("--out", required=True, help="directory for results.json, report.md and retrieval grids")
+    p.add_argument("--out", required=True, help="directory for results.json, report.md (with retrieval grids) "
+                   "and model_card.md")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
     args = p.parse_args(argv)
     model, tokenizer = load_model(args.checkpoint)
@@ -102,6 +103,7 @@ def clip_eval_main(argv: list[str]) -> int:
             lines += ["", f"![top-5 images per query, {name}]({grid.name})", ""]
     atomic_write_json(out / "results.json", {"checkpoint": str(args.checkpoint), "results": results})
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "model_card.md", model_card(args.checkpoint, model, results))
     for name, r in results.items():
         shot = f"zero-shot {r['zero_shot_acc']:.3f} (chance {r['chance']:.3f})" if "zero_shot_acc" in r else ""
         print(f"foundry clip eval: {name}: {shot} i2t R@1 {r['i2t_r@1']:.3f} t2i R@1 {r['t2i_r@1']:.3f}"

@@ -143,3 +143,59 @@ def retrieval_grid(model, tokenizer, pairset, queries: list[str], out_file, k: i
             with Image.open(pairset.root / pairset.images[idx]) as img:
                 grid.paste(img.convert("RGB").resize((cell, cell), Image.NEAREST), (label_w + col * (cell + 4), y))
     grid.save(out_file)
+
+
+def training_lineage(checkpoint) -> list[dict]:
+    """The stages behind a CLIP checkpoint, newest first: each run's name, step, objective and the
+    manifest of the dataset it trained on (sources, licenses, sha256, what was dropped)."""
+    import json
+    from pathlib import Path
+
+    from foundry.checkpoints import resolve_checkpoint
+
+    lineage, seen = [], set()
+    path = resolve_checkpoint(checkpoint)
+    while path is not None and str(path) not in seen:
+        seen.add(str(path))
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path
+        record_file = run_dir / "run.json"
+        if not record_file.is_file():
+            break
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        dataset = Path(record.get("parents", {}).get("dataset", ""))
+        manifest = dataset / "manifest.json"
+        lineage.append({"run": str(run_dir), "stage": record.get("stage"),
+                        "steps": (record.get("results") or {}).get("step"),
+                        "objective": (record.get("config") or {}).get("objective"),
+                        "dataset": str(dataset),
+                        "manifest": json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else None})
+        parent = record.get("parents", {}).get("checkpoint")
+        path = Path(parent) if parent else None
+    return lineage
+
+
+def model_card(checkpoint, model, results: dict) -> str:
+    """Markdown: what the model is, what images and captions it learned from (with their licenses), and
+    what it can and cannot do (the evaluation table's numbers)."""
+    c = model.config
+    lines = [f"# Model card: {checkpoint}", "",
+             f"CLIP-style image-text model: ViT image encoder ({c.vision_layers} blocks, width {c.vision_width}, "
+             f"{c.image_size}px images in {c.patch_size}px patches) and text encoder ({c.text_layers} blocks, width "
+             f"{c.text_width}, {c.text_len} tokens), projected to a {c.embed_dim}-dimensional shared space; "
+             f"{model.num_params():,} parameters. Loads in transformers as CLIPModel + CLIPProcessor "
+             "(`foundry export --format hf`).", "", "## Training data (newest stage first)", ""]
+    for stage in training_lineage(checkpoint):
+        lines.append(f"- **{stage['stage']}** ({stage['objective']} loss, {stage['steps']} steps) on `{stage['dataset']}`")
+        manifest = stage["manifest"] or {}
+        for source in manifest.get("sources", []):
+            lines.append(f"  - {source['name']}: license **{source['license']}**, sha256 `{source['sha256'][:16]}…`, "
+                         f"{source['kept']} pairs kept of {source['read']} read")
+        if manifest.get("dropped"):
+            lines.append("  - dropped: " + ", ".join(f"{k} {v}" for k, v in manifest["dropped"].items()))
+    lines += ["", "## What it can and cannot do", ""]
+    for name, r in results.items():
+        if "zero_shot_acc" in r:
+            lines.append(f"- {name}: zero-shot {r['zero_shot_acc']:.3f} against chance {r['chance']:.3f} "
+                         f"({r['classes']} classes, {r['n']} held-out images)"
+                         + (f"; linear probe {r['linear_probe_acc']:.3f}" if "linear_probe_acc" in r else ""))
+    return "\n".join(lines) + "\n"
