@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _clip_gather_worker import global_batch, loss_and_grads, model_for  # noqa: E402
 
 WORKER = Path(__file__).parent / "_clip_gather_worker.py"
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

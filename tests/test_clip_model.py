@@ -108,6 +108,7 @@ def make_scene_dataset(root: Path, n: int = 96) -> Path:
     return root / "data"
 
 
+@pytest.mark.slow
 def test_clip_stage_loss_falls_and_continues(tmp_path):
     import yaml
 
