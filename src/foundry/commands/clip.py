@@ -84,6 +84,7 @@ def clip_eval_main(argv: list[str]) -> int:
     results, lines = {}, [f"# CLIP evaluation: {args.checkpoint}", "",
                           "| set | pairs | zero-shot acc | chance | linear probe | i2t R@1/5/10 | t2i R@1/5/10 |",
                           "|---|---|---|---|---|---|---|"]
+    grids = ["", "## Retrieved images (rows: a class prompt; columns: its top 5 held-out images)", ""]
     for item in args.data:
         name, _, directory = item.rpartition("=")
         name = name or Path(directory).name
@@ -100,9 +101,9 @@ def clip_eval_main(argv: list[str]) -> int:
             classes = sorted(set(val.labels))[:6]
             grid = out / f"retrieval-{name}.png"
             retrieval_grid(model, tokenizer, val, [val.templates[0].format(c) for c in classes], grid)
-            lines += ["", f"![top-5 images per query, {name}]({grid.name})", ""]
+            grids.append(f"![top-5 images for each class prompt, {name}]({grid.name})")
     atomic_write_json(out / "results.json", {"checkpoint": str(args.checkpoint), "results": results})
-    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(lines + grids) + "\n")
     atomic_write_text(out / "model_card.md", model_card(args.checkpoint, model, results))
     for name, r in results.items():
         shot = f"zero-shot {r['zero_shot_acc']:.3f} (chance {r['chance']:.3f})" if "zero_shot_acc" in r else ""

@@ -185,8 +185,10 @@ def model_card(checkpoint, model, results: dict) -> str:
              f"{model.num_params():,} parameters. Loads in transformers as CLIPModel + CLIPProcessor "
              "(`foundry export --format hf`).", "", "## Training data (newest stage first)", ""]
     for stage in training_lineage(checkpoint):
-        lines.append(f"- **{stage['stage']}** ({stage['objective']} loss, {stage['steps']} steps) on `{stage['dataset']}`")
         manifest = stage["manifest"] or {}
+        train = manifest.get("splits", {}).get("train", "?")
+        lines.append(f"- **{stage['stage']}** ({stage['objective']} loss, {stage['steps']} steps) on the train split "
+                     f"({train} pairs) of `{stage['dataset']}`")
         for source in manifest.get("sources", []):
             lines.append(f"  - {source['name']}: license **{source['license']}**, sha256 `{source['sha256'][:16]}…`, "
                          f"{source['kept']} pairs kept of {source['read']} read")
