@@ -38,8 +38,12 @@ def test_gathered_loss_and_gradients_equal_one_process(kind, two_ranks):
     loss, grads = loss_and_grads(kind, batch)
     assert torch.allclose(two["loss"], loss, rtol=1e-5, atol=1e-5), (float(two["loss"]), float(loss))
     assert set(two["grads"]) == set(grads)
+    # float32 sums taken in another order: equal up to rounding, measured against each tensor's largest
+    # entry (or, for a gradient that is zero in exact arithmetic, such as a key bias's, the whole model's)
+    scale = max(float(g.abs().max()) for g in grads.values())
     for name, grad in grads.items():
-        assert torch.allclose(two["grads"][name], grad, rtol=1e-4, atol=1e-6), name
+        error = float((two["grads"][name] - grad).abs().max())
+        assert error <= 1e-5 * max(float(grad.abs().max()), 1e-3 * scale), (name, error, float(grad.abs().max()))
     # the comparison has teeth: each half scored only against its own half gives another loss
     halves = [{k: v[i * 4:(i + 1) * 4] for k, v in batch.items()} for i in range(2)]
     local = sum(float(loss_and_grads(kind, h, gather=False)[0]) for h in halves)

@@ -16,9 +16,9 @@ The objectives, each a SUM over the rank's pairs (the loop divides by the step's
   Algorithm 1): -sum_j log sigmoid(z_ij * (exp(t) <image_i, text_j> + b)), z_ij = 1 on the diagonal and
   -1 elsewhere, per image; t and b learnable (initialised log 10 and -10).
 
-Under torchrun the negatives are the global batch: each rank gathers every rank's embeddings with
-`torch.distributed.nn.functional.all_gather`, whose backward sums the gradients flowing to each rank's
-slice back to its owner (the gather "with gradient" of open_clip's `gather_with_grad=True`), and scores
+Under torchrun the negatives are the global batch: each rank gathers every rank's embeddings with an
+all_gather whose backward sums the gradients flowing to each rank's slice back to its owner
+(`_GatherWithGrad`; open_clip's `gather_with_grad=True`), and scores
 only its own rows (open_clip's `local_loss=True`). The ranks' loss sums add up to the one-process loss
 on the same global batch, and the loop's sum all-reduce of the parameter gradients (not DDP's average)
 makes the update equal too (tests/test_clip_distributed.py).
@@ -43,6 +43,32 @@ from foundry.train.stage import StageConfig, StageRunner
 
 
 # ---- the losses ----------------------------------------------------------------------------------
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the summed gradient of its own rows.
+
+    Every rank's loss reads every rank's rows, so the gradient of the global loss with respect to rank r's
+    rows is the sum over ranks of what each computed for them: an all-reduce of the gathered gradient,
+    sliced (a reduce-scatter, written as all-reduce + slice because gloo has no CPU reduce-scatter).
+    torch.distributed.nn.functional.all_gather does the same but is deprecated in torch 2.13."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.rows = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # SUM over ranks
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(every rank's rows concatenated in rank order, where this rank's rows start); the identity in one
     process. The gradient reaching a row goes back to the rank that owns it."""
@@ -50,10 +76,7 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
-
-    parts = all_gather(x.contiguous())
-    return torch.cat(parts, dim=0), dist.get_rank() * x.shape[0]
+    return _GatherWithGrad.apply(x), dist.get_rank() * x.shape[0]
 
 
 def clip_loss_sum(image: torch.Tensor, text: torch.Tensor, all_image: torch.Tensor, all_text: torch.Tensor,
