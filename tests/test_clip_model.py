@@ -128,7 +128,9 @@ def test_clip_stage_loss_falls_and_continues(tmp_path):
     assert 0 <= final["scenes/zero_shot_acc"] <= 1 and "scenes/i2t_r@1" in final
     # continual pretraining: starts from the parent's weights (evaluated at step 0) with its tokenizer
     assert cli_main(["clip", "--config", str(recipe), f"init={tmp_path / 'run'}", f"out_dir={tmp_path / 'more'}",
-                     "train.max_steps=5"]) == 0
+                     "train.max_steps=5", f"replay={data}", "replay_fraction=0.5"]) == 0
+    record = json.loads((tmp_path / "more" / "run.json").read_text())
+    assert record["parents"]["replay"] == str(data.resolve())
     more = [json.loads(line) for line in (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()]
     assert more[0]["step"] == 0 and abs(more[0]["val/loss"] - final["best/val/loss"]) < 1e-4  # init: the best checkpoint
     assert (tmp_path / "more" / "checkpoints").is_dir()

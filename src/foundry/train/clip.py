@@ -198,6 +198,9 @@ class ClipStageConfig(StageConfig):
     model: ClipModelSpec = Field(ClipModelSpec(), description="the model to train from scratch (below)")
     objective: Literal["clip", "siglip"] = Field("clip", description="clip: symmetric InfoNCE; siglip: sigmoid loss")
     vocab_size: int = Field(1024, ge=514, description="caption tokenizer size when training from scratch")
+    replay: str | None = Field(None, description="continual pretraining: a dataset (the earlier domain) whose train "
+                               "split is mixed into the training pairs, against forgetting")
+    replay_fraction: float = Field(0.2, ge=0, lt=1, description="share of the training pairs drawn from `replay`")
     zero_shot: dict[str, str] = Field({}, description="name -> labelled dataset whose val split is classified "
                                       "zero-shot at every evaluation (logged as NAME/zero_shot_acc)")
 
@@ -248,10 +251,20 @@ def run_clip(cfg: ClipStageConfig, resume: bool = False, evaluators: dict | None
             raise ConfigError(f"objective siglip: the model from {cfg.init} has no logit bias (trained with clip)")
         size, length = model.config.image_size, model.config.text_len
         pixels, ids = encode_pairs(train_set, tokenizer, size, length)
+        if cfg.replay is not None and cfg.replay_fraction > 0:  # a fixed, seeded sample of the earlier domain
+            replay_set = load_pairs(cfg.replay, "train")
+            take = min(len(replay_set), round(cfg.replay_fraction / (1 - cfg.replay_fraction) * len(train_set)))
+            keep = torch.randperm(len(replay_set), generator=torch.Generator().manual_seed(tc.seed))[:take].tolist()
+            replay_set.images, replay_set.captions, replay_set.labels = (
+                [v[i] for i in keep] for v in (replay_set.images, replay_set.captions, replay_set.labels))
+            replay_pixels, replay_ids = encode_pairs(replay_set, tokenizer, size, length)
+            pixels, ids = torch.cat([pixels, replay_pixels]), torch.cat([ids, replay_ids])
+            parents["replay"] = str(Path(cfg.replay).resolve())
+            runner.log(f"foundry clip: replay: {take} pairs of {cfg.replay} mixed into {len(train_set)}")
         val_pixels, val_ids = encode_pairs(val_set, tokenizer, size, length)
         source = PairBatches(pixels, ids, tc.seed, env.rank, env.world_size)
         manifests = {}
-        for path in {cfg.data, cfg.val_data or cfg.data}:
+        for path in {cfg.data, cfg.val_data or cfg.data, *([cfg.replay] if cfg.replay else [])}:
             manifest = Path(path) / "manifest.json"
             if manifest.is_file():
                 manifests[Path(path).name] = sha256_file(manifest)
@@ -272,7 +285,7 @@ def run_clip(cfg: ClipStageConfig, resume: bool = False, evaluators: dict | None
             return {"loss": evaluate_loss(model)["loss"]}
 
         runner.log(f"foundry clip: {model.num_params() / 1e6:.2f}M parameters, {cfg.objective} loss, "
-                   f"{len(train_set)} train pairs, {len(val_set)} val pairs, images {size}px, captions "
+                   f"{pixels.shape[0]} train pairs, {len(val_set)} val pairs, images {size}px, captions "
                    f"{length} tokens, {tc.micro_batch_size * env.world_size} pairs per micro-batch -> {out_dir}")
         results = runner.train(model, objective, source, tokenizer, evaluators={"val": val, **{name: make(tokenizer) for name, make in (evaluators or {}).items()}},
                                best_metric="val/loss", eval_at_start=cfg.init is not None)
