@@ -222,13 +222,19 @@ def resolve_checkpoint(path) -> Path:
 
 
 def load_model_config(path):
+    """The checkpoint's model config: a LlamaConfig, or a ClipConfig when it says `"architecture": "clip"`."""
     from foundry.model.llama import LlamaConfig
 
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
         raise CheckpointError(f"{file}: missing; not a foundry checkpoint")
     try:
-        return LlamaConfig.from_dict(json.loads(file.read_text()))
+        data = json.loads(file.read_text())
+        if isinstance(data, dict) and data.get("architecture") == "clip":
+            from foundry.model.clip import ClipConfig
+
+            return ClipConfig.from_dict(data)
+        return LlamaConfig.from_dict(data)
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{file}: not a valid model config ({exc})") from None
 
@@ -251,7 +257,7 @@ def load_weights(model: torch.nn.Module, path) -> None:
         state = load_file(str(path / MODEL_FILE))
     except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
         raise CheckpointError(f"{path / MODEL_FILE}: cannot read weights ({exc})") from None
-    if model.config.tie_embeddings:
+    if getattr(model.config, "tie_embeddings", False):
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
@@ -272,7 +278,15 @@ def load_model(path, device="cpu"):
     from foundry.model.llama import Llama
 
     path = resolve_checkpoint(path)
-    model = Llama(load_model_config(path))
+    config = load_model_config(path)
+    if getattr(config, "architecture", None) == "clip":  # an image-text model and its caption tokenizer
+        from foundry.data.tokenizer import ClipTokenizer
+        from foundry.model.clip import Clip
+
+        model = Clip(config)
+        load_weights(model, path)
+        return model.to(device).eval(), ClipTokenizer.load(path)
+    model = Llama(config)
     load_weights(model, path)
     model.to(device).eval()
     return model, Tokenizer.load(path)

@@ -22,6 +22,14 @@ def export_main(argv: list[str]) -> int:
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
     model, tokenizer = load_model(args.checkpoint, "cpu")
+    if getattr(model.config, "architecture", None) == "clip":  # an image-text model: CLIPModel + CLIPProcessor
+        from foundry.data.images import IMAGE_MEAN, IMAGE_STD
+        from foundry.model.clip_hf import export_clip_hf
+
+        export_clip_hf(model, tokenizer, out, IMAGE_MEAN, IMAGE_STD, overwrite=args.overwrite)
+        print(f"exported {args.checkpoint} -> {out} (Hugging Face CLIPModel + CLIPProcessor, "
+              f"{sum(p.numel() for p in model.parameters()):,} parameters)")
+        return 0
     export_hf(model, tokenizer, out, overwrite=args.overwrite)
     print(f"exported {args.checkpoint} -> {out} (Hugging Face LlamaForCausalLM, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters)")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from foundry.data.clip_tokenizer import ClipTokenizer  # noqa: F401  (the store loads CLIP checkpoints' tokenizers)
 from foundry.errors import DataError
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")

@@ -162,6 +162,12 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
 
     from foundry.data.chat import render_chat, validate_messages
 
+    # ---- an image-text (CLIP) model serves /v1/embeddings only (foundry.serve.embeddings) ----------
+    if getattr(model.config, "architecture", None) == "clip":
+        from foundry.serve.embeddings import create_embeddings_app
+
+        return create_embeddings_app(model, tokenizer, settings)
+
     model.eval()
     engine = Engine(model, tokenizer, settings.max_concurrency, settings.max_queue)
     context = model.config.max_seq_len

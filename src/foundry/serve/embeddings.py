@@ -1,0 +1,125 @@
+"""`foundry serve` for an image-text (CLIP) model: OpenAI's `/v1/embeddings`, for texts and images.
+
+    POST /v1/embeddings {"model": NAME, "input": "a red circle"}
+    POST /v1/embeddings {"model": NAME, "input": ["a red circle", {"image": "<base64 PNG/JPEG or data: URL>"}]}
+
+Texts are embedded by the text tower, images (`{"image": ...}` items) by the image tower, into the one
+shared space, unit length, so a text's and an image's dot product is their cosine similarity. The reply
+is OpenAI's: `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model",
+"usage"}`; `encoding_format: "base64"` returns little-endian float32 bytes, as OpenAI does. Errors have
+OpenAI's body, as the rest of the server: 400 (an image that does not decode, an empty input), 401,
+404 (model), 413, 422.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+from fastapi import Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from foundry.serve.protocol import APIError, parse_body
+
+MAX_INPUTS = 256
+
+
+class ImageInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str = Field(description="base64 image bytes, or a data: URL")
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model: str
+    input: str | ImageInput | list[str | ImageInput]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def decode_image_input(item: ImageInput, index: int):
+    from foundry.data.images import BadImage, decode_image
+
+    data = item.image.split(",", 1)[1] if item.image.startswith("data:") else item.image
+    try:
+        raw = base64.b64decode(data, validate=True)
+        return decode_image(raw, min_side=1)
+    except (binascii.Error, ValueError):
+        raise APIError(400, f"input[{index}].image: not base64", param=f"input.{index}.image",
+                       code="invalid_image") from None
+    except BadImage as bad:
+        raise APIError(400, f"input[{index}].image: {bad}", param=f"input.{index}.image", code="invalid_image") from None
+
+
+def create_embeddings_app(model, tokenizer, settings):
+    """The FastAPI app answering /health, /v1/models and /v1/embeddings for a CLIP `model`."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from foundry.data.images import preprocess
+    from foundry.serve.server import check_key
+
+    model.eval()
+    device = next(model.parameters()).device
+    created = int(time.time())
+    app = FastAPI(title="foundry", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc):
+        code = "not_found" if exc.status_code == 404 else None
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": settings.model_name, "kind": "embeddings"}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request, settings.api_key)
+        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
+                                            "owned_by": "foundry"}]}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        check_key(request, settings.api_key)
+        req = parse_body(await request.body(), EmbeddingRequest)
+        if req.model != settings.model_name:
+            raise APIError(404, f"model '{req.model}' does not exist; this server serves '{settings.model_name}'",
+                           param="model", code="model_not_found")
+        items = req.input if isinstance(req.input, list) else [req.input]
+        if not items or len(items) > MAX_INPUTS:
+            raise APIError(400, f"input: give 1 to {MAX_INPUTS} texts or images", param="input", code="invalid_input")
+        texts = [(i, x) for i, x in enumerate(items) if isinstance(x, str)]
+        images = [(i, decode_image_input(x, i)) for i, x in enumerate(items) if not isinstance(x, str)]
+        out: list = [None] * len(items)
+        tokens = 0
+        with torch.no_grad():
+            if texts:
+                ids = tokenizer.encode_batch([t for _, t in texts], model.config.text_len)
+                tokens += int((ids != tokenizer.pad_id).sum()) + len(texts)  # the end-of-text of each row
+                for (i, _), z in zip(texts, model.encode_text(ids.to(device)).float().cpu()):
+                    out[i] = z
+            if images:
+                pixels = torch.from_numpy(np.stack([preprocess(img, model.config.image_size) for _, img in images]))
+                for (i, _), z in zip(images, model.encode_image(pixels.to(device)).float().cpu()):
+                    out[i] = z
+
+        def encode(z: torch.Tensor):
+            if req.encoding_format == "base64":
+                return base64.b64encode(z.numpy().astype("<f4").tobytes()).decode()
+            return z.tolist()
+
+        return {"object": "list", "model": settings.model_name,
+                "data": [{"object": "embedding", "index": i, "embedding": encode(z)} for i, z in enumerate(out)],
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    return app
