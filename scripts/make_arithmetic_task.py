@@ -11,6 +11,7 @@ splits them into held-out (150) and train (460) problems; no held-out problem ap
 - prompts.jsonl           RL prompts {"prompt", "answer"}: every train problem
 - heldout.jsonl           held-out prompts {"prompt", "answer"} (foundry rl's pass@1 and pass@G)
 - heldout_task.jsonl      the same as a `foundry eval` generation task (exact checker), for Findings
+- prompts_task.jsonl      the RL prompts as a `foundry eval` task (in-distribution accuracy)
 - heldout_sft_val.jsonl   held-out problems as chats, for SFT's validation loss
 
 Deterministic: the same files every run (seed 17).
@@ -67,6 +68,8 @@ def main() -> None:
     write_jsonl(out / "heldout.jsonl", [{"prompt": question(e), "answer": a} for e, a in heldout])
     write_jsonl(out / "heldout_task.jsonl", [{"prompt": question(e), "checker": {"type": "exact", "value": str(a)}}
                                              for e, a in heldout])
+    write_jsonl(out / "prompts_task.jsonl", [{"prompt": question(e), "checker": {"type": "exact", "value": str(a)}}
+                                             for e, a in train])
     print(f"{len(train)} train problems ({N_SFT} in SFT), {len(heldout)} held out -> {out}")
 
 
