@@ -2,12 +2,14 @@
 
     python scripts/make_arithmetic_task.py [--out data/rl/arithmetic]
 
-Problems are `a + b` (0 <= a, b <= 19) and `a - b` (0 <= b <= a <= 19): 610 in all. A fixed-seed shuffle
-splits them into held-out (150) and train (460) problems; no held-out problem appears anywhere in training
-(its mirror `b + a` may: that is part of what a learner can use). Files:
+Problems are `a + b` (0 <= a, b <= 12) and `a - b` (0 <= b <= a <= 12): 260 in all. A fixed-seed shuffle
+splits them into held-out (80) and train (180) problems. The pretraining text states every fact, as a
+language model's pretraining does; held-out problems are never ASKED in training (not in SFT, not among
+the RL prompts), so held-out accuracy measures whether what SFT and RL teach about answering carries over
+to questions they never rewarded. Files:
 
-- corpus/worked.txt      train problems written out ("7 + 5 = 12"), the pretraining text
-- sft.jsonl               chat pairs teaching the answer FORMAT (the bare number), on 120 train problems
+- corpus/worked.txt      every problem written out ("7 + 5 = 12"), the pretraining text
+- sft.jsonl               chat pairs teaching the answer FORMAT (the bare number), on 60 train problems
 - prompts.jsonl           RL prompts {"prompt", "answer"}: every train problem
 - heldout.jsonl           held-out prompts {"prompt", "answer"} (foundry rl's pass@1 and pass@G)
 - heldout_task.jsonl      the same as a `foundry eval` generation task (exact checker), for Findings
@@ -25,19 +27,20 @@ import random
 from pathlib import Path
 
 SEED = 17
-N_HELDOUT = 150
-N_SFT = 120
-N_CORPUS_REPEATS = 6  # every train problem written this many times, in shuffled order
+MAX = 12
+N_HELDOUT = 80
+N_SFT = 60
+N_CORPUS_REPEATS = 8  # every problem written this many times, in shuffled order
 
 
 def problems() -> list[tuple[str, int]]:
-    out = [(f"{a} + {b}", a + b) for a in range(20) for b in range(20)]
-    out += [(f"{a} - {b}", a - b) for a in range(20) for b in range(a + 1)]
+    out = [(f"{a} + {b}", a + b) for a in range(MAX + 1) for b in range(MAX + 1)]
+    out += [(f"{a} - {b}", a - b) for a in range(MAX + 1) for b in range(a + 1)]
     return out
 
 
 def question(expr: str) -> str:
-    return f"What is {expr}?"
+    return f"{expr} ="
 
 
 def write_jsonl(path: Path, records: list[dict]) -> None:
@@ -55,7 +58,7 @@ def main() -> None:
     rng.shuffle(items)
     heldout, train = items[:N_HELDOUT], items[N_HELDOUT:]
 
-    lines = [f"{expr} = {ans}" for expr, ans in train] * N_CORPUS_REPEATS
+    lines = [f"{expr} = {ans}" for expr, ans in items] * N_CORPUS_REPEATS
     rng.shuffle(lines)
     paragraphs = [". ".join(lines[i:i + 8]) + "." for i in range(0, len(lines), 8)]
     (out / "corpus" / "worked.txt").write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
