@@ -286,3 +286,18 @@ def test_length_cap_ends_and_counts_runaway_completions(workdir, capsys):
     step = [json.loads(line) for line in (workdir / "capped" / "metrics.jsonl").read_text().splitlines()][-1]
     assert run_json["capped_total"] == round(step["capped"] * 2 * 3) > 0
     assert "completions capped at 2 tokens" in capsys.readouterr().out
+
+
+def test_rl_help_lists_every_recipe_key_with_its_description(capsys):
+    from foundry.commands import recipe_keys
+    from foundry.train.grpo import GRPOConfig
+
+    with pytest.raises(SystemExit) as stop:
+        cli(["rl", "--help"])
+    assert stop.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    keys = recipe_keys(GRPOConfig)
+    assert {"group_size", "kl_beta", "loss_norm", "verifiers[].type", "train.micro_batch_size"} <= {k for k, *_ in keys}
+    for key, _, _, description in keys:
+        assert description, f"rl: recipe key '{key}' has no description"
+        assert description[:40] in out
