@@ -84,7 +84,7 @@ def test_loss_equals_hand_computed_grpo(norm):
         seq_means.append(sum(row) / len(row))
         n_tokens += len(row)
     expected = {"constant": total / (N * L), "token": total / n_tokens, "sequence": sum(seq_means) / N}[norm]
-    assert float(loss_sum) / obj.units(batch) == pytest.approx(expected, rel=1e-5)
+    assert float(loss_sum.detach()) / obj.units(batch) == pytest.approx(expected, rel=1e-5)
 
 
 def test_advantage_scaled_by_group_std_as_in_grpo():
@@ -231,9 +231,10 @@ def test_rl_runs_logs_and_resumes_after_a_kill_to_the_same_weights(workdir, caps
     ckpt = workdir / "killed" / "checkpoints" / "step_0000002"
     deadline = time.time() + 120
     while not (ckpt / "meta.json").is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (workdir / "killed" / "checkpoints" / "step_0000004").exists()  # killed mid-run
     assert cli(["rl", "--config", str(recipe), "--resume"]) == 0
     a, b = _weights(workdir / "full"), _weights(workdir / "killed")
     assert a.keys() == b.keys()
