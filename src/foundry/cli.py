@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "coverage": ("foundry.commands.eval:coverage_main", "how well a model and tokenizer cover a domain corpus"),
     "sft": ("foundry.commands.train:sft_main", "supervised instruction tuning on chat data"),
     "dpo": ("foundry.commands.train:dpo_main", "preference optimisation (DPO, IPO, conservative DPO)"),
+    "rl": ("foundry.commands.train:rl_main", "reinforcement learning against verifiable rewards (GRPO)"),
     "audit prefs": ("foundry.commands.data:audit_prefs_main", "audit a preference file for duplicates, contradictions, bias"),
     "generate": ("foundry.commands.serve:generate_main", "sample text from a model"),
     "chat": ("foundry.commands.serve:chat_main", "interactive terminal chat"),

@@ -1,4 +1,4 @@
-"""Training verbs: pretrain, continue, sft, dpo, plan, selftest."""
+"""Training verbs: pretrain, continue, sft, dpo, rl, plan, selftest."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def dpo_main(argv: list[str]) -> int:
 
     return _stage_main("dpo", argv, DPOConfig, run_dpo, "loss=ipo beta=0.5 train.max_steps=100",
                        "recipe YAML (init, data, out_dir, train, ...)")
+
+
+def rl_main(argv: list[str]) -> int:
+    from foundry.train.grpo import GRPOConfig, run_grpo
+
+    return _stage_main("rl", argv, GRPOConfig, run_grpo, "group_size=8 kl_beta=0 train.max_steps=50",
+                       "recipe YAML (init, prompts, verifiers, out_dir, train, ...; see recipes/rl.yaml)")
 
 
 def continue_main(argv: list[str]) -> int:

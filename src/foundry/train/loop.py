@@ -314,6 +314,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
     final: dict = {}
     bad_in_a_row = 0
     window_tokens, window_start = 0, time.perf_counter()
+    window_optimise_s, window_steps = 0.0, 0  # forward, backward and update time since the last log record
     started = time.perf_counter()
     last_eval: dict = {}
     last_eval_step = None
@@ -338,6 +339,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
 
                 # 1. all micro-batches of the step first, so the loss is normalised by the step's units
                 batches = [source.next_batch(cfg.micro_batch_size) for _ in range(env.grad_accum_steps)]
+                drawn_at = time.perf_counter()  # drawing may include work (RL samples completions): timed apart
                 units = torch.tensor(float(sum(objective.units(b) for b in batches)), device=device,
                                      dtype=torch.float64)
                 total_units = float(dist_utils.all_reduce_sum(units, env))
@@ -366,6 +368,8 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                     optimizer.step()
                     bad_in_a_row = 0
                 optimizer.zero_grad(set_to_none=True)
+                window_optimise_s += time.perf_counter() - drawn_at
+                window_steps += 1
                 step += 1
                 profiler.step()
                 if not finite:
@@ -391,6 +395,9 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                               "elapsed_s": round(elapsed_before + now - started, 2)}
                     for key, value in metric_totals.items():
                         record[key] = float(dist_utils.all_reduce_sum(value, env)) / total_units
+                    if hasattr(source, "step_metrics"):  # a source's own measurements (RL: generation, rewards)
+                        record.update(source.step_metrics(window_steps, window_optimise_s))
+                    window_optimise_s, window_steps = 0.0, 0
                     log.write(record)
                     if progress is not None:
                         progress.update(step, record["elapsed_s"], loss=loss, tokens_per_s=tokens_per_s,
