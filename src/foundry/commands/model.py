@@ -22,8 +22,16 @@ def export_main(argv: list[str]) -> int:
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out}: already exists; pass --overwrite to replace it")
     model, tokenizer = load_model(args.checkpoint, "cpu")
-    export_hf(model, tokenizer, out, overwrite=args.overwrite)
-    print(f"exported {args.checkpoint} -> {out} (Hugging Face LlamaForCausalLM, "
+    from foundry.model.llama import Llama
+
+    if type(model) is Llama:
+        export_hf(model, tokenizer, out, overwrite=args.overwrite)
+        arch = "LlamaForCausalLM"
+    else:  # the encoder (BertForMaskedLM) or a sequence classifier (docs/ENCODERS.md)
+        from foundry.model.encoder_hf import export_encoder_hf
+
+        arch = export_encoder_hf(model, tokenizer, out, overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} -> {out} (Hugging Face {arch}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
 
