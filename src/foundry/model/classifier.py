@@ -126,3 +126,40 @@ def classifier_from_model(model: nn.Module, labels: list[str], pooling: str | No
         raise ConfigError(f"classifier: the model's weights do not fit (missing {sorted(set(missing) - new)[:3]}, "
                           f"unexpected {sorted(unexpected)[:3]})")
     return clf
+
+
+# ---- inputs and prediction (shared by fine-tuning, evaluation and serving) --------------------------------
+def encode_for_classifier(config: ClassifierConfig, tokenizer, text: str, max_length: int) -> list[int]:
+    """Token ids for one text: an encoder reads `<|bos|> text <|endoftext|>` (its first token is pooled), a
+    decoder `text <|endoftext|>` (its last token is pooled); the text is cut to fit `max_length`."""
+    ids = tokenizer.encode(text)
+    if config.kind == "bert":
+        return [tokenizer.bos_id] + ids[:max(0, max_length - 2)] + [tokenizer.eos_id]
+    return ids[:max(0, max_length - 1)] + [tokenizer.eos_id]
+
+
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), each (B, T), padded on the right."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def classify(model: nn.Module, tokenizer, texts: list[str], batch_size: int = 32,
+             max_length: int | None = None) -> torch.Tensor:
+    """Class probabilities (N, num_labels) for `texts` (the model is put in eval mode)."""
+    model.eval()
+    config = model.config
+    max_length = min(max_length or config.max_seq_len, config.max_seq_len)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        rows = [encode_for_classifier(config, tokenizer, t, max_length) for t in texts[start:start + batch_size]]
+        ids, mask = pad_batch(rows, tokenizer.pad_id)
+        out.append(torch.softmax(model(ids.to(device), attention_mask=mask.to(device)).float(), -1).cpu())
+    return torch.cat(out) if out else torch.empty(0, config.num_labels)
