@@ -27,6 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "coverage": ("foundry.commands.eval:coverage_main", "how well a model and tokenizer cover a domain corpus"),
     "sft": ("foundry.commands.train:sft_main", "supervised instruction tuning on chat data"),
     "finetune": ("foundry.commands.train:finetune_main", "task fine-tuning: a sequence classifier on any model"),
+    "transfer": ("foundry.commands.train:transfer_main", "label-efficiency curve: fine-tuning from pretrained vs random"),
     "dpo": ("foundry.commands.train:dpo_main", "preference optimisation (DPO, IPO, conservative DPO)"),
     "audit prefs": ("foundry.commands.data:audit_prefs_main", "audit a preference file for duplicates, contradictions, bias"),
     "generate": ("foundry.commands.serve:generate_main", "sample text from a model"),
