@@ -127,3 +127,25 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, setup, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_classify_route_answers_with_label_names(setup):
+    from fastapi.testclient import TestClient
+
+    from foundry.model.classifier import classifier_from_model
+    from foundry.serve.classify import create_classify_app
+    from foundry.serve.server import ServerSettings
+
+    enc, tok = load_model(setup / "enc")
+    clf = classifier_from_model(enc, ["market", "river"])
+    client = TestClient(create_classify_app(clf, tok, ServerSettings(model_name="clf", api_key="k")))
+    auth = {"Authorization": "Bearer k"}
+    r = client.post("/v1/classify", json={"model": "clf", "input": ["copper coin", "river boat"]}, headers=auth)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["index"] for d in data] == [0, 1] and all(d["label"] in ("market", "river") for d in data)
+    assert abs(sum(data[0]["scores"].values()) - 1) < 1e-4
+    assert client.post("/v1/classify", json={"input": "x"}).status_code == 401
+    bad = client.post("/v1/classify", json={"input": []}, headers=auth)
+    assert bad.status_code == 400 and "input" in bad.json()["error"]["message"]
+    assert client.post("/v1/classify", json={"model": "other", "input": "x"}, headers=auth).status_code == 404
