@@ -72,6 +72,11 @@ def test_encoder_classifier_learns_and_keeps_label_names(tmp_path, setup, capsys
     assert model.config.labels == ["market", "river"]
     probs = classify(model, tok, ["copper coin salt price", "boat river fish water"])
     assert [model.config.labels[k] for k in probs.argmax(-1).tolist()] == ["market", "river"]
+    # foundry eval scores the saved classifier the same way
+    assert main(["eval", str(tmp_path / "run"), "--labelled", str(setup / "val.jsonl"),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())["run"]
+    assert evaluated["acc"] == scores["acc"] and evaluated["confusion"] == scores["confusion"]
 
 
 def test_decoder_lora_classifier_from_csv(tmp_path, setup):
