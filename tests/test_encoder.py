@@ -112,3 +112,24 @@ def test_classifier_logits_match_transformers(tmp_path, kind):
         theirs = hf(input_ids=ids, attention_mask=mask).logits
     assert ours.shape == (3, 3)
     assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_import_of_a_transformers_bert_with_wordpiece_tokenizer(tmp_path):
+    words = "the river town was founded by a cartographer who drew maps of copper salt and wool".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    hf_tok = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    hf = transformers.BertForMaskedLM(config).eval()
+    hf.save_pretrained(tmp_path / "bert")
+    hf_tok.save_pretrained(tmp_path / "bert")
+    assert cli(["import", str(tmp_path / "bert"), "--out", str(tmp_path / "ckpt")]) == 0
+    model, tok = load_model(tmp_path / "ckpt")
+    assert isinstance(model, Encoder) and model.config.mask_token_id == 4
+    assert (tok.eos_id, tok.bos_id, tok.pad_id) == (3, 2, 0)  # [SEP], [CLS], [PAD]
+    ids = torch.tensor([[2, 5, 6, 7, 4, 9, 3], [2, 10, 11, 12, 3, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        err = (model(ids, attention_mask=mask) - hf(input_ids=ids, attention_mask=mask).logits)[mask.bool()]
+    assert err.abs().max().item() < 1e-4

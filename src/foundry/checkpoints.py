@@ -380,15 +380,15 @@ def import_hf(hf_dir, max_seq_len: int | None = None):
 def _import_bert(hf_dir: Path, cfg: dict):
     """A BertForMaskedLM directory -> (Encoder, Tokenizer)."""
     from foundry.data.tokenizer import Tokenizer
-    from foundry.model.encoder_hf import import_bert_model
-    from foundry.model.hf import foreign_special_tokens, load_hf_state
+    from foundry.model.encoder_hf import bert_special_tokens, import_bert_model
+    from foundry.model.hf import load_hf_state
 
     tok_path = hf_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise CheckpointError(f"{tok_path}: missing; only fast tokenizers (tokenizer.json) can be imported")
     text = tok_path.read_text(encoding="utf-8")
     model = import_bert_model(hf_dir, load_hf_state(hf_dir), text)
-    tokenizer = Tokenizer.from_foreign(text, foreign_special_tokens(hf_dir, cfg, text))
+    tokenizer = Tokenizer.from_foreign(text, bert_special_tokens(hf_dir, text))
     return model, tokenizer
 
 

@@ -160,3 +160,33 @@ def import_bert_model(hf_dir: str | Path, state: dict[str, torch.Tensor], tokeni
                                       f"config implies {tuple(target.shape)}")
             target.copy_(state[key].to(torch.float32))
     return model
+
+
+def bert_special_tokens(hf_dir: str | Path, tokenizer_json: str) -> dict[str, str]:
+    """foundry's roles for a BERT tokenizer: end of text = eos or [SEP], first token = bos or [CLS], pad."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf_dir = Path(hf_dir)
+    hf_tok = HFTokenizer.from_str(tokenizer_json)
+    tok_cfg: dict = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        if (hf_dir / name).is_file():
+            tok_cfg.update({k: v for k, v in read_json(hf_dir / name).items() if v is not None})
+
+    def pick(*candidates) -> str | None:
+        for key in candidates:
+            value = tok_cfg.get(key, key if key.startswith("[") else None)
+            token = value.get("content") if isinstance(value, dict) else value
+            if isinstance(token, str) and hf_tok.token_to_id(token) is not None:
+                return token
+        return None
+
+    eos = pick("eos_token", "sep_token", "[SEP]")
+    if eos is None:
+        raise CheckpointError(f"{hf_dir}: cannot find the end-of-text token (no eos_token or sep_token, no [SEP])")
+    mapping = {"eos": eos, "eot": eos}
+    for role, keys in (("bos", ("bos_token", "cls_token", "[CLS]")), ("pad", ("pad_token", "[PAD]"))):
+        token = pick(*keys)
+        if token is not None:
+            mapping[role] = token
+    return mapping
