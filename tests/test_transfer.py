@@ -64,3 +64,16 @@ def test_bundled_task_splits_share_no_passage_and_match_source():
         assert len({r["label"] for r in rows}) == 6
     assert not texts["train"] & texts["test"]
     assert not texts["train_chapters"] & texts["test_chapters"]
+
+
+def test_encoder_recipe_validates():
+    from foundry.pipeline import load_recipe
+    from foundry.train.pretrain import PretrainConfig
+    from foundry.train.transfer import TransferConfig
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "encoder.yaml")
+    stages = {s.name: s for s in recipe.stages}
+    pretrain = PretrainConfig.model_validate(stages["pretrain"].config)
+    assert pretrain.objective == "mlm" and pretrain.model.preset.startswith("bert-")
+    transfer = TransferConfig.model_validate(stages["transfer"].config)
+    assert transfer.target_accuracy == 0.5 and len(transfer.seeds) == 3
