@@ -38,6 +38,13 @@ def test_curve_on_tiny_data_writes_plot_table_and_runs(tmp_path, setup):  # noqa
     # a second call finds every run done and only rewrites the summary
     assert main(["transfer", "--config", str(tmp_path / "t.yaml"), "--resume"]) == 0
     assert len(json.loads((out / "transfer.json").read_text())["runs"]) == 12
+    # the report card shows the curve
+    from foundry.eval.report import write_report
+
+    written = write_report(out)
+    report = written["report"].read_text()
+    assert "## Transfer curve" in report and "Labels needed to reach 0.75" in report
+    assert (out / "plots" / "transfer_curve.png").is_file()
 
 
 def test_labels_needed_is_the_first_size_whose_mean_reaches_the_target():
