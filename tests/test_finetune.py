@@ -38,7 +38,7 @@ def write_jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def ft_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
     tok = tiny_tokenizer()
     torch.manual_seed(0)
@@ -61,8 +61,8 @@ def recipe(tmp_path, root, init="enc", **extra):
     return path
 
 
-def test_encoder_classifier_learns_and_keeps_label_names(tmp_path, setup, capsys):
-    assert main(["finetune", "--config", str(recipe(tmp_path, setup))]) == 0
+def test_encoder_classifier_learns_and_keeps_label_names(tmp_path, ft_setup, capsys):
+    assert main(["finetune", "--config", str(recipe(tmp_path, ft_setup))]) == 0
     out = capsys.readouterr().out
     assert "macro-F1" in out and "true \\ pred" in out
     scores = json.loads((tmp_path / "run" / "classification.json").read_text())
@@ -73,19 +73,19 @@ def test_encoder_classifier_learns_and_keeps_label_names(tmp_path, setup, capsys
     probs = classify(model, tok, ["copper coin salt price", "boat river fish water"])
     assert [model.config.labels[k] for k in probs.argmax(-1).tolist()] == ["market", "river"]
     # foundry eval scores the saved classifier the same way
-    assert main(["eval", str(tmp_path / "run"), "--labelled", str(setup / "val.jsonl"),
+    assert main(["eval", str(tmp_path / "run"), "--labelled", str(ft_setup / "val.jsonl"),
                  "--out", str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())["run"]
     assert evaluated["acc"] == scores["acc"] and evaluated["confusion"] == scores["confusion"]
 
 
-def test_decoder_lora_classifier_from_csv(tmp_path, setup):
+def test_decoder_lora_classifier_from_csv(tmp_path, ft_setup):
     csv_path = tmp_path / "train.csv"
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, ["text", "label"])
         w.writeheader()
         w.writerows(task(40, 0))
-    path = recipe(tmp_path, setup, init="dec", data=str(csv_path), lora={"rank": 4, "alpha": 8})
+    path = recipe(tmp_path, ft_setup, init="dec", data=str(csv_path), lora={"rank": 4, "alpha": 8})
     assert main(["finetune", "--config", str(path)]) == 0
     scores = json.loads((tmp_path / "run" / "classification.json").read_text())
     assert scores["acc"] >= 0.8
@@ -109,7 +109,7 @@ def test_scores_on_hand_computed_numbers():
     ("tokenizer", "the data's tokenizer is not the model's"),
     ("already", "already a classifier"),
 ])
-def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, setup, capsys, case, expect):
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, ft_setup, capsys, case, expect):
     extra = {}
     if case == "unknown_label":
         extra["val_data"] = str(write_jsonl(tmp_path / "v.jsonl", task(4, 2) + [{"text": "sea", "label": "harbour"}]))
@@ -125,23 +125,23 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, setup, capsy
     elif case == "already":
         from foundry.model.classifier import classifier_from_model
 
-        enc, tok = load_model(setup / "enc")
+        enc, tok = load_model(ft_setup / "enc")
         save_checkpoint(tmp_path / "clf", classifier_from_model(enc, ["a", "b"]), tok, meta={"step": 0})
         extra["init"] = str(tmp_path / "clf")
-    assert main(["finetune", "--config", str(recipe(tmp_path, setup, **extra))]) != 0
+    assert main(["finetune", "--config", str(recipe(tmp_path, ft_setup, **extra))]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0], err
     assert not (tmp_path / "run").exists()
 
 
-def test_classify_route_answers_with_label_names(setup):
+def test_classify_route_answers_with_label_names(ft_setup):
     from fastapi.testclient import TestClient
 
     from foundry.model.classifier import classifier_from_model
     from foundry.serve.classify import create_classify_app
     from foundry.serve.server import ServerSettings
 
-    enc, tok = load_model(setup / "enc")
+    enc, tok = load_model(ft_setup / "enc")
     clf = classifier_from_model(enc, ["market", "river"])
     client = TestClient(create_classify_app(clf, tok, ServerSettings(model_name="clf", api_key="k")))
     auth = {"Authorization": "Bearer k"}

@@ -11,15 +11,15 @@ import yaml
 from foundry.cli import main
 from foundry.train.transfer import labels_needed, summarise
 
-from test_finetune import setup, task, write_jsonl  # noqa: F401  (the module fixture and data helpers)
+from test_finetune import ft_setup, task, write_jsonl  # noqa: F401  (the module fixture and data helpers)
 
 TASKS = Path(__file__).resolve().parents[1] / "data" / "tasks"
 
 
-def test_curve_on_tiny_data_writes_plot_table_and_runs(tmp_path, setup):  # noqa: F811
+def test_curve_on_tiny_data_writes_plot_table_and_runs(tmp_path, ft_setup):  # noqa: F811
     write_jsonl(tmp_path / "test.jsonl", task(16, 5))
-    recipe = {"out_dir": str(tmp_path / "curve"), "pretrained": str(setup / "enc"),
-              "continued": str(setup / "enc"), "data": str(setup / "train.jsonl"),
+    recipe = {"out_dir": str(tmp_path / "curve"), "pretrained": str(ft_setup / "enc"),
+              "continued": str(ft_setup / "enc"), "data": str(ft_setup / "train.jsonl"),
               "test_data": str(tmp_path / "test.jsonl"), "sizes": [4, 16], "seeds": [0, 1], "target_accuracy": 0.75,
               "min_steps": 4, "epochs": 2,
               "train": {"max_steps": 8, "micro_batch_size": 8, "block_size": 32, "lr": 2e-3, "warmup_steps": 1,
