@@ -93,6 +93,8 @@ def model_state_for_saving(model: torch.nn.Module, full_state: dict | None = Non
         state[name] = tensor.detach().to("cpu").contiguous()
     if getattr(model.config, "tie_embeddings", False):
         state.pop("lm_head.weight", None)
+    for key in getattr(model, "tied_weights", {}):  # the encoder's MLM decoder: stored once, as its source
+        state.pop(key, None)
     return state
 
 
@@ -221,20 +223,54 @@ def resolve_checkpoint(path) -> Path:
     return latest
 
 
-def load_model_config(path):
-    """The checkpoint's model config: a LlamaConfig, or a ClipConfig when it says `"architecture": "clip"`."""
+def config_from_dict(data: dict):
+    """A model config from model_config.json: the decoder's, the encoder's (`architecture: bert`), a
+    sequence classifier's (`architecture: classifier`) or an image-text model's (`architecture: clip`)."""
     from foundry.model.llama import LlamaConfig
 
+    kind = data.get("architecture") if isinstance(data, dict) else None
+    if kind == "bert":
+        from foundry.model.encoder import EncoderConfig
+
+        return EncoderConfig.from_dict(data)
+    if kind == "classifier":
+        from foundry.model.classifier import ClassifierConfig
+
+        return ClassifierConfig.from_dict(data)
+    if kind == "clip":
+        from foundry.model.clip import ClipConfig
+
+        return ClipConfig.from_dict(data)
+    return LlamaConfig.from_dict(data)
+
+
+def model_from_config(config) -> torch.nn.Module:
+    """The module a config describes (weights freshly initialised)."""
+    from foundry.model.llama import Llama, LlamaConfig
+
+    if isinstance(config, LlamaConfig):
+        return Llama(config)
+    from foundry.model.encoder import EncoderConfig
+
+    if isinstance(config, EncoderConfig):
+        from foundry.model.encoder import Encoder
+
+        return Encoder(config)
+    if getattr(config, "architecture", None) == "clip":
+        from foundry.model.clip import Clip
+
+        return Clip(config)
+    from foundry.model.classifier import Classifier
+
+    return Classifier(config)
+
+
+def load_model_config(path):
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
         raise CheckpointError(f"{file}: missing; not a foundry checkpoint")
     try:
-        data = json.loads(file.read_text())
-        if isinstance(data, dict) and data.get("architecture") == "clip":
-            from foundry.model.clip import ClipConfig
-
-            return ClipConfig.from_dict(data)
-        return LlamaConfig.from_dict(data)
+        return config_from_dict(json.loads(file.read_text()))
     except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{file}: not a valid model config ({exc})") from None
 
@@ -259,6 +295,9 @@ def load_weights(model: torch.nn.Module, path) -> None:
         raise CheckpointError(f"{path / MODEL_FILE}: cannot read weights ({exc})") from None
     if getattr(model.config, "tie_embeddings", False):
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    for key, source in getattr(model, "tied_weights", {}).items():
+        if source in state:
+            state[key] = state[source]
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
     if missing or unexpected:
@@ -275,18 +314,14 @@ def load_weights(model: torch.nn.Module, path) -> None:
 def load_model(path, device="cpu"):
     """(model, tokenizer) from a checkpoint directory or a run directory, in eval mode on `device`."""
     from foundry.data.tokenizer import Tokenizer
-    from foundry.model.llama import Llama
 
     path = resolve_checkpoint(path)
-    config = load_model_config(path)
-    if getattr(config, "architecture", None) == "clip":  # an image-text model and its caption tokenizer
+    model = model_from_config(load_model_config(path))
+    if getattr(model.config, "architecture", None) == "clip":  # an image-text model and its caption tokenizer
         from foundry.data.tokenizer import ClipTokenizer
-        from foundry.model.clip import Clip
 
-        model = Clip(config)
         load_weights(model, path)
         return model.to(device).eval(), ClipTokenizer.load(path)
-    model = Llama(config)
     load_weights(model, path)
     model.to(device).eval()
     return model, Tokenizer.load(path)
@@ -342,12 +377,31 @@ def import_hf(hf_dir, max_seq_len: int | None = None):
     `foundry.model.hf`, the tokenizer with its special tokens mapped to foundry's roles."""
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.hf import DEFAULT_MAX_SEQ_LEN, import_hf_model
+    from foundry.utils.io import read_json
 
+    config_file = Path(hf_dir) / "config.json"
+    if config_file.is_file() and isinstance(cfg := read_json(config_file), dict) and cfg.get("model_type") == "bert":
+        return _import_bert(Path(hf_dir), cfg)
     model, text, special = import_hf_model(hf_dir, max_seq_len or DEFAULT_MAX_SEQ_LEN)
     tokenizer = Tokenizer.from_foreign(text, special)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"{Path(hf_dir) / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but "
                               f"the model's embedding only {model.config.vocab_size}")
+    return model, tokenizer
+
+
+def _import_bert(hf_dir: Path, cfg: dict):
+    """A BertForMaskedLM directory -> (Encoder, Tokenizer)."""
+    from foundry.data.tokenizer import Tokenizer
+    from foundry.model.encoder_hf import bert_special_tokens, import_bert_model
+    from foundry.model.hf import load_hf_state
+
+    tok_path = hf_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise CheckpointError(f"{tok_path}: missing; only fast tokenizers (tokenizer.json) can be imported")
+    text = tok_path.read_text(encoding="utf-8")
+    model = import_bert_model(hf_dir, load_hf_state(hf_dir), text)
+    tokenizer = Tokenizer.from_foreign(text, bert_special_tokens(hf_dir, text))
     return model, tokenizer
 
 

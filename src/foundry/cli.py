@@ -29,6 +29,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "continue": ("foundry.commands.train:continue_main", "continual pretraining on a domain mixture with replay"),
     "coverage": ("foundry.commands.eval:coverage_main", "how well a model and tokenizer cover a domain corpus"),
     "sft": ("foundry.commands.train:sft_main", "supervised instruction tuning on chat data"),
+    "finetune": ("foundry.commands.train:finetune_main", "task fine-tuning: a sequence classifier on any model"),
+    "transfer": ("foundry.commands.train:transfer_main", "label-efficiency curve: fine-tuning from pretrained vs random"),
     "dpo": ("foundry.commands.train:dpo_main", "preference optimisation (DPO, IPO, conservative DPO)"),
     "rl": ("foundry.commands.train:rl_main", "reinforcement learning against verifiable rewards (GRPO)"),
     "audit prefs": ("foundry.commands.data:audit_prefs_main", "audit a preference file for duplicates, contradictions, bias"),

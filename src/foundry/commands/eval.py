@@ -35,8 +35,12 @@ def eval_main(argv: list[str]) -> int:
                    help="lm-evaluation-harness tasks too (offline; --shots applies; see docs/EVALUATION.md)")
     p.add_argument("--lm-eval-include", metavar="DIR", help="folder of local lm-eval task YAMLs")
     p.add_argument("--lm-eval-limit", type=int, metavar="N", help="score only the first N items of each lm-eval task")
+    p.add_argument("--labelled", metavar="FILE", help="a classifier (foundry finetune): score it on labelled JSONL "
+                   "{text, label} or CSV (accuracy, macro-F1, confusion matrix)")
     args = p.parse_args(argv)
 
+    if args.labelled:
+        return _eval_classifiers(args)
     if not args.data and not args.tasks and not args.lm_eval:
         raise ConfigError("foundry eval: nothing to evaluate; pass --data DATASET_DIR, --tasks TASK.jsonl "
                           "and/or --lm-eval TASK")
@@ -244,4 +248,31 @@ def coverage_main(argv: list[str]) -> int:
         print(json.dumps(report, indent=2))
     else:
         print_report(report)
+    return 0
+
+
+def _eval_classifiers(args) -> int:
+    """`foundry eval CLASSIFIER... --labelled FILE`: accuracy, macro-F1 and the confusion matrix of each."""
+    import json
+
+    from foundry.checkpoints import load_model, pick_device
+    from foundry.eval.classification import score_classifier
+    from foundry.utils.classification import format_confusion
+    from foundry.utils.io import atomic_write_text
+
+    if args.data or args.tasks or args.lm_eval:
+        raise ConfigError("foundry eval: --labelled scores classifiers only; pass it without --data/--tasks/--lm-eval")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise ConfigError(f"{args.out}: already exists; pass --overwrite to replace it")
+    results = {}
+    for spec in args.models:
+        name, _, path = spec.rpartition("=") if "=" in spec else (Path(spec).name, "", spec)
+        model, tokenizer = load_model(path, device=pick_device(args.device))
+        scores = score_classifier(model, tokenizer, args.labelled, batch_size=args.batch_size)
+        results[name] = scores
+        print(f"{name}: {args.labelled}: accuracy {scores['acc']:.3f}, macro-F1 {scores['macro_f1']:.3f} "
+              f"({scores['n']} examples)")
+        print(format_confusion(scores["confusion"], scores["labels"]))
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(results, indent=2) + "\n")
     return 0

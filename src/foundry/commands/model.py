@@ -30,8 +30,16 @@ def export_main(argv: list[str]) -> int:
         print(f"exported {args.checkpoint} -> {out} (Hugging Face CLIPModel + CLIPProcessor, "
               f"{sum(p.numel() for p in model.parameters()):,} parameters)")
         return 0
-    export_hf(model, tokenizer, out, overwrite=args.overwrite)
-    print(f"exported {args.checkpoint} -> {out} (Hugging Face LlamaForCausalLM, "
+    from foundry.model.llama import Llama
+
+    if type(model) is Llama:
+        export_hf(model, tokenizer, out, overwrite=args.overwrite)
+        arch = "Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM"  # model/hf.py
+    else:  # the encoder (BertForMaskedLM) or a sequence classifier (docs/ENCODERS.md)
+        from foundry.model.encoder_hf import export_encoder_hf
+
+        arch = export_encoder_hf(model, tokenizer, out, overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} -> {out} (Hugging Face {arch}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters)")
     return 0
 

@@ -129,7 +129,12 @@ def serve_main(argv: list[str]) -> int:
     settings = ServerSettings(model_name=name, api_key=args.api_key, max_prompt_tokens=args.max_prompt_tokens,
                               max_tokens_limit=args.max_tokens_limit, max_concurrency=args.max_concurrency,
                               passages=args.passages, max_queue=args.max_queue)
-    app = create_app(model, tokenizer, settings, index=index)
+    if hasattr(model.config, "labels"):  # a sequence classifier (foundry finetune): /v1/classify only
+        from foundry.serve.classify import create_classify_app
+
+        app = create_classify_app(model, tokenizer, settings)
+    else:
+        app = create_app(model, tokenizer, settings, index=index)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it")
     print(f"serving '{name}' at http://{args.host}:{args.port}/v1 "

@@ -142,3 +142,17 @@ def selftest_main(argv: list[str]) -> int:
     print(f"{len(checks) - len(failed)} of {len(checks)} checks passed in {time.perf_counter() - started:.0f}s"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def finetune_main(argv: list[str]) -> int:
+    from foundry.train.finetune import FinetuneConfig, run_finetune
+
+    return _stage_main("finetune", argv, FinetuneConfig, run_finetune, "train.max_steps=100 lora.rank=8",
+                       "recipe YAML (init, data, val_data, out_dir, train, ...); see docs/ENCODERS.md")
+
+
+def transfer_main(argv: list[str]) -> int:
+    from foundry.train.transfer import TransferConfig, run_transfer
+
+    return _stage_main("transfer", argv, TransferConfig, run_transfer, "seeds=[0,1] sizes=[16,64,256]",
+                       "recipe YAML (pretrained, data, test_data, out_dir, ...); see docs/ENCODERS.md")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +280,7 @@ def render_report(view: RunView, out_dir: Path, findings: list[dict] = ()) -> st
         metrics = final_metrics(s)
         if metrics:
             lines += ["Final metrics:", "", md_table(["metric", "value"], [list(p) for p in metrics]), ""]
+    lines += transfer_sections(view.root, out_dir)
     # Evaluation
     if view.evals:
         lines += ["## Evaluation", ""]
@@ -294,6 +296,23 @@ def render_report(view: RunView, out_dir: Path, findings: list[dict] = ()) -> st
             if summary.get("ranking"):
                 lines += [f"Ranking: {' > '.join(summary['ranking'])}.", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def transfer_sections(root: Path, out_dir: Path) -> list[str]:
+    """Each `foundry transfer` curve under the run (transfer.md + transfer.png): its plot and table."""
+    lines = []
+    for d in _walk(root):
+        table, png = d / "transfer.md", d / "transfer.png"
+        if not (table.is_file() and png.is_file()):
+            continue
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", d.relative_to(root).as_posix() if d != root else root.resolve().name)
+        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, out_dir / "plots" / f"transfer_{name}.png")
+        body = table.read_text(encoding="utf-8").splitlines()
+        heading = body[0].lstrip("# ") if body and body[0].startswith("#") else name
+        lines += ["## Transfer curve", "", f"### {heading}", "", f"![transfer curve](plots/transfer_{name}.png)", "",
+                  *body[1:], ""]
+    return lines
 
 
 def headlines(view: RunView) -> list[str]:

@@ -208,6 +208,7 @@ def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
     """Continue training `cfg.init` on `cfg.mixture`; returns the `results` written to run.json."""
     from foundry.data.prepare import dataset_manifest
     from foundry.data.shards import TokenBlocks, check_tokenizer_matches
+    from foundry.model.encoder import is_encoder
     from foundry.train.objectives import NextTokenObjective
     from foundry.utils.io import read_metrics, sha256_file
 
@@ -226,19 +227,27 @@ def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
         eval_bs = cfg.eval_batch_size or tc.micro_batch_size
         evaluators = {f"val/{name}": dataset_evaluator(path, tc.block_size, eval_bs, tc.eval_batches)
                       for name, path in datasets.items()}
+        objective = NextTokenObjective()
+        if is_encoder(start.model):  # domain-adaptive MLM: the same mixture, masked (foundry.train.mlm)
+            from foundry.train.mlm import MLMConfig, MLMObjective, Masker, MaskedLMSource, mlm_val_evaluator
+
+            masker = Masker(start.tokenizer, start.model.config.mask_token_id, MLMConfig())
+            source, objective = MaskedLMSource(source, masker, tc.seed), MLMObjective()
+            evaluators = {f"val/{name}": mlm_val_evaluator(path, tc.block_size, eval_bs, tc.eval_batches, masker)
+                          for name, path in datasets.items()}
         names = list(datasets)
         primary = max(cfg.mixture, key=lambda m: m.weight).name  # best checkpoint: lowest loss on the main dataset
         parents = {"checkpoint": str(Path(cfg.init).resolve()), "checkpoint_kind": start.kind,
                    "datasets": {n: str(p.resolve()) for n, p in datasets.items()}}
         run_dir = runner.open_run_dir(parents, manifests)
         # step 0 evaluates the parent on every dataset: the "before" of the before/after table
-        final = runner.train(start.model, NextTokenObjective(), source, start.tokenizer, evaluators=evaluators,
+        final = runner.train(start.model, objective, source, start.tokenizer, evaluators=evaluators,
                              best_metric=f"val/{primary}/loss", eval_at_start=True)
         before_record = next((r for r in read_metrics(run_dir) if r.get("step") == 0 and "event" not in r), {})
         before, after = _per_dataset(before_record, names), _per_dataset(final, names)
         rows = before_after_rows(before, after, weights)
         results = {**final, "before": before, "after": after, "table": rows,
-                   "mixture": weights, "sequences_drawn": dict(source.drawn), "primary": primary}
+                   "mixture": weights, "sequences_drawn": dict(getattr(source, "inner", source).drawn), "primary": primary}
         runner.finish(results)
         if runner.is_main:
             print_table(rows, BEFORE_AFTER_COLUMNS, f"continual pretraining: {cfg.init} -> {run_dir}")

@@ -12,17 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from typing import Literal
+
 from pydantic import Field
 
 from foundry.config import StrictModel
 from foundry.errors import ConfigError
+from foundry.train.mlm import MLMConfig
 from foundry.train.stage import StageConfig, StageRunner
 
 
 class ModelSpec(StrictModel):
     """A preset from foundry.model.llama.PRESETS plus any field overridden."""
 
-    preset: str = Field("4m", description="model size: test, 1m, 4m, 14m, 124m, 350m or 1b; the fields below override it")
+    preset: str = Field("4m", description="model size: test, 1m, 4m, 14m, 124m, 350m or 1b (decoders); bert-test, bert-mini, bert-small, bert-medium or bert-base (encoders, objective: mlm); the fields below override it")
     vocab_size: int | None = Field(None, gt=0, description="default: the tokenizer's vocabulary size")
     n_layer: int | None = Field(None, gt=0, description="transformer blocks")
     n_head: int | None = Field(None, gt=0, description="attention (query) heads")
@@ -44,10 +47,17 @@ class PretrainConfig(StageConfig):
     data: str = Field(description="dataset directory holding tokens/ (from 'foundry data tokenize')")
     tokenizer: str = Field(description="tokenizer directory (or tokenizer.json)")
     model: ModelSpec = Field(ModelSpec(), description="the model to pretrain (below)")
+    objective: Literal["next_token", "mlm"] = Field(
+        "next_token", description="next_token: a decoder (GPT); mlm: a masked-LM encoder (BERT; model.preset bert-*)")
+    mlm: MLMConfig = Field(default_factory=lambda: MLMConfig(), description="masking, for objective: mlm (below)")
 
 
 def build_model_config(spec: ModelSpec, tokenizer, block_size: int):
+    from foundry.model.encoder import ENCODER_PRESETS
     from foundry.model.llama import config_from_preset
+
+    if spec.preset in ENCODER_PRESETS:
+        raise ConfigError(f"model.preset '{spec.preset}' is an encoder: it trains with objective: mlm")
 
     overrides = {k: v for k, v in spec.model_dump().items() if k != "preset" and v is not None}
     overrides.setdefault("vocab_size", tokenizer.vocab_size)
@@ -71,6 +81,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     from foundry.train.objectives import NextTokenObjective
     from foundry.utils.io import sha256_file
 
+    if cfg.objective == "mlm":
+        from foundry.train.mlm import run_mlm_pretrain
+
+        return run_mlm_pretrain(cfg, resume)
     with StageRunner("pretrain", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
         tokenizer = Tokenizer.load(cfg.tokenizer)
