@@ -35,6 +35,18 @@ def test_curve_on_tiny_data_writes_plot_table_and_runs(tmp_path, ft_setup):  # n
     table = (out / "transfer.md").read_text()
     assert "| 4 |" in table and "| 16 |" in table and "Labels needed to reach 0.75" in table
     assert not any((out / "runs").glob("*/checkpoints"))  # scored, then deleted
+    # per-example right/wrong of every run, so a Findings claim compares starting points item by item
+    from foundry.eval.findings import Claim, evaluate_claim
+
+    for run in record["runs"]:
+        assert len(run["correct"]) == 16 and sum(run["correct"]) / 16 == run["acc"]
+    claim = Claim(id="transfer", lesson="pretraining saves labels", results="per_item.json", metric="task:test",
+                  better=["pretrained_n16_s*"], than=["random_n16_s*"])
+    finding = evaluate_claim(claim, out)
+    expected = [sum(r["acc"] for r in record["runs"] if r["start"] == start and r["n"] == 16) / 2
+                for start in ("pretrained", "random")]
+    assert finding["paired"] and finding["n"] == 16
+    assert abs(finding["effect"] - (expected[0] - expected[1])) < 1e-9
     # a second call finds every run done and only rewrites the summary
     assert main(["transfer", "--config", str(tmp_path / "t.yaml"), "--resume"]) == 0
     assert len(json.loads((out / "transfer.json").read_text())["runs"]) == 12

@@ -256,6 +256,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
             true, pred, _ = predictions(saved, test_source, tc.micro_batch_size)
             scores = classification_scores(true, pred, labels)
             scores["data"] = str(test_path)
+            scores["correct"] = [int(t == q) for t, q in zip(true, pred)]  # per test example, in file order
             atomic_write_text(out_dir / "classification.json", json.dumps(scores, indent=2) + "\n")
             results.update({"test/acc": scores["acc"], "test/macro_f1": scores["macro_f1"]})
             runner.log(f"{test_path}: accuracy {scores['acc']:.3f}, macro-F1 {scores['macro_f1']:.3f} "

@@ -135,6 +135,18 @@ def plot_curve(summary: dict, target: float, chance: float, path: Path, title: s
     plt.close(fig)
 
 
+def per_item_results(rows: list[dict], test_data: str) -> dict:
+    """Every fine-tuning run's right/wrong per test example, in the layout of `foundry eval` results (a model
+    per run, named START_nN_sSEED, one task `test`), so a recipe's Findings can compare starting points item
+    by item: `better: [pretrained_n1024_s*]`, `than: [random_n1024_s*]` averages the seeds per example. Its
+    own kind: the report shows the curve (transfer.md), not 3 x sizes x seeds evaluation rows."""
+    return {"kind": "foundry.transfer", "source": "foundry transfer", "data": test_data,
+            "models": [{"name": f"{r['start']}_n{r['n']}_s{r['seed']}",
+                        "tasks": {"test": {"kind": "classification", "acc": r["acc"],
+                                           "scores": {"acc": r["correct"]}}}}
+                       for r in rows if "correct" in r]}
+
+
 def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict:
     from foundry.data.labelled import read_labelled
     from foundry.train.finetune import FinetuneConfig, run_finetune
@@ -174,8 +186,10 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict:
                                     labels=labels, pooling=cfg.pooling, lora=cfg.lora, init_weights=weights,
                                     max_train_examples=n, subset_seed=seed, train=train)
                 result = run_finetune(ft)
+                correct = json.loads((run_dir / "classification.json").read_text())["correct"]
                 rows.append({"start": start, "n": n, "seed": seed, "steps": steps, "acc": result["test/acc"],
-                             "macro_f1": result["test/macro_f1"], "train_loss": result.get("loss")})
+                             "macro_f1": result["test/macro_f1"], "train_loss": result.get("loss"),
+                             "correct": correct})
                 if not cfg.keep_checkpoints:
                     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
                 atomic_write_text(results_file, json.dumps({"runs": rows}, indent=2) + "\n")
@@ -189,6 +203,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict:
               "seeds": cfg.seeds, "pretrained": cfg.pretrained, "continued": cfg.continued,
               "data": cfg.data, "test_data": cfg.test_data}
     atomic_write_text(results_file, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out / "per_item.json", json.dumps(per_item_results(rows, cfg.test_data)) + "\n")
     table = format_markdown(summary, cfg.target_accuracy, chance, title)
     atomic_write_text(out / "transfer.md", table)
     plot_curve(summary, cfg.target_accuracy, chance, out / "transfer.png", title)
