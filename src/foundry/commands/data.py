@@ -36,6 +36,17 @@ def prepare_main(argv: list[str]) -> int:
                    help="undecodable lines: refuse the file (default) or skip them and count them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset at --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="tasks run at once by the engine (default: all cores); 0 = the single-process path")
+    p.add_argument("--executor", choices=("local", "slurm", "ray", "inline"), default="local",
+                   help="datatrove executor: local (embedded, this machine), slurm or ray (many machines); "
+                        "inline = the single-process path (same output, no engine)")
+    p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to the engine's executor (e.g. partition=cpu, time=4:00:00 for slurm); repeatable")
+    p.add_argument("--buckets", type=int, default=16,
+                   help="hash buckets for the engine's exact and MinHash matching (tasks of that stage)")
+    p.add_argument("--work-dir", help="the engine's intermediate files and task records, kept for a resume "
+                                      "until the run finishes (default: OUT.prepare-work beside --out)")
     args = p.parse_args(argv)
 
     if not 0 <= args.val_fraction < 1:
@@ -58,6 +69,34 @@ def prepare_main(argv: list[str]) -> int:
     fingerprint = dataset_fingerprint(src_info, settings, decon.files if decon else [])
     if check_existing_output(out, fingerprint, args.overwrite):
         print(f"{out}: already holds this dataset (same sources and settings); nothing to do")
+        return 0
+    if args.workers < 0 or args.buckets < 1:
+        raise DataError("--workers must be >= 0 and --buckets >= 1")
+    if args.executor != "inline" and args.workers != 0:
+        from foundry.data.engine import PrepareJob, prepare_on_engine
+
+        options = {}
+        for item in args.executor_option:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise DataError(f"--executor-option {item!r}: expected KEY=VALUE")
+            options[key] = int(value) if value.isdigit() else value
+        job = PrepareJob(
+            sources=[{"path": str(s.path), "format": s.format, "provenance": s.provenance, "group": s.group}
+                     for s in sources],
+            out=str(out), work=args.work_dir or str(out.with_name(out.name + ".prepare-work")),
+            text_field=args.text_field, txt_split=args.txt_split, min_chars=args.min_chars,
+            val_fraction=args.val_fraction, near_dup_threshold=args.near_dup_threshold, on_bad_utf8=args.on_bad_utf8,
+            eval_paths=list(args.eval), eval_files=decon.files if decon else [], ngram=args.ngram,
+            buckets=args.buckets, fingerprint=fingerprint, overwrite=out.exists(),
+            extra_settings={"ngram": args.ngram})
+        manifest = prepare_on_engine(job, workers=args.workers, executor=args.executor, options=options,
+                                     progress=not args.no_progress)
+        if manifest is None:
+            print(f"submitted to {args.executor}; the dataset appears at {out} when the last task finishes "
+                  f"(task logs: {job.work}/logs)")
+            return 0
+        print_summary(manifest, out)
         return 0
     manifest = prepare(sources, out, text_field=args.text_field, txt_split=args.txt_split, min_chars=args.min_chars,
                        val_fraction=args.val_fraction, near_dup_threshold=args.near_dup_threshold,
