@@ -214,7 +214,7 @@ class ReadStep(_Step):
             for b in range(job.buckets):
                 _save_npy(tmp / f"exact_{b:04d}.npy", exact[bucket == b] if len(exact) else exact)
                 _save_npy(tmp / f"band_{b:04d}.npy", band[band["key"] % job.buckets == b] if len(band) else band)
-            _save_npy(tmp / "sig.npy", np.array(sigs, dtype=np.uint32).reshape(len(sigs), -1))
+            _save_npy(tmp / "sig.npy", np.array(sigs, dtype=np.uint32).reshape(len(sigs), near._template.num_perm if near else 0))
             _save_npy(tmp / "sig_order.npy", np.array(sig_orders, dtype=np.int64))
             (tmp / "stats.json").write_text(json.dumps({
                 "read": counts["read"], "text_bytes": counts["text_bytes"], "too_short": counts["too_short"],
@@ -443,8 +443,14 @@ def prepare_on_engine(job: PrepareJob, *, workers: int, executor: str = "local",
     for step, tasks in plan:
         stage = _executor(executor, [step(job)], tasks, workers, logs / step.stage, stage, options)
     _quiet()
-    with open(work / "engine.log", "a") as log, contextlib.redirect_stderr(log):
-        stage.run()
+    try:
+        with open(work / "engine.log", "a") as log, contextlib.redirect_stderr(log):
+            stage.run()
+    except DataError:
+        # Bad input fails the same way on every try and its fix changes the fingerprint: leave nothing
+        # behind. Anything else (a killed worker, a full disk) keeps the finished tasks for a resume.
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     if executor != "local":
         return None
     manifest = json.loads((work / "manifest.json").read_text())
