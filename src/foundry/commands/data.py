@@ -43,8 +43,9 @@ def prepare_main(argv: list[str]) -> int:
                         "inline = the single-process path (same output, no engine)")
     p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to the engine's executor (e.g. partition=cpu, time=4:00:00 for slurm); repeatable")
-    p.add_argument("--buckets", type=int, default=16,
-                   help="hash buckets for the engine's exact and MinHash matching (tasks of that stage)")
+    p.add_argument("--buckets", type=int, default=None,
+                   help="hash buckets for the engine's exact and MinHash matching, the tasks of that stage "
+                        "(default: --workers, or one per 256 MB of input if more); the output does not depend on it")
     p.add_argument("--work-dir", help="the engine's intermediate files and task records, kept for a resume "
                                       "until the run finishes (default: OUT.prepare-work beside --out)")
     args = p.parse_args(argv)
@@ -70,6 +71,8 @@ def prepare_main(argv: list[str]) -> int:
     if check_existing_output(out, fingerprint, args.overwrite):
         print(f"{out}: already holds this dataset (same sources and settings); nothing to do")
         return 0
+    if args.buckets is None:
+        args.buckets = max(1, args.workers, -(-sum(s.path.stat().st_size for s in sources) // (256 << 20)))
     if args.workers < 0 or args.buckets < 1:
         raise DataError("--workers must be >= 0 and --buckets >= 1")
     if args.executor != "inline" and args.workers != 0:

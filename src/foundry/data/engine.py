@@ -79,8 +79,10 @@ class PrepareJob:
 
 # ---- helpers ----------------------------------------------------------------------------------------
 def _fault(stage: str, rank: int) -> None:
+    """Test hook: kill the whole run (this process group: driver, engine manager, workers) as a lost
+    machine would, when task `rank` of `stage` starts. Only set it on a process started in its own session."""
     if os.environ.get(FAULT_ENV) == f"{stage}:{rank}":
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -426,10 +428,13 @@ def prepare_on_engine(job: PrepareJob, *, workers: int, executor: str = "local",
     stamp = work / "job.json"
     if work.exists():
         try:
-            same = json.loads(stamp.read_text()).get("fingerprint") == job.fingerprint
+            before = json.loads(stamp.read_text())
         except (OSError, json.JSONDecodeError):
-            same = False
-        if not same:  # the scratch of another dataset (other sources or settings): start afresh
+            before = {}
+        same = before.get("fingerprint") == job.fingerprint
+        if same:  # resume: finished tasks wrote their keys into that many buckets, whatever --workers is now
+            job.buckets = before["buckets"]
+        else:  # the scratch of another dataset (other sources or settings): start afresh
             shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     if not stamp.exists():
