@@ -138,3 +138,31 @@ def test_bad_input_gives_the_single_process_message_on_the_engine(case, tmp_path
         errors.append(err)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no output, no work directory left
     assert errors[0] == errors[1]
+
+
+def test_tokenize_on_the_engine_writes_the_single_process_shards(corpus, tmp_path, monkeypatch):
+    import shutil
+
+    import numpy as np
+
+    from foundry.data import engine
+    from foundry.data.shards import TokenStream, load_token_index
+
+    prepare(corpus, tmp_path / "a", "--executor", "inline")
+    assert cli(["tokenizer", "train", str(tmp_path / "a"), "--out", str(tmp_path / "tok"), "--vocab-size", "300"]) == 0
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    monkeypatch.setattr(engine, "MIN_PART_BYTES", 4096)  # several encode tasks per split even on tiny data
+    base = ["--tokenizer", str(tmp_path / "tok"), "--shard-tokens", "997", "--no-progress"]
+    assert cli(["data", "tokenize", str(tmp_path / "a"), *base, "--executor", "inline", "--workers", "1"]) == 0
+    assert cli(["data", "tokenize", str(tmp_path / "b"), *base, "--workers", "2"]) == 0
+    a, b = load_token_index(tmp_path / "a"), load_token_index(tmp_path / "b")
+    assert len(a["splits"]["train"]["shards"]) > 3  # documents straddle shard boundaries
+    assert {k: v for k, v in a.items() if k not in ("seconds", "dir")} == \
+        {k: v for k, v in b.items() if k not in ("seconds", "dir")}
+    for shard in (tmp_path / "a" / "tokens").glob("*.bin"):
+        assert (tmp_path / "b" / "tokens" / shard.name).read_bytes() == shard.read_bytes()
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    stream = TokenStream(tmp_path / "b", "train")
+    eos = int(np.count_nonzero(stream.read(0, stream.num_tokens) == b["eos_id"]))
+    assert eos == b["splits"]["train"]["documents"] == manifest["totals"]["documents"]["train"]
+    assert not (tmp_path / "b" / "tokens.work").exists()

@@ -10,6 +10,17 @@ from foundry.cli import make_parser
 from foundry.errors import DataError
 
 
+def executor_options(items: list[str]) -> dict:
+    """--executor-option KEY=VALUE pairs for the engine's executor (whole numbers become ints)."""
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DataError(f"--executor-option {item!r}: expected KEY=VALUE")
+        options[key] = int(value) if value.isdigit() else value
+    return options
+
+
 def prepare_main(argv: list[str]) -> int:
     from foundry.data.decontam import DEFAULT_NGRAM, Decontaminator
     from foundry.data.prepare import check_existing_output, dataset_fingerprint, prepare, print_summary
@@ -78,12 +89,7 @@ def prepare_main(argv: list[str]) -> int:
     if args.executor != "inline" and args.workers != 0:
         from foundry.data.engine import PrepareJob, prepare_on_engine
 
-        options = {}
-        for item in args.executor_option:
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise DataError(f"--executor-option {item!r}: expected KEY=VALUE")
-            options[key] = int(value) if value.isdigit() else value
+        options = executor_options(args.executor_option)
         job = PrepareJob(
             sources=[{"path": str(s.path), "format": s.format, "provenance": s.provenance, "group": s.group}
                      for s in sources],
@@ -115,14 +121,24 @@ def tokenize_main(argv: list[str]) -> int:
     p = make_parser("data tokenize")
     p.add_argument("dataset", help="dataset directory made by 'foundry data prepare'")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (or tokenizer.json)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising tasks at once (default: all cores)")
+    p.add_argument("--executor", choices=("local", "slurm", "ray", "inline"), default="local",
+                   help="datatrove executor (local: this machine; slurm, ray: many); inline = the single-process "
+                        "path with its own process pool (same shards)")
+    p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to the engine's executor (e.g. partition=cpu for slurm); repeatable")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.dataset) / "tokens"
-    index = tokenize_dataset(args.dataset, args.tokenizer, workers=args.workers, shard_tokens=args.shard_tokens,
-                             overwrite=args.overwrite, progress=not args.no_progress, record_config=vars(args))
+    executor = "inline" if args.workers == 0 else args.executor
+    index = tokenize_dataset(args.dataset, args.tokenizer, workers=max(1, args.workers), shard_tokens=args.shard_tokens,
+                             overwrite=args.overwrite, progress=not args.no_progress, record_config=vars(args),
+                             executor=executor, options=executor_options(args.executor_option))
+    if index is None and executor not in ("local", "inline"):
+        print(f"submitted to {executor}; the shards appear in {out} when the last task finishes")
+        return 0
     if index is None:
         print(f"{out}: already tokenised with this tokenizer; nothing to do (--overwrite to redo)")
         return 0
