@@ -17,7 +17,7 @@ the output is the single-process path's, document for document and line for line
 
 A document's place in the input is `order` = file index << 40 | document index, so "first" means the
 same thing at any number of workers. Memory per task is one file's documents (stages 1, 4) or one
-bucket's keys (stage 2); only stage 3 holds all verified near pairs (a few per near duplicate).
+bucket's keys (stage 2); only stage 3 holds all verified near pairs and the exact duplicates' orders.
 Intermediate files live in the work directory (default OUT.prepare-work), deleted after a local run.
 """
 
@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -90,6 +91,19 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
+
+
+def _save_bucketed(folder: Path, name: str, rows: np.ndarray, bucket: np.ndarray, buckets: int) -> None:
+    """Rows sorted by bucket in one file plus the offsets of each bucket: two files per task, not B
+    (datatrove's dedup stages write sorted files for the same reason)."""
+    order = np.argsort(bucket, kind="stable")
+    _save_npy(folder / f"{name}.npy", rows[order])
+    _save_npy(folder / f"{name}_offsets.npy", np.searchsorted(bucket[order], np.arange(buckets + 1)).astype(np.int64))
+
+
+def _bucket_rows(folder: Path, name: str, bucket: int) -> np.ndarray:
+    offsets = np.load(folder / f"{name}_offsets.npy")
+    return np.array(np.load(folder / f"{name}.npy", mmap_mode="r")[offsets[bucket]:offsets[bucket + 1]])
 
 
 @contextlib.contextmanager
@@ -211,11 +225,11 @@ class ReadStep(_Step):
                     docs.write(json.dumps({"o": order, "id": digest.hex(), "split": split, "c": contaminated,
                                            "text": text}, ensure_ascii=False) + "\n")
             exact = np.array(exact_keys, dtype=EXACT_DTYPE)
-            bucket = np.frombuffer(exact["key"].tobytes(), dtype=np.uint8)[::16] % job.buckets if len(exact) else []
+            # bucket = the key's first 8 bytes modulo B (any B, not only up to 256)
+            _save_bucketed(tmp, "exact", exact, np.frombuffer(exact["key"].tobytes(), dtype=">u8")[::2] % job.buckets,
+                           job.buckets)
             band = np.array(band_rows, dtype=BAND_DTYPE)
-            for b in range(job.buckets):
-                _save_npy(tmp / f"exact_{b:04d}.npy", exact[bucket == b] if len(exact) else exact)
-                _save_npy(tmp / f"band_{b:04d}.npy", band[band["key"] % job.buckets == b] if len(band) else band)
+            _save_bucketed(tmp, "band", band, band["key"] % job.buckets, job.buckets)
             _save_npy(tmp / "sig.npy", np.array(sigs, dtype=np.uint32).reshape(len(sigs), near._template.num_perm if near else 0))
             _save_npy(tmp / "sig_order.npy", np.array(sig_orders, dtype=np.int64))
             (tmp / "stats.json").write_text(json.dumps({
@@ -232,7 +246,7 @@ class MatchStep(_Step):
         read = Path(job.work) / "read"
         n = len(job.sources)
         with _task_dir(Path(job.work) / "match" / f"{rank:05d}") as tmp:
-            exact = np.concatenate([np.load(read / f"{r:05d}" / f"exact_{rank:04d}.npy") for r in range(n)])
+            exact = np.concatenate([_bucket_rows(read / f"{r:05d}", "exact", rank) for r in range(n)])
             exact = exact[np.lexsort((exact["order"], exact["key"]))]
             later = np.zeros(len(exact), dtype=bool)
             later[1:] = exact["key"][1:] == exact["key"][:-1]  # not the first copy of its hash
@@ -243,7 +257,7 @@ class MatchStep(_Step):
             _save_npy(tmp / "near_pairs.npy", pairs)
 
     def _near_pairs(self, read: Path, n: int, rank: int) -> np.ndarray:
-        band = np.concatenate([np.load(read / f"{r:05d}" / f"band_{rank:04d}.npy") for r in range(n)])
+        band = np.concatenate([_bucket_rows(read / f"{r:05d}", "band", rank) for r in range(n)])
         if not len(band):
             return np.empty(0, dtype=PAIR_DTYPE)
         band = band[np.lexsort((band["order"], band["key"], band["band"]))]
@@ -289,8 +303,10 @@ class ResolveStep(_Step):
         match = Path(job.work) / "match"
         with _task_dir(Path(job.work) / "resolve") as tmp:
             drops = np.empty(0, dtype=np.int64)
+            exact = np.sort(np.concatenate([np.load(match / f"{b:05d}" / "exact_drop.npy")
+                                            for b in range(job.buckets)]))
+            _save_npy(tmp / "exact_drop.npy", exact)  # one sorted file: a write task reads its own range
             if job.near:
-                exact = np.concatenate([np.load(match / f"{b:05d}" / "exact_drop.npy") for b in range(job.buckets)])
                 pairs = np.unique(np.concatenate([np.load(match / f"{b:05d}" / "near_pairs.npy")
                                                   for b in range(job.buckets)]))
                 drops = resolve_near_pairs(pairs, exact)
@@ -322,11 +338,9 @@ class WriteStep(_Step):
         job = self.job
         work = Path(job.work)
         lo, hi = rank << ORDER_SHIFT, (rank + 1) << ORDER_SHIFT
-        exact = set()
-        for b in range(job.buckets):
-            e = np.load(work / "match" / f"{b:05d}" / "exact_drop.npy")
-            exact.update(e[np.searchsorted(e, lo):np.searchsorted(e, hi)].tolist())
-        n = np.load(work / "resolve" / "near_drop.npy")
+        e = np.load(work / "resolve" / "exact_drop.npy", mmap_mode="r")
+        exact = set(e[np.searchsorted(e, lo):np.searchsorted(e, hi)].tolist())
+        n = np.load(work / "resolve" / "near_drop.npy", mmap_mode="r")
         near = set(n[np.searchsorted(n, lo):np.searchsorted(n, hi)].tolist())
         path = job.sources[rank]["path"]
         counts, dropped, chars = Counter(), Counter(), 0
@@ -444,6 +458,9 @@ def prepare_on_engine(job: PrepareJob, *, workers: int, executor: str = "local",
     options = dict(options or {})
     logs = work / "logs"
     plan = [(ReadStep, n), (MatchStep, job.buckets), (ResolveStep, 1), (WriteStep, n), (MergeStep, 1)]
+    if progress:
+        print(f"prepare on datatrove ({executor}): {n} read/write tasks, {job.buckets} match buckets, "
+              f"{workers} at once; task logs in {logs}", file=sys.stderr, flush=True)
     stage = None
     for step, tasks in plan:
         stage = _executor(executor, [step(job)], tasks, workers, logs / step.stage, stage, options)
