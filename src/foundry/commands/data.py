@@ -10,6 +10,17 @@ from foundry.cli import make_parser
 from foundry.errors import DataError
 
 
+def executor_options(items: list[str]) -> dict:
+    """--executor-option KEY=VALUE pairs for the engine's executor (whole numbers become ints)."""
+    options = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise DataError(f"--executor-option {item!r}: expected KEY=VALUE")
+        options[key] = int(value) if value.isdigit() else value
+    return options
+
+
 def prepare_main(argv: list[str]) -> int:
     from foundry.data.decontam import DEFAULT_NGRAM, Decontaminator
     from foundry.data.prepare import check_existing_output, dataset_fingerprint, prepare, print_summary
@@ -36,6 +47,18 @@ def prepare_main(argv: list[str]) -> int:
                    help="undecodable lines: refuse the file (default) or skip them and count them")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, different dataset at --out")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="tasks run at once by the engine (default: all cores); 0 = the single-process path")
+    p.add_argument("--executor", choices=("local", "slurm", "ray", "inline"), default="local",
+                   help="datatrove executor: local (embedded, this machine), slurm or ray (many machines); "
+                        "inline = the single-process path (same output, no engine)")
+    p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to the engine's executor (e.g. partition=cpu, time=4:00:00 for slurm); repeatable")
+    p.add_argument("--buckets", type=int, default=None,
+                   help="hash buckets for the engine's exact and MinHash matching, the tasks of that stage "
+                        "(default: --workers, or one per 256 MB of input if more); the output does not depend on it")
+    p.add_argument("--work-dir", help="the engine's intermediate files and task records, kept for a resume "
+                                      "until the run finishes (default: OUT.prepare-work beside --out)")
     args = p.parse_args(argv)
 
     if not 0 <= args.val_fraction < 1:
@@ -59,6 +82,31 @@ def prepare_main(argv: list[str]) -> int:
     if check_existing_output(out, fingerprint, args.overwrite):
         print(f"{out}: already holds this dataset (same sources and settings); nothing to do")
         return 0
+    if args.buckets is None:
+        args.buckets = max(1, args.workers, -(-sum(s.path.stat().st_size for s in sources) // (256 << 20)))
+    if args.workers < 0 or args.buckets < 1:
+        raise DataError("--workers must be >= 0 and --buckets >= 1")
+    if args.executor != "inline" and args.workers != 0:
+        from foundry.data.engine import PrepareJob, prepare_on_engine
+
+        options = executor_options(args.executor_option)
+        job = PrepareJob(
+            sources=[{"path": str(s.path), "format": s.format, "provenance": s.provenance, "group": s.group}
+                     for s in sources],
+            out=str(out), work=args.work_dir or str(out.with_name(out.name + ".prepare-work")),
+            text_field=args.text_field, txt_split=args.txt_split, min_chars=args.min_chars,
+            val_fraction=args.val_fraction, near_dup_threshold=args.near_dup_threshold, on_bad_utf8=args.on_bad_utf8,
+            eval_paths=list(args.eval), eval_files=decon.files if decon else [], ngram=args.ngram,
+            buckets=args.buckets, fingerprint=fingerprint, overwrite=out.exists(),
+            extra_settings={"ngram": args.ngram})
+        manifest = prepare_on_engine(job, workers=args.workers, executor=args.executor, options=options,
+                                     progress=not args.no_progress)
+        if manifest is None:
+            print(f"submitted to {args.executor}; the dataset appears at {out} when the last task finishes "
+                  f"(task logs: {job.work}/logs)")
+            return 0
+        print_summary(manifest, out)
+        return 0
     manifest = prepare(sources, out, text_field=args.text_field, txt_split=args.txt_split, min_chars=args.min_chars,
                        val_fraction=args.val_fraction, near_dup_threshold=args.near_dup_threshold,
                        on_bad_utf8=args.on_bad_utf8, decontaminator=decon, overwrite=out.exists(),
@@ -73,14 +121,24 @@ def tokenize_main(argv: list[str]) -> int:
     p = make_parser("data tokenize")
     p.add_argument("dataset", help="dataset directory made by 'foundry data prepare'")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (or tokenizer.json)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising tasks at once (default: all cores)")
+    p.add_argument("--executor", choices=("local", "slurm", "ray", "inline"), default="local",
+                   help="datatrove executor (local: this machine; slurm, ray: many); inline = the single-process "
+                        "path with its own process pool (same shards)")
+    p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to the engine's executor (e.g. partition=cpu for slurm); repeatable")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
     p.add_argument("--overwrite", action="store_true", help="replace existing shards")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.dataset) / "tokens"
-    index = tokenize_dataset(args.dataset, args.tokenizer, workers=args.workers, shard_tokens=args.shard_tokens,
-                             overwrite=args.overwrite, progress=not args.no_progress, record_config=vars(args))
+    executor = "inline" if args.workers == 0 else args.executor
+    index = tokenize_dataset(args.dataset, args.tokenizer, workers=max(1, args.workers), shard_tokens=args.shard_tokens,
+                             overwrite=args.overwrite, progress=not args.no_progress, record_config=vars(args),
+                             executor=executor, options=executor_options(args.executor_option))
+    if index is None and executor not in ("local", "inline"):
+        print(f"submitted to {executor}; the shards appear in {out} when the last task finishes")
+        return 0
     if index is None:
         print(f"{out}: already tokenised with this tokenizer; nothing to do (--overwrite to redo)")
         return 0

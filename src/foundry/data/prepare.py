@@ -131,54 +131,69 @@ def prepare(sources: list[SourceFile], out: Path, *, text_field: str = "text", t
                 counts[split] += 1
                 chars += len(text)
             bar.update(src.path.stat().st_size)
-            prov = src.provenance
-            records.append({
-                "path": str(src.path), "group": src.group, "format": src.format,
-                "sha256": sha256_file(src.path), "bytes": src.path.stat().st_size, "text_bytes": text_bytes,
-                "license": prov.get("license"), "origin": prov.get("origin"), "collected": prov.get("collected"),
-                **{k: prov[k] for k in ("name", "package", "version", "language") if k in prov},
-                "unlicensed": not prov.get("license"),
-                "txt_split": layout if src.format == "txt" else None,
-                "undecodable_lines": stats.undecodable_lines,
-                "documents": {"read": counts["read"], "kept": counts["train"] + counts["val"],
-                              "train": counts["train"], "val": counts["val"],
-                              "dropped": {r: dropped[r] for r in DROP_REASONS}},
-                "chars_kept": chars,
-            })
+            records.append(source_record(src, layout, sha256_file(src.path), text_bytes, stats.undecodable_lines,
+                                         counts, dropped, chars))
         bar.close()
-        totals = _totals(records)
-        where = ", ".join(sorted({s.group for s in sources}))
-        if totals["documents"]["kept"] == 0:
-            d = totals["documents"]["dropped"]
-            raise DataError(f"{where}: empty corpus: no documents left out of {totals['documents']['read']} read "
-                            f"({', '.join(f'{v} {k}' for k, v in d.items() if v) or 'the sources hold no text'}); "
-                            f"check the sources or lower --min-chars (now {min_chars})")
-        if totals["documents"]["train"] == 0:
-            raise DataError(f"{where}: all {totals['documents']['kept']} kept documents fell in the validation "
-                            f"split; lower --val-fraction (now {val_fraction}) or add data")
         for f in (train_f, val_f):  # on disk before the directory is renamed into place
             f.flush()
             os.fsync(f.fileno())
-        seconds = time.perf_counter() - t0
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "fingerprint": fingerprint,
-            "settings": {"text_field": text_field, "txt_split": txt_split, "min_chars": min_chars,
-                         "val_fraction": val_fraction, "near_dup_threshold": near_dup_threshold,
-                         "on_bad_utf8": on_bad_utf8, **(extra_settings or {})},
-            "eval_files": decon.files if decon else [],
-            "sources": records,
-            "unlicensed_sources": [r["path"] for r in records if r["unlicensed"]],
-            "totals": totals,
-            "seconds": round(seconds, 3),
-            "cpu_seconds": round(time.process_time() - cpu0, 3),  # wall time misleads on a shared machine
-            "throughput_mb_per_s": round(totals["text_bytes"] / 1e6 / max(seconds, 1e-9), 3),
-        }
-        atomic_write_json(tmp / "manifest.json", manifest)
-        write_run_record(tmp, "data", manifest["settings"],
-                         parents={"sources": [r["sha256"] for r in records]},
-                         results={"totals": totals, "seconds": manifest["seconds"]})
+        manifest = finish_dataset(tmp, records, sources, settings={
+            "text_field": text_field, "txt_split": txt_split, "min_chars": min_chars, "val_fraction": val_fraction,
+            "near_dup_threshold": near_dup_threshold, "on_bad_utf8": on_bad_utf8, **(extra_settings or {})},
+            eval_files=decon.files if decon else [], fingerprint=fingerprint,
+            seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0)
+    return manifest
+
+
+def source_record(src: SourceFile, layout: str, sha256: str, text_bytes: int, undecodable_lines: int,
+                  counts: Counter, dropped: Counter, chars: int) -> dict:
+    """One source file's manifest entry: where it is, its hash and provenance, and what became of its documents."""
+    prov = src.provenance
+    return {
+        "path": str(src.path), "group": src.group, "format": src.format,
+        "sha256": sha256, "bytes": src.path.stat().st_size, "text_bytes": text_bytes,
+        "license": prov.get("license"), "origin": prov.get("origin"), "collected": prov.get("collected"),
+        **{k: prov[k] for k in ("name", "package", "version", "language") if k in prov},
+        "unlicensed": not prov.get("license"),
+        "txt_split": layout if src.format == "txt" else None,
+        "undecodable_lines": undecodable_lines,
+        "documents": {"read": counts["read"], "kept": counts["train"] + counts["val"],
+                      "train": counts["train"], "val": counts["val"],
+                      "dropped": {r: dropped[r] for r in DROP_REASONS}},
+        "chars_kept": chars,
+    }
+
+
+def finish_dataset(tmp: Path, records: list[dict], sources: list[SourceFile], *, settings: dict,
+                   eval_files: list[dict], fingerprint: str, seconds: float, cpu_seconds: float) -> dict:
+    """Refuse an empty result, then write manifest.json and run.json into `tmp` (train/val already there)."""
+    totals = _totals(records)
+    where = ", ".join(sorted({s.group for s in sources}))
+    if totals["documents"]["kept"] == 0:
+        d = totals["documents"]["dropped"]
+        raise DataError(f"{where}: empty corpus: no documents left out of {totals['documents']['read']} read "
+                        f"({', '.join(f'{v} {k}' for k, v in d.items() if v) or 'the sources hold no text'}); "
+                        f"check the sources or lower --min-chars (now {settings['min_chars']})")
+    if totals["documents"]["train"] == 0:
+        raise DataError(f"{where}: all {totals['documents']['kept']} kept documents fell in the validation "
+                        f"split; lower --val-fraction (now {settings['val_fraction']}) or add data")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fingerprint": fingerprint,
+        "settings": settings,
+        "eval_files": eval_files,
+        "sources": records,
+        "unlicensed_sources": [r["path"] for r in records if r["unlicensed"]],
+        "totals": totals,
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),  # wall time misleads on a shared machine
+        "throughput_mb_per_s": round(totals["text_bytes"] / 1e6 / max(seconds, 1e-9), 3),
+    }
+    atomic_write_json(tmp / "manifest.json", manifest)
+    write_run_record(tmp, "data", manifest["settings"],
+                     parents={"sources": [r["sha256"] for r in records]},
+                     results={"totals": totals, "seconds": manifest["seconds"]})
     return manifest
 
 

@@ -232,6 +232,39 @@ def _read_chunks(path: Path, dtype: str, chunk_docs: int) -> Iterator[tuple[list
         yield chunk, dtype, raw
 
 
+class ShardWriter:
+    """Cuts one split's token stream into `{split}_NNNN.bin` files of `shard_tokens` tokens (the last shorter),
+    listing each in `shards` ({"file", "tokens"}) as the index records them."""
+
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int, shards: list[dict]):
+        self.out_dir, self.split, self.shard_tokens, self.shards = out_dir, split, shard_tokens, shards
+        self.file, self.count = None, 0
+
+    def _close_file(self):
+        self.file.flush()
+        os.fsync(self.file.fileno())  # on disk before the tokens/ directory is renamed into place
+        self.file.close()
+        self.file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            if self.file is None or self.count == self.shard_tokens:
+                if self.file is not None:
+                    self._close_file()
+                name = f"{self.split}_{len(self.shards):04d}.bin"
+                self.shards.append({"file": name, "tokens": 0})
+                self.file, self.count = open(self.out_dir / name, "wb"), 0
+            take = min(len(tokens), self.shard_tokens - self.count)
+            tokens[:take].tofile(self.file)
+            self.count += take
+            self.shards[-1]["tokens"] += take
+            tokens = tokens[take:]
+
+    def close(self) -> None:
+        if self.file is not None:
+            self._close_file()
+
+
 def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path, dtype: str, workers: int,
                    shard_tokens: int, progress: bool = True) -> dict:
     """Tokenise DATASET/{split}.jsonl into out_dir/{split}_NNNN.bin with `workers` processes."""
@@ -240,32 +273,7 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
     src = dataset / f"{split}.jsonl"
     total_bytes = src.stat().st_size
     info = {"tokens": 0, "documents": 0, "bytes": 0, "shards": []}
-    shard_file, shard_count = None, 0
-
-    def close_shard():
-        shard_file.flush()
-        os.fsync(shard_file.fileno())  # on disk before the tokens/ directory is renamed into place
-        shard_file.close()
-
-    def open_shard():
-        nonlocal shard_file, shard_count
-        name = f"{split}_{len(info['shards']):04d}.bin"
-        info["shards"].append({"file": name, "tokens": 0})
-        shard_file, shard_count = open(out_dir / name, "wb"), 0
-
-    def write(tokens: np.ndarray):
-        nonlocal shard_count
-        while len(tokens):
-            if shard_file is None or shard_count == shard_tokens:
-                if shard_file is not None:
-                    close_shard()
-                open_shard()
-            take = min(len(tokens), shard_tokens - shard_count)
-            tokens[:take].tofile(shard_file)
-            shard_count += take
-            info["shards"][-1]["tokens"] += take
-            tokens = tokens[take:]
-
+    shards = ShardWriter(out_dir, split, shard_tokens, info["shards"])
     chunks = _read_chunks(src, dtype, chunk_docs=256)
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=f"tokenize {split}", disable=not progress,
                file=sys.stderr)
@@ -278,7 +286,7 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
         results = map(_encode_chunk, chunks)
     try:
         for tokens, nbytes, ndocs, raw_bytes in results:
-            write(tokens)
+            shards.write(tokens)
             info["tokens"] += len(tokens)
             info["bytes"] += nbytes
             info["documents"] += ndocs
@@ -286,20 +294,39 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
     finally:
         if pool is not None:
             pool.terminate()
-        if shard_file is not None:
-            close_shard()
+        shards.close()
         bar.close()
     return info
 
 
+def write_token_index(tmp: Path, index: dict, dataset: Path, tok_file: str, seconds: float,
+                      record_config: dict) -> None:
+    """index.json and run.json beside the shards (the splits' entries already in `index`)."""
+    from foundry.utils.io import atomic_write_json, write_run_record
+
+    total = sum(s["tokens"] for s in index["splits"].values())
+    index["seconds"] = round(seconds, 3)
+    atomic_write_json(tmp / "index.json", index)
+    write_run_record(tmp, "tokenize", record_config,
+                     parents={"dataset": str(dataset.resolve()), "tokenizer": str(Path(tok_file).resolve()),
+                              "tokenizer_sha256": index["tokenizer_sha256"]},
+                     data_manifests={dataset.name: index["manifest_sha256"]},
+                     results={"tokens": total, "seconds": round(seconds, 3),
+                              "tokens_per_second": round(total / max(seconds, 1e-9))})
+
+
 def tokenize_dataset(dataset: str | Path, tokenizer: str | Path, workers: int = 1,
                      shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False, progress: bool = True,
-                     record_config: dict | None = None) -> dict | None:
+                     record_config: dict | None = None, executor: str = "inline",
+                     options: dict | None = None) -> dict | None:
     """Tokenise a prepared dataset's splits into `DATASET/tokens` (index.json + shards + run.json); returns
-    the index, or None when the shards already hold this dataset under this tokenizer."""
+    the index, or None when the shards already hold this dataset under this tokenizer.
+
+    `executor` "inline" is the single-machine path (a process pool of `workers`); "local", "slurm" or
+    "ray" run it on the datatrove engine (foundry.data.engine), with the same shards byte for byte."""
     from foundry.data.prepare import dataset_manifest
     from foundry.data.tokenizer import Tokenizer
-    from foundry.utils.io import atomic_directory, atomic_write_json, sha256_file, write_run_record
+    from foundry.utils.io import atomic_directory, sha256_file
 
     dataset = Path(dataset)
     manifest = dataset_manifest(dataset)
@@ -318,19 +345,17 @@ def tokenize_dataset(dataset: str | Path, tokenizer: str | Path, workers: int = 
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     index = {"dtype": dtype, "tokenizer_sha256": tok.sha256, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
              "manifest_sha256": manifest_sha, "splits": {}}
+    if executor != "inline":
+        from foundry.data.engine import tokenize_on_engine
+
+        return tokenize_on_engine(dataset, tok_file, index, shard_tokens=shard_tokens, workers=workers,
+                                  executor=executor, options=options, overwrite=overwrite,
+                                  record_config=record_config or {"dataset": str(dataset), "tokenizer": str(tokenizer)})
     t0 = time.perf_counter()
     with atomic_directory(out, overwrite=overwrite) as tmp:
         for split in ("train", "val"):
             index["splits"][split] = tokenize_split(dataset, split, tok_file, tmp, dtype, max(1, workers),
                                                     shard_tokens, progress=progress)
-        seconds = time.perf_counter() - t0
-        total = sum(s["tokens"] for s in index["splits"].values())
-        index["seconds"] = round(seconds, 3)
-        atomic_write_json(tmp / "index.json", index)
-        write_run_record(tmp, "tokenize", record_config or {"dataset": str(dataset), "tokenizer": str(tokenizer)},
-                         parents={"dataset": str(dataset.resolve()), "tokenizer": str(Path(tok_file).resolve()),
-                                  "tokenizer_sha256": tok.sha256},
-                         data_manifests={dataset.name: manifest_sha},
-                         results={"tokens": total, "seconds": round(seconds, 3),
-                                  "tokens_per_second": round(total / max(seconds, 1e-9))})
+        write_token_index(tmp, index, dataset, tok_file, time.perf_counter() - t0,
+                          record_config or {"dataset": str(dataset), "tokenizer": str(tokenizer)})
     return index
