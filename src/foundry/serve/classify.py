@@ -20,25 +20,14 @@ def create_classify_app(model, tokenizer, settings):
     import json
     import time
 
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from foundry.model.classifier import classify
-    from foundry.serve.server import check_key
+    from foundry.serve.server import api_app, check_key
 
     model.eval()
     labels = list(model.config.labels)
     created = int(time.time())
-    app = FastAPI(title="foundry classify", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request, exc):
-        return JSONResponse(APIError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
+    app = api_app("foundry classify")
 
     @app.get("/health")
     async def health():

@@ -57,26 +57,14 @@ def decode_image_input(item: ImageInput, index: int):
 
 def create_embeddings_app(model, tokenizer, settings):
     """The FastAPI app answering /health, /v1/models and /v1/embeddings for a CLIP `model`."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from foundry.data.images import preprocess
-    from foundry.serve.server import check_key
+    from foundry.serve.server import api_app, check_key
 
     model.eval()
     device = next(model.parameters()).device
     created = int(time.time())
-    app = FastAPI(title="foundry", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request, exc):
-        code = "not_found" if exc.status_code == 404 else None
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+    app = api_app("foundry")
 
     @app.get("/health")
     async def health():

@@ -154,11 +154,29 @@ def streamed_reply(engine: Engine, seq: Sequence, reply: Reply, text: TextStream
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
+def api_app(title: str, lifespan=None):
+    """A FastAPI app whose errors, ours (APIError) and the framework's (404, 405), are OpenAI-style JSON bodies."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_request, exc: APIError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc):
+        code = "not_found" if exc.status_code == 404 else None
+        return JSONResponse(APIError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    return app
+
+
 def create_app(model, tokenizer, settings: ServerSettings, index=None):
     """The FastAPI app serving `model` under `settings.model_name` (optionally grounded in `index`)."""
-    from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from foundry.data.chat import render_chat, validate_messages
 
@@ -181,17 +199,8 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
         yield
         engine.shutdown()
 
-    app = FastAPI(title="foundry", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = api_app("foundry", lifespan=lifespan)
     app.state.engine = engine
-
-    @app.exception_handler(APIError)
-    async def _api_error(_request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request, exc):
-        code = "not_found" if exc.status_code == 404 else None
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
 
     def ground(question: str) -> str:
         if index is None:

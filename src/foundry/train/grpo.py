@@ -27,7 +27,6 @@ GRPO (Shao et al. 2024, "DeepSeekMath", sec. 4.1) is an objective plus a batch s
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -473,7 +472,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         results.update(summary["results"])
         for line in summary["lines"]:
             runner.log(f"foundry rl: {line}")
-        return runner.finish(results, summary=["reward", "kl", f"heldout/pass@1"],
+        return runner.finish(results, summary=["reward", "kl", "heldout/pass@1"],
                              extra=[f"{source.capped_total} completions capped at {cfg.max_new_tokens} tokens"])
 
 
