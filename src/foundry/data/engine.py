@@ -24,6 +24,7 @@ Intermediate files live in the work directory (default OUT.prepare-work), delete
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -143,6 +144,32 @@ def _decontaminator(paths: list[str], n: int):
     return _decon_cache[key]
 
 
+def _run_logged(last_stage, work: Path) -> None:
+    """Run the pipeline (its last stage waits for the ones before), the engine's chatter in work/engine.log.
+
+    On a DataError nothing is left behind: bad input fails the same way on every try and its fix changes the
+    fingerprint, and a full disk needs the space back. Anything else (a killed worker) keeps the finished
+    tasks for a resume.
+    """
+    _quiet()
+    log = open(work / "engine.log", "a")
+    try:
+        with contextlib.redirect_stderr(log):
+            last_stage.run()
+    except DataError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(OSError):  # on a full disk the log's last flush fails too; the error says why
+            log.close()
+
+
+def _is_write_failure(exc: OSError) -> bool:
+    """A full disk or quota (ENOSPC, EDQUOT, EFBIG), or a short write (numpy's "N requested and M written")."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (
+        exc.errno is None and "requested and" in str(exc) and "written" in str(exc))
+
+
 class _Step:
     """A foundry step run by datatrove: one call per task (rank), output written under the work directory."""
     stage = ""
@@ -163,6 +190,12 @@ class _Step:
             self.run_task(rank, world_size)
         except DataError:
             raise
+        except OSError as exc:
+            if not _is_write_failure(exc):
+                raise DataError(f"{self.where(rank)}: data {self.stage} task {rank} failed "
+                                f"({type(exc).__name__}: {exc})") from exc
+            raise DataError(f"{self.output()}: cannot write ({exc}; is the disk full?); data {self.stage} task "
+                            f"{rank} stopped and nothing already there was replaced") from exc
         except Exception as exc:  # a bug or a crash: say which task (and input) broke the run
             raise DataError(f"{self.where(rank)}: data {self.stage} task {rank} failed "
                             f"({type(exc).__name__}: {exc})") from exc
@@ -173,6 +206,11 @@ class _Step:
 
     def where(self, rank: int) -> str:
         return self.job.work
+
+    def output(self) -> str:
+        """What the run writes in the end: the dataset directory, or its tokens/ folder."""
+        job = self.job
+        return job.out if isinstance(job, PrepareJob) else str(Path(job.dataset) / "tokens")
 
     def run_task(self, rank: int, world_size: int) -> None:
         raise NotImplementedError
@@ -464,15 +502,7 @@ def prepare_on_engine(job: PrepareJob, *, workers: int, executor: str = "local",
     stage = None
     for step, tasks in plan:
         stage = _executor(executor, [step(job)], tasks, workers, logs / step.stage, stage, options)
-    _quiet()
-    try:
-        with open(work / "engine.log", "a") as log, contextlib.redirect_stderr(log):
-            stage.run()
-    except DataError:
-        # Bad input fails the same way on every try and its fix changes the fingerprint: leave nothing
-        # behind. Anything else (a killed worker, a full disk) keeps the finished tasks for a resume.
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    _run_logged(stage, work)
     if executor != "local":
         return None
     manifest = json.loads((work / "manifest.json").read_text())
@@ -631,13 +661,7 @@ def tokenize_on_engine(dataset: Path, tok_file: str, index: dict, *, shard_token
     options = dict(options or {})
     encode = _executor(executor, [EncodeStep(job)], len(parts), workers, work / "logs" / "encode", None, options)
     last = _executor(executor, [ShardStep(job)], 1, workers, work / "logs" / "shard", encode, options)
-    _quiet()
-    try:
-        with open(work / "engine.log", "a") as log, contextlib.redirect_stderr(log):
-            last.run()
-    except DataError:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    _run_logged(last, work)
     if executor != "local":
         return None
     result = json.loads((work / "index.json").read_text())
