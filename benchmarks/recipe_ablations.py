@@ -10,6 +10,8 @@ quality comparison independent of the machine's load; the cost of a change is it
 run with the load average beside it (on a shared machine only a ratio from the same minutes means much).
 
 Writes `benchmarks/results/NAME.json` after every run, so a long sweep cut short keeps what it measured.
+`--table FILE...` prints the markdown table of docs/RECIPES.md from one or more such files (seeds run as
+separate sweeps are merged).
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def markdown_table(runs: list[dict]) -> str:
+    lines = ["| variant | change | seeds | dev bpb per seed | mean | change vs baseline, per seed | tokens/s vs baseline |",
+             "|---|---|---|---|---|---|---|"]
+    for row in summarise(runs):
+        lines.append(f"| {row['variant']} | {row['what']} | {', '.join(map(str, row['seeds']))} | "
+                     f"{', '.join(f'{v:.4f}' for v in row['dev_bpb'])} | {row['mean_dev_bpb']:.4f} | "
+                     f"{', '.join(f'{d:+.4f}' for d in row['delta_vs_baseline'])} | "
+                     f"{', '.join(f'{x:.2f}x' for x in row['tokens_per_s_vs_baseline'])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps per run (4 x 256 tokens each)")
@@ -93,7 +106,12 @@ def main() -> None:
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--work", type=Path, default=Path("/tmp/foundry-quality"))
     parser.add_argument("--name", default="recipe_ablations")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="FILE", help="print the table of these results")
     args = parser.parse_args()
+    if args.table:
+        runs = [r for f in args.table for r in json.loads(f.read_text())["runs"]]
+        print(markdown_table(sorted(runs, key=lambda r: (list(VARIANTS).index(r["variant"]), r["seed"]))))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     info, data = machine(), build_data(args.work, args.vocab_size)
     previous = RESULTS / f"{args.name}.json"  # a sweep cut short resumes: finished (variant, seed) pairs stay

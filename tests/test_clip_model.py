@@ -141,3 +141,11 @@ def test_clip_stage_loss_falls_and_continues(tmp_path):
     assert (tmp_path / "eval" / "retrieval-scenes.png").is_file()
     card = (tmp_path / "eval" / "model_card.md").read_text()
     assert card.count("license **Apache-2.0**") == 2  # both stages trained on the scenes, each listed
+    # the run's report card carries the image-text evaluation: its table and the retrieval grid
+    from foundry.eval.report import write_report
+
+    write_report(tmp_path, tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Image-text evaluation" in report and "| scenes |" in report
+    assert "(plots/clip_eval_retrieval-scenes.png)" in report
+    assert (tmp_path / "report" / "plots" / "clip_eval_retrieval-scenes.png").is_file()

@@ -101,7 +101,8 @@ def clip_eval_main(argv: list[str]) -> int:
             grid = out / f"retrieval-{name}.png"
             retrieval_grid(model, tokenizer, val, [val.templates[0].format(c) for c in classes], grid)
             grids.append(f"![top-5 images for each class prompt, {name}]({grid.name})")
-    atomic_write_json(out / "results.json", {"checkpoint": str(args.checkpoint), "results": results})
+    atomic_write_json(out / "results.json", {"kind": "foundry.clip_eval", "checkpoint": str(args.checkpoint),
+                                              "results": results})
     atomic_write_text(out / "report.md", "\n".join(lines + grids) + "\n")
     atomic_write_text(out / "model_card.md", model_card(args.checkpoint, model, results))
     for name, r in results.items():

@@ -281,6 +281,7 @@ def render_report(view: RunView, out_dir: Path, findings: list[dict] = ()) -> st
         if metrics:
             lines += ["Final metrics:", "", md_table(["metric", "value"], [list(p) for p in metrics]), ""]
     lines += transfer_sections(view.root, out_dir)
+    lines += image_text_sections(view.root, out_dir)
     # Evaluation
     if view.evals:
         lines += ["## Evaluation", ""]
@@ -312,6 +313,32 @@ def transfer_sections(root: Path, out_dir: Path) -> list[str]:
         heading = body[0].lstrip("# ") if body and body[0].startswith("#") else name
         lines += ["## Transfer curve", "", f"### {heading}", "", f"![transfer curve](plots/transfer_{name}.png)", "",
                   *body[1:], ""]
+    return lines
+
+
+def image_text_sections(root: Path, out_dir: Path) -> list[str]:
+    """Each `foundry clip eval` under the run (its report.md and retrieval grids): zero-shot, retrieval and
+    linear-probe table, and the images each class prompt retrieves."""
+    lines = []
+    for d in _walk(root):
+        results, table = d / "results.json", d / "report.md"
+        if not (table.is_file() and results.is_file()) or results.stat().st_size > MAX_JSON_BYTES:
+            continue
+        data = _read_json(results)
+        if not (isinstance(data, dict) and data.get("kind") == "foundry.clip_eval"):
+            continue
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", d.relative_to(root).as_posix() if d != root else root.resolve().name)
+        (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+        body = table.read_text(encoding="utf-8")
+        for png in sorted(d.glob("retrieval-*.png")):
+            shutil.copyfile(png, out_dir / "plots" / f"clip_{name}_{png.name}")
+            body = body.replace(f"]({png.name})", f"](plots/clip_{name}_{png.name})")
+        body_lines = body.splitlines()
+        heading = body_lines[0].lstrip("# ") if body_lines and body_lines[0].startswith("#") else name
+        if not lines:
+            lines += ["## Image-text evaluation", ""]
+        lines += [f"### {heading}", "", *[ln.replace("## ", "#### ", 1) if ln.startswith("## ") else ln
+                                             for ln in body_lines[1:]], ""]
     return lines
 
 
