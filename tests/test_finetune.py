@@ -108,6 +108,8 @@ def test_scores_on_hand_computed_numbers():
     ("single_class", "at least two classes"),
     ("tokenizer", "the data's tokenizer is not the model's"),
     ("already", "already a classifier"),
+    ("not_utf8_jsonl", "t.jsonl:2: not UTF-8 text"),
+    ("not_utf8_csv", "t.csv:3: not UTF-8 text"),
 ])
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, ft_setup, capsys, case, expect):
     extra = {}
@@ -115,6 +117,12 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, ft_setup, ca
         extra["val_data"] = str(write_jsonl(tmp_path / "v.jsonl", task(4, 2) + [{"text": "sea", "label": "harbour"}]))
     elif case == "no_label_column":
         (tmp_path / "t.csv").write_text("text,topic\nriver water,river\n")
+        extra["data"] = str(tmp_path / "t.csv")
+    elif case == "not_utf8_jsonl":
+        (tmp_path / "t.jsonl").write_bytes(b'{"text": "river water", "label": "river"}\n{"text": "\xff", "label": "sea"}\n')
+        extra["data"] = str(tmp_path / "t.jsonl")
+    elif case == "not_utf8_csv":
+        (tmp_path / "t.csv").write_bytes(b"text,label\nriver water,river\nsalt \xff,sea\n")
         extra["data"] = str(tmp_path / "t.csv")
     elif case == "single_class":
         extra["data"] = str(write_jsonl(tmp_path / "t.jsonl", [r for r in task(10, 0) if r["label"] == "river"]))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundry.data.chat import iter_jsonl
 from foundry.errors import DataError
 
 
@@ -24,32 +25,30 @@ def read_labelled(path: str | Path, text_field: str = "text", label_field: str =
         raise DataError(f"{path}: labelled data file not found")
     rows: list[LabelledExample] = []
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            for field in (text_field, label_field):
-                if field not in columns:
-                    raise DataError(f"{path}:1: no '{field}' column (columns: {', '.join(columns) or 'none'}); "
-                                    f"set text_field / label_field to the right column names")
-            for line, row in enumerate(reader, start=2):
-                rows.append(_example(row.get(text_field), row.get(label_field), f"{path}:{line}", text_field,
-                                     label_field))
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise DataError(f"{path}:{line}: not UTF-8 text") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        columns = reader.fieldnames or []
+        for field in (text_field, label_field):
+            if field not in columns:
+                raise DataError(f"{path}:1: no '{field}' column (columns: {', '.join(columns) or 'none'}); "
+                                f"set text_field / label_field to the right column names")
+        for row in reader:  # line_num: the record's last physical line (a quoted field may span lines)
+            rows.append(_example(row.get(text_field), row.get(label_field), f"{path}:{reader.line_num}",
+                                 text_field, label_field))
     else:
-        with open(path, encoding="utf-8") as f:
-            for line, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{line}: not valid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{line}: expected a JSON object with '{text_field}' and '{label_field}'")
-                for field in (text_field, label_field):
-                    if field not in obj:
-                        raise DataError(f"{path}:{line}: no '{field}' field (fields: {', '.join(obj) or 'none'}); "
-                                        f"set text_field / label_field to the right names")
-                rows.append(_example(obj[text_field], obj[label_field], f"{path}:{line}", text_field, label_field))
+        for line, obj in iter_jsonl(path, "labelled data file"):
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{line}: expected a JSON object with '{text_field}' and '{label_field}'")
+            for field in (text_field, label_field):
+                if field not in obj:
+                    raise DataError(f"{path}:{line}: no '{field}' field (fields: {', '.join(obj) or 'none'}); "
+                                    f"set text_field / label_field to the right names")
+            rows.append(_example(obj[text_field], obj[label_field], f"{path}:{line}", text_field, label_field))
     if not rows:
         raise DataError(f"{path}: no examples")
     return rows
