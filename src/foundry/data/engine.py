@@ -217,11 +217,15 @@ class _Step:
 
 
 # ---- stage 1: read, clean, hash, contamination, signatures --------------------------------------------
-class ReadStep(_Step):
-    stage = "read"
+class _PerSourceStep(_Step):
+    """A stage with one task per source file: a failure names that file."""
 
     def where(self, rank):
         return self.job.sources[rank]["path"]
+
+
+class ReadStep(_PerSourceStep):
+    stage = "read"
 
     def run_task(self, rank, world_size):
         from foundry.data.clean import clean_text, content_hash, words
@@ -366,11 +370,8 @@ def resolve_near_pairs(pairs: np.ndarray, excluded: np.ndarray) -> np.ndarray:
 
 
 # ---- stage 4: per source, apply the decisions and write its part --------------------------------------
-class WriteStep(_Step):
+class WriteStep(_PerSourceStep):
     stage = "write"
-
-    def where(self, rank):
-        return self.job.sources[rank]["path"]
 
     def run_task(self, rank, world_size):
         job = self.job
