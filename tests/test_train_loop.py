@@ -227,7 +227,7 @@ def test_early_stopping_without_a_validation_set_is_a_one_line_error(tmp_path):
 
 
 def test_muon_overfits_one_batch_and_resumes_to_the_same_weights(tmp_path):
-    """`optimizer: muon` (hidden matrices on torch.optim.Muon, the rest on AdamW) trains, and its state
+    """`optimizer: muon` (hidden matrices on Muon, the rest on AdamW) trains, and its state
     (momentum buffers of both optimisers) survives a checkpoint: 3 + 3 steps equal 6 uninterrupted."""
     gen = torch.Generator().manual_seed(4)
     batches = [random_batch(gen, 2) for _ in range(3)]
@@ -248,8 +248,37 @@ def test_muon_overfits_one_batch_and_resumes_to_the_same_weights(tmp_path):
                    tmp_path / "overfit", None)
     assert result["loss"] < 0.5
     opt = build_optimizer(tiny_model(), cfg(**muon))
-    assert type(opt.optimizers[0]).__name__ == "Muon"
+    assert isinstance(opt.optimizers[0], torch.optim.Muon)
     assert all(p.ndim == 2 for p in opt.optimizers[0].param_groups[0]["params"])
+
+
+def test_muon_takes_torchs_step_with_fp32_newton_schulz_on_cpu():
+    """foundry's Muon (same-shape matrices batched, Newton-Schulz in fp32 off CUDA) takes torch.optim.Muon's
+    step to within bf16 rounding, and its orthogonalisation in bf16 is torch's to bf16 precision."""
+    from foundry.train.optim import Muon, orthogonalise
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 16), (16, 16), (40, 16), (16, 40)]
+    ours = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opts = [Muon(ours, lr=0.05, adjust_lr_fn="match_rms_adamw"),
+            torch.optim.Muon(theirs, lr=0.05, adjust_lr_fn="match_rms_adamw")]
+    for _ in range(3):
+        for a, b in zip(ours, theirs):
+            a.grad = torch.randn(a.shape, generator=gen)
+            b.grad = a.grad.clone()
+        for opt in opts:
+            opt.step()
+    for a, b in zip(ours, theirs):
+        assert 0 < (a - b).abs().max() < 2e-3  # different precisions, the same update
+    assert opts[0].state_dict()["state"][0].keys() == opts[1].state_dict()["state"][0].keys()
+
+    g = torch.randn(2, 40, 16, generator=gen)
+    mine = orthogonalise(g, (3.4445, -4.7750, 2.0315), 5, 1e-7, torch.bfloat16)
+    torchs = torch.optim._muon._zeropower_via_newtonschulz(g[1], (3.4445, -4.7750, 2.0315), 5, 1e-7)
+    torch.testing.assert_close(mine[1].float(), torchs.float(), atol=2e-2, rtol=0)
+    singular = torch.linalg.svdvals(orthogonalise(g, (3.4445, -4.7750, 2.0315), 5, 1e-7, None))
+    assert singular.min() > 0.5 and singular.max() < 1.3  # orthogonal up to the quintic's (0.5, 1.5) band
 
 
 def test_profile_steps_write_the_operator_table_trace_and_arithmetic_share(tmp_path, capsys):
