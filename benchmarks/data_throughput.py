@@ -3,9 +3,11 @@
 Generates a JSONL corpus (default 1 GB, in 16 MB files) with planted exact duplicates (some differing only
 in case and spacing), near duplicates (a few words changed: word 3-gram Jaccard about 0.9) and copies of
 eval items inside training documents; runs `foundry data prepare` as a real process for each path;
-reports MB/s of input text, CPU seconds, the peak resident memory of the whole process tree (driver,
-engine manager and workers, summed, sampled every 0.2 s), the planted counts found, and whether the
-three datasets are byte-identical. The load average is recorded beside each run (the machine is shared).
+reports MB/s of input text, CPU seconds, memory (sampled every 0.2 s: the peak resident memory of the
+largest single process, which is what one task needs; the peak proportional set size of the whole tree,
+which counts the pages forked workers share with the driver once; and the old figure, the tree's summed
+RSS, which counts them once per process), the planted counts found, and whether the three datasets are
+byte-identical. The load average is recorded beside each run (the machine is shared).
 
     python benchmarks/data_throughput.py --size-mb 1024 --out benchmarks/results/data_throughput_1gb.json
 """
@@ -88,8 +90,8 @@ def make_corpus(root: Path, size_mb: int, seed: int = 0) -> dict:
     return planted
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants, from /proc."""
+def tree_memory(pid: int) -> dict[str, int]:
+    """Bytes for a process and all its descendants, from /proc: summed RSS, summed PSS, largest RSS."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -99,18 +101,19 @@ def tree_rss(pid: int) -> int:
                 children.setdefault(ppid, []).append(int(entry))
             except (OSError, IndexError, ValueError):
                 pass
-    total, todo = 0, [pid]
+    memory, todo = {"rss_sum": 0, "pss_sum": 0, "rss_max": 0}, [pid]
     while todo:
         p = todo.pop()
         todo += children.get(p, [])
         try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in fh if line.split()[-1] == "kB"}
+        except (OSError, ValueError, IndexError):
+            continue
+        memory["rss_sum"] += fields.get("Rss", 0)
+        memory["pss_sum"] += fields.get("Pss", 0)
+        memory["rss_max"] = max(memory["rss_max"], fields.get("Rss", 0))
+    return memory
 
 
 def run(label: str, args: list[str], out: Path) -> dict:
@@ -119,12 +122,12 @@ def run(label: str, args: list[str], out: Path) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "foundry.cli", "data", "prepare", *args, "--out", str(out),
                              "--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peak = 0
+    peak = {"rss_sum": 0, "pss_sum": 0, "rss_max": 0}
 
     def sample():
-        nonlocal peak
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            for key, value in tree_memory(proc.pid).items():
+                peak[key] = max(peak[key], value)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -143,7 +146,8 @@ def run(label: str, args: list[str], out: Path) -> dict:
     mb = m["totals"]["text_bytes"] / 1e6
     return {"label": label, "args": args, "wall_s": round(wall, 1), "mb": round(mb, 1),
             "mb_per_s": round(mb / wall, 3), "manifest_cpu_s": m["cpu_seconds"],
-            "mb_per_cpu_s": round(mb / max(m["cpu_seconds"], 1e-9), 3), "peak_rss_mb": round(peak / 1e6, 1),
+            "mb_per_cpu_s": round(mb / max(m["cpu_seconds"], 1e-9), 3), "peak_rss_mb": round(peak["rss_sum"] / 1e6, 1),
+            "peak_pss_mb": round(peak["pss_sum"] / 1e6, 1), "peak_largest_process_rss_mb": round(peak["rss_max"] / 1e6, 1),
             "loadavg_before": load, "loadavg_after": open("/proc/loadavg").read().split()[:3],
             "totals": m["totals"]["documents"], "sha256": digest, "kept_ids": kept}
 
@@ -196,7 +200,8 @@ def main() -> None:
         r["found"] = found(planted, r)
         shutil.rmtree(work / f"out_{path}")
         print(f"{label:22s} {r['mb_per_s']:7.2f} MB/s  {r['wall_s']:7.1f} s wall  {r['manifest_cpu_s']:7.1f} s cpu  "
-              f"peak {r['peak_rss_mb']:7.1f} MB  load {' '.join(r['loadavg_before'])}  found {r['found']}", flush=True)
+              f"peak RSS sum {r['peak_rss_mb']:7.1f} MB, PSS {r['peak_pss_mb']:7.1f} MB, largest process "
+              f"{r['peak_largest_process_rss_mb']:7.1f} MB  load {' '.join(r['loadavg_before'])}  found {r['found']}", flush=True)
         results.append(r)
     same = len({json.dumps(r["sha256"], sort_keys=True) for r in results}) == 1
     print(f"identical train/val across paths: {same}")

@@ -166,3 +166,35 @@ def test_tokenize_on_the_engine_writes_the_single_process_shards(corpus, tmp_pat
     eos = int(np.count_nonzero(stream.read(0, stream.num_tokens) == b["eos_id"]))
     assert eos == b["splits"]["train"]["documents"] == manifest["totals"]["documents"]["train"]
     assert not (tmp_path / "b" / "tokens.work").exists()
+
+
+def _prepare_on_ray(src, out, *extra):
+    """The user's command in a fresh process (Ray starts a local cluster for it and stops it at exit)."""
+    cmd = [sys.executable, "-m", "foundry.cli", "data", "prepare", str(src), "--out", str(out), "--no-progress",
+           "--executor", "ray", "--workers", "2", *map(str, extra)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"})
+
+
+@pytest.mark.slow
+def test_ray_executor_writes_the_local_dataset_and_names_the_broken_input(corpus, tmp_path):
+    """`--executor ray` on a local Ray cluster: the single-process dataset byte for byte, and a broken line
+    refused with the same one-line message (Ray only logs a failed task; foundry reads its error back)."""
+    pytest.importorskip("ray")
+    inline = prepare(corpus, tmp_path / "inline", "--executor", "inline")
+    proc = _prepare_on_ray(corpus / "c", tmp_path / "ray", "--eval", corpus / "eval.txt", "--val-fraction", "0.2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitted" not in proc.stdout  # Ray's executor blocks: the dataset is there when it returns
+    m = json.loads((tmp_path / "ray" / "manifest.json").read_text())
+    assert m["totals"] == inline["totals"] and m["sources"] == inline["sources"]
+    for split in ("train", "val"):
+        assert (tmp_path / "ray" / f"{split}.jsonl").read_bytes() == (tmp_path / "inline" / f"{split}.jsonl").read_bytes()
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_text(json.dumps({"text": doc(1)}) + "\n")
+    (src / "b.jsonl").write_text('{"text": "ok ok ok"}\n{"text": "unterminated\n')
+    proc = _prepare_on_ray(src, tmp_path / "bad")
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and err[-1].startswith("foundry: error: ") and "b.jsonl:2: not valid JSON" in err[-1]
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.prepare-work").exists()

@@ -144,8 +144,13 @@ def _decontaminator(paths: list[str], n: int):
     return _decon_cache[key]
 
 
-def _run_logged(last_stage, work: Path) -> None:
-    """Run the pipeline (its last stage waits for the ones before), the engine's chatter in work/engine.log.
+def _run_logged(stages: list, work: Path) -> None:
+    """Run the pipeline, the engine's chatter in work/engine.log.
+
+    Local and Slurm stages are chained by `depends` (the last one runs or submits the ones before). Ray's
+    executor is blocking but polls a dependency every 2 minutes and, when a task fails its retries, only
+    logs it; so Ray stages run one after another here, each checked for unfinished tasks, whose recorded
+    one-line error (`errors/`) is raised as the local executor raises it.
 
     On a DataError nothing is left behind: bad input fails the same way on every try and its fix changes the
     fingerprint, and a full disk needs the space back. Anything else (a killed worker) keeps the finished
@@ -155,13 +160,31 @@ def _run_logged(last_stage, work: Path) -> None:
     log = open(work / "engine.log", "a")
     try:
         with contextlib.redirect_stderr(log):
-            last_stage.run()
+            for stage in (stages if stages[-1].depends is None else stages[-1:]):
+                stage.run()
+                _check_finished(stage, work)
     except DataError:
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
         with contextlib.suppress(OSError):  # on a full disk the log's last flush fails too; the error says why
             log.close()
+
+
+def _check_finished(stage, work: Path) -> None:
+    """After a blocking stage: every task finished, or the first unfinished one's error as a DataError."""
+    if type(stage).__name__ == "SlurmPipelineExecutor":  # submitted, not run: the array finishes later
+        return
+    unfinished = stage.get_incomplete_ranks(skip_completed=True)
+    if not unfinished:
+        return
+    name = stage.pipeline[0].stage
+    for rank in unfinished:
+        recorded = work / "errors" / f"{name}_{rank:05d}"
+        if recorded.is_file():
+            raise DataError(recorded.read_text())
+    raise DataError(f"{work}: data {name} tasks {unfinished[:5]} did not finish (the engine gave up on them); "
+                    f"their logs are in {work / 'logs' / name}")
 
 
 def _is_write_failure(exc: OSError) -> bool:
@@ -188,21 +211,28 @@ class _Step:
         cpu0 = time.process_time()
         try:
             self.run_task(rank, world_size)
-        except DataError:
-            raise
-        except OSError as exc:
-            if not _is_write_failure(exc):
-                raise DataError(f"{self.where(rank)}: data {self.stage} task {rank} failed "
-                                f"({type(exc).__name__}: {exc})") from exc
-            raise DataError(f"{self.output()}: cannot write ({exc}; is the disk full?); data {self.stage} task "
-                            f"{rank} stopped and nothing already there was replaced") from exc
-        except Exception as exc:  # a bug or a crash: say which task (and input) broke the run
-            raise DataError(f"{self.where(rank)}: data {self.stage} task {rank} failed "
-                            f"({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            error = self._error(exc, rank)
+            # the driver of an executor that only logs a failed task (Ray) reads the one line from here
+            with contextlib.suppress(OSError):
+                (Path(self.job.work) / "errors").mkdir(exist_ok=True)
+                (Path(self.job.work) / "errors" / f"{self.stage}_{rank:05d}").write_text(str(error))
+            if error is exc:
+                raise
+            raise error from exc
         work = Path(self.job.work)
         (work / "cpu").mkdir(exist_ok=True)
         (work / "cpu" / f"{self.stage}_{rank:05d}").write_text(str(time.process_time() - cpu0))
         return None
+
+    def _error(self, exc: Exception, rank: int) -> DataError:
+        """A failed task as one line naming its input (bad input, a bug) or its output (a full disk)."""
+        if isinstance(exc, DataError):
+            return exc
+        if isinstance(exc, OSError) and _is_write_failure(exc):
+            return DataError(f"{self.output()}: cannot write ({exc}; is the disk full?); data {self.stage} task "
+                             f"{rank} stopped and nothing already there was replaced")
+        return DataError(f"{self.where(rank)}: data {self.stage} task {rank} failed ({type(exc).__name__}: {exc})")
 
     def where(self, rank: int) -> str:
         return self.job.work
@@ -293,6 +323,7 @@ class MatchStep(_Step):
             later = np.zeros(len(exact), dtype=bool)
             later[1:] = exact["key"][1:] == exact["key"][:-1]  # not the first copy of its hash
             _save_npy(tmp / "exact_drop.npy", np.sort(exact["order"][later]))
+            del exact, later
             pairs = np.empty(0, dtype=PAIR_DTYPE)
             if job.near:
                 pairs = self._near_pairs(read, n, rank)
@@ -306,34 +337,41 @@ class MatchStep(_Step):
         same = (band["band"][1:] == band["band"][:-1]) & (band["key"][1:] == band["key"][:-1])
         starts = np.flatnonzero(np.concatenate(([True], ~same)))
         ends = np.append(starts[1:], len(band))
-        sigs: dict[int, tuple] = {}
-
-        def signature(order: int) -> np.ndarray:
-            r = order >> ORDER_SHIFT
-            if r not in sigs:
-                sigs[r] = (np.load(read / f"{r:05d}" / "sig_order.npy"),
-                           np.load(read / f"{r:05d}" / "sig.npy", mmap_mode="r"))
-            orders, rows = sigs[r]
-            return np.asarray(rows[int(np.searchsorted(orders, order))])
-
-        threshold = self.job.near_dup_threshold
-        found = []
-        for s, e in zip(starts, ends):
-            if e - s < 2:
-                continue
+        groups, shared = [], ends - starts >= 2
+        for s, e in zip(starts[shared], ends[shared]):
             group = band[s:e]
             # one member per content hash (the earliest): later copies are exact duplicates, never compared
             _, first = np.unique(group["doc"], return_index=True)
-            members = np.sort(group["order"][first])
-            if len(members) < 2:
-                continue
-            sig = np.stack([signature(int(o)) for o in members])
+            if len(first) >= 2:
+                groups.append(np.sort(group["order"][first]))
+        del band
+        if not groups:
+            return np.empty(0, dtype=PAIR_DTYPE)
+        signature = self._signatures(read, np.unique(np.concatenate(groups)))
+        threshold = self.job.near_dup_threshold
+        found = []
+        for members in groups:
+            sig = np.stack([signature[int(o)] for o in members])
             for i in range(len(members) - 1):
                 # datasketch's MinHash.jaccard: the fraction of equal signature values
                 sim = (sig[i + 1:] == sig[i]).mean(axis=1)
                 for j in np.flatnonzero(sim >= threshold):
                     found.append((members[i], members[i + 1 + j]))
         return np.unique(np.array(found, dtype=PAIR_DTYPE)) if found else np.empty(0, dtype=PAIR_DTYPE)
+
+    @staticmethod
+    def _signatures(read: Path, orders: np.ndarray) -> dict[int, np.ndarray]:
+        """The MinHash signatures of the candidate documents (sorted `orders`), read file by file and copied
+        out, so the task holds only the candidates' rows, not pages of every source's signature file."""
+        signatures = {}
+        files = orders >> ORDER_SHIFT
+        for r in np.unique(files):
+            wanted = orders[files == r]
+            index = np.searchsorted(np.load(read / f"{r:05d}" / "sig_order.npy"), wanted)
+            rows = np.load(read / f"{r:05d}" / "sig.npy", mmap_mode="r")
+            signatures.update(zip(wanted.tolist(), np.array(rows[index])))
+            del rows
+        return signatures
 
 
 # ---- stage 3: resolve near pairs in input order ------------------------------------------------------
@@ -357,14 +395,13 @@ class ResolveStep(_Step):
 
 def resolve_near_pairs(pairs: np.ndarray, excluded: np.ndarray) -> np.ndarray:
     """Orders of the near duplicates: walking documents in input order, one is dropped when an earlier
-    document that was kept (not excluded, not dropped) matches it; as NearDeduplicator does one at a time."""
-    excluded_set = set(excluded.tolist())
+    document that was kept (not excluded, not dropped) matches it; as NearDeduplicator does one at a time.
+    `excluded` (sorted: exact duplicates) is applied with numpy first, so the walk holds only near drops."""
+    pairs = pairs[~np.isin(pairs["first"], excluded) & ~np.isin(pairs["second"], excluded)]
     pairs = pairs[np.lexsort((pairs["first"], pairs["second"]))]
     dropped: set[int] = set()
     for first, second in zip(pairs["first"].tolist(), pairs["second"].tolist()):
-        if second in dropped or second in excluded_set:
-            continue
-        if first not in dropped and first not in excluded_set:
+        if second not in dropped and first not in dropped:
             dropped.add(second)
     return np.array(sorted(dropped), dtype=np.int64)
 
@@ -476,7 +513,7 @@ def _quiet():
 
 def prepare_on_engine(job: PrepareJob, *, workers: int, executor: str = "local", options: dict | None = None,
                       progress: bool = True) -> dict | None:
-    """Run the five stages; returns the manifest (None when a cluster executor was only submitted)."""
+    """Run the five stages; returns the manifest (None when Slurm was only submitted)."""
     work = Path(job.work)
     stamp = work / "job.json"
     if work.exists():
@@ -500,11 +537,12 @@ def prepare_on_engine(job: PrepareJob, *, workers: int, executor: str = "local",
     if progress:
         print(f"prepare on datatrove ({executor}): {n} read/write tasks, {job.buckets} match buckets, "
               f"{workers} at once; task logs in {logs}", file=sys.stderr, flush=True)
-    stage = None
+    stages: list = []
     for step, tasks in plan:
-        stage = _executor(executor, [step(job)], tasks, workers, logs / step.stage, stage, options)
-    _run_logged(stage, work)
-    if executor != "local":
+        depends = stages[-1] if stages and executor != "ray" else None  # Ray: run in order (_run_logged)
+        stages.append(_executor(executor, [step(job)], tasks, workers, logs / step.stage, depends, options))
+    _run_logged(stages, work)
+    if executor == "slurm":
         return None
     manifest = json.loads((work / "manifest.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
@@ -638,7 +676,7 @@ class ShardStep(_Step):
 def tokenize_on_engine(dataset: Path, tok_file: str, index: dict, *, shard_tokens: int, workers: int,
                        executor: str = "local", options: dict | None = None, overwrite: bool = False,
                        record_config: dict | None = None) -> dict | None:
-    """Run the two tokenize stages; returns the index (None when a cluster executor was only submitted)."""
+    """Run the two tokenize stages; returns the index (None when Slurm was only submitted)."""
     parts = []
     for split in ("train", "val"):
         size = (dataset / f"{split}.jsonl").stat().st_size
@@ -661,9 +699,10 @@ def tokenize_on_engine(dataset: Path, tok_file: str, index: dict, *, shard_token
                       record_config or {}, started=time.time())
     options = dict(options or {})
     encode = _executor(executor, [EncodeStep(job)], len(parts), workers, work / "logs" / "encode", None, options)
-    last = _executor(executor, [ShardStep(job)], 1, workers, work / "logs" / "shard", encode, options)
-    _run_logged(last, work)
-    if executor != "local":
+    shard = _executor(executor, [ShardStep(job)], 1, workers, work / "logs" / "shard",
+                      encode if executor != "ray" else None, options)
+    _run_logged([encode, shard], work)
+    if executor == "slurm":
         return None
     result = json.loads((work / "index.json").read_text())
     shutil.rmtree(work, ignore_errors=True)
