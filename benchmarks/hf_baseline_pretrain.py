@@ -1,22 +1,26 @@
 """The Hugging Face peers for pretraining quality per compute, run by `benchmarks/pretrain_quality.py`.
 
-HF `tokenizers` + `transformers.LlamaForCausalLM` + `Trainer`, trained for a wall-clock budget on a text
-file, then scored in bits per byte on another text file with the shared scorer (`record.bits_per_byte`).
+HF `tokenizers` + `transformers` (`LlamaForCausalLM`, or `Qwen3ForCausalLM` for QK-norm) + `Trainer`,
+trained for a wall-clock budget on a text file, then scored in bits per byte on another text file with
+the shared scorer (`record.bits_per_byte`).
 
 --recipe foundry   foundry's exact recipe (`recipes/pretrain-kjv.yaml`): its tokenizer file (the same
-                   vocabulary), its shape (preset 1m), batch 4 x 256, AdamW lr 3e-3, betas (0.9, 0.95),
-                   eps 1e-8, weight decay 0.1 on matrices only (not the embedding, not norm gains), 50
-                   warm-up steps, grad clip 1.0, then Trainer's `warmup_stable_decay` schedule with a
-                   1 - sqrt cool-down over the last 30% of steps to 0 (foundry's formula, as a LambdaLR
-                   in Trainer). Trainer's schedules count steps, so the step count is planned from the step
-                   time of the run's own first 30 steps (warm-up, whose lr does not depend on it) and
-                   re-checked until the cool-down starts (`StepPlan`); foundry's schedule follows the clock.
+                   vocabulary), its shape (preset 1m) with QK-norm (`Qwen3ForCausalLM`, which holds it),
+                   batch 4 x 256, Muon for the hidden matrices and AdamW for the rest through foundry's own
+                   optimiser classes (lr 3e-3, betas (0.9, 0.95), eps 1e-8, weight decay 0.1 on matrices only,
+                   not the embedding, not norm gains), 50 warm-up steps, grad clip 1.0, then Trainer's
+                   `warmup_stable_decay` schedule with a 1 - sqrt cool-down over the last 30% of steps to 0
+                   (foundry's formula, as a LambdaLR per optimiser in Trainer). Trainer's schedules count
+                   steps, so the step count is planned from the step time of the run's own first 30 steps
+                   (warm-up, whose lr does not depend on it) and re-checked until the cool-down starts
+                   (`StepPlan`); foundry's schedule follows the clock.
+--recipe foundry-adamw   the recipe before 2026-12-01: the same with AdamW on a plain `LlamaForCausalLM`.
 --recipe defaults  what Trainer does by default, on a model a user might pick for this budget (~3.4M:
                    6 layers x 192, byte-level BPE of 4096): TrainingArguments' defaults (AdamW lr 5e-5,
                    betas (0.9, 0.999), no weight decay, no warm-up, linear decay to 0, batch 8), with the
                    step count planned from the first 30 steps so the linear schedule ends in the budget.
 
-Both stop at the budget regardless (a hard stop), and print steps, tokens and the final learning rate.
+All stop at the budget regardless (a hard stop), and print steps, tokens and the final learning rate.
 
     python benchmarks/hf_baseline_pretrain.py --train TRAIN.txt --score HELD.txt --recipe foundry \
         --tokenizer RUN/tokenizer/tokenizer.json --seconds 300 --out /tmp/hf-run
@@ -34,19 +38,43 @@ import torch
 
 from record import bits_per_byte
 
+FOUNDRY_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=4, head_dim=32, rope_theta=10000.0, rms_norm_eps=1e-5)
 RECIPES = {
-    # foundry's recipe, field for field (recipes/pretrain-kjv.yaml and foundry.model.llama preset "1m").
-    "foundry": dict(shape=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                               num_key_value_heads=4, rope_theta=10000.0, rms_norm_eps=1e-5),
-                    vocab_size=2048, block=256, batch=4, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1, warmup=50,
-                    schedule="warmup_stable_decay", decay_fraction=0.3),
+    # foundry's recipe, field for field (recipes/pretrain-kjv.yaml and foundry.model.llama preset "1m"):
+    # Muon for the hidden matrices (foundry's optimiser class, as foundry uses it) and QK-norm, which
+    # transformers holds as Qwen3 (Llama's attention plus the per-head q/k RMSNorm).
+    "foundry": dict(shape=FOUNDRY_SHAPE, vocab_size=2048, block=256, batch=4, lr=3e-3, betas=(0.9, 0.95),
+                    weight_decay=0.1, warmup=50, schedule="warmup_stable_decay", decay_fraction=0.3,
+                    optimizer="muon", qk_norm=True),
+    # the recipe before 2026-12-01: AdamW on a plain Llama (the 1.397 of the issue)
+    "foundry-adamw": dict(shape=FOUNDRY_SHAPE, vocab_size=2048, block=256, batch=4, lr=3e-3, betas=(0.9, 0.95),
+                          weight_decay=0.1, warmup=50, schedule="warmup_stable_decay", decay_fraction=0.3,
+                          optimizer="adamw", qk_norm=False),
     # Trainer's defaults (TrainingArguments: learning_rate 5e-5, adam betas (0.9, 0.999), weight_decay 0,
     # warmup 0, lr_scheduler_type linear, per_device_train_batch_size 8) on the earlier baseline's shape.
     "defaults": dict(shape=dict(hidden_size=192, intermediate_size=512, num_hidden_layers=6, num_attention_heads=6,
                                 num_key_value_heads=6),
                      vocab_size=4096, block=256, batch=8, lr=None, betas=None, weight_decay=None, warmup=None,
-                     schedule=None, decay_fraction=None),
+                     schedule=None, decay_fraction=None, optimizer=None, qk_norm=False),
 }
+
+
+class Schedules:
+    """One LambdaLR per optimiser of foundry's Muon + AdamW pair, stepped as one (Trainer steps one)."""
+
+    def __init__(self, optimizers, factor):
+        self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
+
+    def step(self):
+        for s in self.schedules:
+            s.step()
+
+    def get_last_lr(self):
+        return self.schedules[0].get_last_lr()
+
+    def state_dict(self):
+        return [s.state_dict() for s in self.schedules]
 
 
 def train_tokenizer(text: str, vocab_size: int):
@@ -63,7 +91,8 @@ def train_tokenizer(text: str, vocab_size: int):
 
 def main() -> None:
     from tokenizers import Tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM, Trainer, TrainerCallback,
+                              TrainingArguments)
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, required=True, help="training text (UTF-8)")
@@ -98,16 +127,18 @@ def main() -> None:
 
     def new_model():
         torch.manual_seed(0)
-        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, max_position_embeddings=block, tie_word_embeddings=True,
-                                            **recipe["shape"]))
+        config, model_class = (Qwen3Config, Qwen3ForCausalLM) if recipe["qk_norm"] else (LlamaConfig, LlamaForCausalLM)
+        return model_class(config(vocab_size=vocab, max_position_embeddings=block, tie_word_embeddings=True,
+                                  **recipe["shape"]))
 
     def optimizer(model):
-        if args.recipe != "foundry":
+        if recipe["optimizer"] is None:
             return None  # Trainer's own default
-        from foundry.train.optim import parameter_groups  # the same decay rule: matrices only
+        from foundry.train.optim import build_optimizer  # the same optimisers and decay rule (matrices only)
 
-        return torch.optim.AdamW(parameter_groups(model, recipe["weight_decay"]), lr=args.lr or recipe["lr"],
-                                 betas=recipe["betas"], eps=1e-8, fused=True)
+        return build_optimizer(model, SimpleNamespace(
+            optimizer=recipe["optimizer"], lr=args.lr or recipe["lr"], beta1=recipe["betas"][0],
+            beta2=recipe["betas"][1], weight_decay=recipe["weight_decay"], muon_momentum=0.95))
 
     class StepPlan(TrainerCallback):
         """The step count, from the step time measured on this run's own first steps under the load it meets.
@@ -124,7 +155,7 @@ def main() -> None:
 
         def factor(self, step: int) -> float:
             """lr multiplier at `step` for the current plan (LambdaLR)."""
-            if args.recipe == "defaults":  # Trainer's "linear" with no warm-up: (T - step) / T
+            if recipe["schedule"] is None:  # Trainer's "linear" with no warm-up: (T - step) / T
                 return max(0.0, (self.total - step) / self.total)
             from foundry.train.optim import lr_at  # foundry's WSD formula itself, not a re-typed copy
 
@@ -146,7 +177,7 @@ def main() -> None:
                 step_s = (now - self.times[first]) / (step - first)
                 self.probe_step_s = self.probe_step_s or step_s
                 self.total = max(step + 1, step + int((self.budget * 0.97 - now) / step_s))
-                self.fixed = args.recipe == "defaults" or step >= self.decay_start()
+                self.fixed = recipe["schedule"] is None or step >= self.decay_start()
             if lr_scheduler is not None:
                 self.last_lr = lr_scheduler.get_last_lr()[0]
             if step >= self.total or now >= self.budget:
@@ -159,11 +190,12 @@ def main() -> None:
         output_dir=str(args.out), max_steps=10**7, per_device_train_batch_size=recipe["batch"], logging_steps=50,
         save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0,
         disable_tqdm=True, **({"learning_rate": args.lr or recipe["lr"], "max_grad_norm": 1.0}
-                              if args.recipe == "foundry" else ({"learning_rate": args.lr} if args.lr else {})))
+                              if recipe["optimizer"] else ({"learning_rate": args.lr} if args.lr else {})))
     trainer = Trainer(model=model, args=train_args, train_dataset=Blocks(), optimizers=(optimizer(model), None),
                       callbacks=[plan])
-    trainer.create_optimizer()  # Trainer's default optimiser for "defaults", ours above for "foundry"
-    trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, plan.factor)
+    trainer.create_optimizer()  # Trainer's default optimiser for "defaults", foundry's above for the others
+    optimizers = getattr(trainer.optimizer, "optimizers", [trainer.optimizer])  # Muon + AdamW, or one
+    trainer.lr_scheduler = Schedules(optimizers, plan.factor)
     if args.ready:  # contenders run together start their clocks together
         args.ready.touch()
         while args.go and not args.go.exists():
@@ -175,7 +207,8 @@ def main() -> None:
     score_ids = tok.encode(score_text, add_special_tokens=False).ids
     scored = bits_per_byte(lambda x: model(x).logits, score_ids, len(score_text.encode("utf-8")), block)
     print(json.dumps({
-        "system": f"hf-trainer ({args.recipe} recipe)", "params": n_params, "vocab_size": vocab,
+        "system": f"hf-trainer ({args.recipe} recipe)", "model_class": type(model).__name__,
+        "optimizer_kind": recipe["optimizer"] or "trainer-default", "params": n_params, "vocab_size": vocab,
         "probe_step_s": plan.probe_step_s, "planned_steps": plan.total, "steps": steps,
         "reached_schedule_end": steps >= plan.total, "train_seconds": round(plan.times[steps], 1),
         "tokens": steps * recipe["batch"] * block, "final_lr": plan.last_lr, "optimizer": repr(trainer.optimizer.optimizer

@@ -8,9 +8,12 @@ its UTF-8 bytes) on the final weights:
 
 - foundry: `foundry pretrain --config recipes/pretrain-kjv.yaml` (its in-loop validation and best
   checkpoint use the dev part, never the test part);
-- hf-foundry-recipe: HF tokenizers + `LlamaForCausalLM` + `Trainer` with foundry's exact recipe
+- hf-foundry-recipe: HF tokenizers + `transformers` + `Trainer` with foundry's exact recipe
   (`benchmarks/hf_baseline_pretrain.py --recipe foundry`: the same tokenizer, shape, batch, lr, betas,
-  warm-up, weight decay and WSD schedule, its step count calibrated to end inside the budget);
+  warm-up, weight decay and WSD schedule, its step count calibrated to end inside the budget; Muon and
+  QK-norm since 2026-12-01, the latter as `Qwen3ForCausalLM`);
+- hf-foundry-adamw: the same with the recipe before that (AdamW, `LlamaForCausalLM`): the reference of
+  the quality-per-compute target (1.397 bits per byte when it was foundry's recipe);
 - hf-defaults: the same stack with Trainer's default optimiser and schedule on a ~3.4M model.
 
 `--together` runs the contenders at the same time, each on `--threads` threads: on a machine shared with
@@ -42,7 +45,8 @@ from pathlib import Path
 from record import bits_per_byte, load_average, machine, write_result
 
 REPO = Path(__file__).resolve().parents[1]
-CONTENDERS = ("foundry", "hf-foundry-recipe", "hf-defaults")
+CONTENDERS = ("foundry", "hf-foundry-recipe", "hf-foundry-adamw", "hf-defaults")
+HF_RECIPE = {"hf-foundry-recipe": "foundry", "hf-foundry-adamw": "foundry-adamw", "hf-defaults": "defaults"}
 
 
 def split_text(text: str, dev: float = 0.01, test: float = 0.01) -> dict[str, str]:
@@ -105,7 +109,8 @@ def foundry_result(score: Path, args) -> dict:
             "train_seconds": run.get("train_seconds"), "tokens": run["step"] * batch * cfg["block_size"],
             "final_lr": steps_logged[-1]["lr"] if steps_logged else None, "last_logged_lr_step":
             steps_logged[-1]["step"] if steps_logged else None, "batch": batch, "block": cfg["block_size"],
-            "lr": cfg["lr"], "overrides": args.override, "loop_val_bpb_on_dev": run.get("val/bpb"),
+            "lr": cfg["lr"], "optimizer": cfg.get("optimizer", "adamw"),
+            "qk_norm": bool(record["config"]["model"].get("qk_norm")), "overrides": args.override, "loop_val_bpb_on_dev": run.get("val/bpb"),
             "held_out_bpb": scored["bpb"], "scored_bytes": scored["bytes"]}
 
 
@@ -113,12 +118,12 @@ def hf_command(recipe: str, data: dict[str, Path], score: Path, args) -> list[st
     cmd = [sys.executable, str(REPO / "benchmarks/hf_baseline_pretrain.py"), "--train", str(data["train"]),
            "--score", str(score), "--recipe", recipe, "--seconds", str(args.seconds), "--threads", str(args.threads),
            "--out", str(args.work / args.name / f"hf-{recipe}")]
-    return cmd + (["--tokenizer", str(data["tokenizer"] / "tokenizer.json")] if recipe == "foundry" else [])
+    return cmd + (["--tokenizer", str(data["tokenizer"] / "tokenizer.json")] if recipe.startswith("foundry") else [])
 
 
 def start(name: str, data: dict[str, Path], score: Path, args, extra: tuple[str, ...] = ()) -> dict:
     cmd = (foundry_command(data, args) if name == "foundry" else
-           [*hf_command("foundry" if name == "hf-foundry-recipe" else "defaults", data, score, args), *extra])
+           [*hf_command(HF_RECIPE[name], data, score, args), *extra])
     log = open(args.work / args.name / f"{name}.log", "w")
     return {"name": name, "log": log, "load_start": load_average(), "t0": time.time(),
             "proc": subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)}

@@ -36,15 +36,24 @@ def quality_rows(q: dict) -> list[str]:
         return (f"{c['params'] / 1e6:.1f}M params, {c['steps']:,} steps, {c['tokens']:,} tokens, "
                 f"last lr {lr}")
 
+    def recipe(c: dict) -> str:  # results before 2026-12-01 name neither: AdamW on a plain Llama
+        kind = c.get("optimizer") or c.get("optimizer_kind") or "adamw"
+        return "Muon + QK-norm" if kind == "muon" else "AdamW"
+
     together = f"run together, {q['threads']} thread each" if q.get("together") else f"{q['threads']} threads"
     rows = []
-    for peer, what in (("hf-foundry-recipe", "HF tokenizers + `LlamaForCausalLM` + `Trainer`, foundry's exact recipe"),
-                       ("hf-defaults", "the same stack with `Trainer`'s defaults (lr 5e-5, linear)")):
+    for peer, what in (("hf-foundry-recipe", "foundry's exact recipe"),
+                       ("hf-foundry-adamw", "foundry's recipe before 2026-12-01"),
+                       ("hf-defaults", "`Trainer`'s defaults (lr 5e-5, linear)")):
         if peer not in by:
             continue
         p = by[peer]
+        stack = f"HF tokenizers + `{p.get('model_class', 'LlamaForCausalLM')}` + `Trainer`"
+        if peer != "hf-defaults":
+            what = f"{what}, {recipe(p)}"
         rows.append(f"| held-out bits per byte after {q['seconds']:.0f} s of pretraining (KJV, last 1%; {together}) "
-                    f"| **{ours['held_out_bpb']:.3f}** ({desc(ours)}) | {p['held_out_bpb']:.3f} ({what}; {desc(p)}) "
+                    f"| **{ours['held_out_bpb']:.3f}** ({recipe(ours)}; {desc(ours)}) | {p['held_out_bpb']:.3f} "
+                    f"({stack}, {what}; {desc(p)}) "
                     f"| `{q['command']}`: {100 * (1 - ours['held_out_bpb'] / p['held_out_bpb']):.1f}% lower |")
     return rows
 

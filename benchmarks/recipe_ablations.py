@@ -1,13 +1,14 @@
-"""Recipe ablations: each candidate change against the current pretraining recipe, at equal tokens, on dev.
+"""Recipe ablations: each candidate change against the pretraining recipe, at equal tokens, on dev.
 
     python benchmarks/recipe_ablations.py --steps 1000 --seeds 1 2 [--variants baseline muon ...] [--threads 1]
 
-Every variant trains `recipes/pretrain-kjv.yaml` (the 1.1M model, batch 4 x 256, lr 3e-3, WSD) with one
-change, for the same number of optimiser steps (so the same tokens and the same schedule), once per seed,
-on the train part of `benchmarks/pretrain_quality.py`'s cut of the King James text, and is scored by the
-same function (`record.bits_per_byte`) on the DEV part, never the reported test part. Equal steps make the
-quality comparison independent of the machine's load; the cost of a change is its tokens/s, recorded per
-run with the load average beside it (on a shared machine only a ratio from the same minutes means much).
+Every variant trains `recipes/pretrain-kjv.yaml` as it was before Muon and QK-norm became its default
+(`BASE`: the 1.1M model, AdamW, batch 4 x 256, lr 3e-3, WSD) with one change, for the same number of
+optimiser steps (so the same tokens and the same schedule), once per seed, on the train part of
+`benchmarks/pretrain_quality.py`'s cut of the King James text, and is scored by the same function
+(`record.bits_per_byte`) on the DEV part, never the reported test part. Equal steps make the quality
+comparison independent of the machine's load; the cost of a change is its tokens/s, recorded per run
+with the load average beside it (on a shared machine only a ratio from the same minutes means much).
 
 Writes `benchmarks/results/NAME.json` after every run, so a long sweep cut short keeps what it measured.
 `--table FILE...` prints the markdown table of docs/RECIPES.md from one or more such files (seeds run as
@@ -27,9 +28,12 @@ from pathlib import Path
 from pretrain_quality import REPO, build_data
 from record import RESULTS, bits_per_byte, load_average, machine, write_result
 
-# name -> (recipe overrides, what the change is)
+# Every variant starts from the recipe the ablations were run against (before 2026-12-01: AdamW on a plain
+# Llama), so its committed results stay reproducible after the recipe adopted Muon and QK-norm.
+BASE = ["train.optimizer=adamw", "model.qk_norm=false"]
+# name -> (recipe overrides on BASE, what the change is)
 VARIANTS: dict[str, tuple[list[str], str]] = {
-    "baseline": ([], "the current recipe: AdamW, SwiGLU, no QK-norm, tied embeddings"),
+    "baseline": ([], "the recipe before 2026-12-01: AdamW, SwiGLU, no QK-norm, tied embeddings"),
     "muon": (["train.optimizer=muon"], "Muon for attention/MLP matrices (Jordan et al. 2024), AdamW for the rest"),
     "qk_norm": (["model.qk_norm=true"], "RMSNorm on queries and keys per head (Qwen3, OLMo 2)"),
     "relu2": (["model.mlp_act=relu2"], "squared ReLU in the MLP gate (modded-nanogpt)"),
@@ -47,7 +51,7 @@ def run_one(name: str, seed: int, data: dict, args) -> dict:
            f"out_dir={out}", f"data={data['dataset']}", f"tokenizer={data['tokenizer']}", "train.max_seconds=null",
            f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}",
            f"train.eval_every={args.steps}", f"train.checkpoint_every={args.steps}", "train.progress=false",
-           "overwrite=true", *overrides]
+           "overwrite=true", *BASE, *overrides]
     load_start, t0 = load_average(), time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

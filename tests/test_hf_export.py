@@ -104,3 +104,39 @@ def test_recipe_options_export_to_a_transformers_class_and_back(tmp_path, qk_nor
     assert back.config.qk_norm == qk_norm and back.config.mlp_act == mlp_act
     with torch.no_grad():
         assert (back(ids) - ours).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("recipe", ["pretrain-kjv.yaml", "quickstart.yaml"])
+def test_the_default_pretraining_recipe_trains_a_model_transformers_reads_with_the_same_logits(tmp_path, recipe):
+    """The bundled recipes' pretraining (Muon, QK-norm on the 1m preset), a few real optimiser steps, then
+    export: the architecture transformers names (Qwen3, which holds QK-norm) and logits within 1e-4."""
+    from foundry.config import config_from_dict, load_config
+    from foundry.model.llama import Llama
+    from foundry.pipeline import _substitute, load_recipe
+    from foundry.train.optim import build_optimizer
+    from foundry.train.pretrain import PretrainConfig, build_model_config
+    from foundry.utils.bundled import bundled_root
+
+    path = bundled_root() / "recipes" / recipe
+    if recipe == "quickstart.yaml":
+        stage = next(s for s in load_recipe(path).stages if s.name == "pretrain")
+        cfg = config_from_dict(PretrainConfig, _substitute(stage.config, {"out": "/r", "stage:data_general": "/d",
+                                                                          "stage:tokenizer": "/t"}), recipe)
+    else:
+        cfg = load_config(PretrainConfig, path)
+    assert cfg.train.optimizer == "muon" and cfg.model.qk_norm
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = Llama(build_model_config(cfg.model, tok, cfg.train.block_size))
+    optimizer = build_optimizer(model, cfg.train)
+    ids = torch.randint(0, tok.vocab_size, (2, 65), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        logits = model(ids[:, :-1])
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    out = export_hf(model.eval(), tok, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert (model(ids) - _hf_logits(hf, ids)).abs().max().item() < 1e-4

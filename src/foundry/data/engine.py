@@ -148,8 +148,8 @@ def _run_logged(stages: list, work: Path) -> None:
     """Run the pipeline, the engine's chatter in work/engine.log.
 
     Local and Slurm stages are chained by `depends` (the last one runs or submits the ones before). Ray's
-    executor is blocking but polls a dependency every 2 minutes and, when a task fails its retries, only
-    logs it; so Ray stages run one after another here, each checked for unfinished tasks, whose recorded
+    executor only logs a task that failed its retries, and a stage depending on it re-checks every 2 minutes,
+    forever; so Ray stages run one after another here, each checked for unfinished tasks, whose recorded
     one-line error (`errors/`) is raised as the local executor raises it.
 
     On a DataError nothing is left behind: bad input fails the same way on every try and its fix changes the

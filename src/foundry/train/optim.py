@@ -49,9 +49,9 @@ class Optimizers:
     def param_groups(self) -> list[dict]:
         return [group for opt in self.optimizers for group in opt.param_groups]
 
-    def step(self) -> None:
+    def step(self, closure=None) -> None:  # closure: the Optimizer signature (accelerate passes one)
         for opt in self.optimizers:
-            opt.step()
+            opt.step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
