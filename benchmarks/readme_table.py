@@ -37,7 +37,7 @@ def quality_rows(q: dict) -> list[str]:
                 f"last lr {lr}")
 
     def recipe(c: dict) -> str:  # results before 2026-12-01 name neither: AdamW on a plain Llama
-        kind = c.get("optimizer") or c.get("optimizer_kind") or "adamw"
+        kind = c.get("optimizer_kind") or c.get("optimizer") or "adamw"  # HF records its optimizer as a repr
         return "Muon + QK-norm" if kind == "muon" else "AdamW"
 
     together = f"run together, {q['threads']} thread each" if q.get("together") else f"{q['threads']} threads"
