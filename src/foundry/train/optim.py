@@ -49,9 +49,15 @@ class Optimizers:
     def param_groups(self) -> list[dict]:
         return [group for opt in self.optimizers for group in opt.param_groups]
 
-    def step(self, closure=None) -> None:  # closure: the Optimizer signature (accelerate passes one)
+    def step(self, closure=None):
+        """The Optimizer signature (accelerate calls it so): a closure is evaluated once, not per optimiser."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for opt in self.optimizers:
-            opt.step(closure)
+            opt.step()
+        return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers:
