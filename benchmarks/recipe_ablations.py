@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[list[str], str]] = {
     "lr6e-3": (["train.lr=6e-3"], "twice the learning rate"),
     "qk_norm+lr6e-3": (["model.qk_norm=true", "train.lr=6e-3"], "QK-norm, which should tolerate a higher lr"),
     "muon+qk_norm": (["train.optimizer=muon", "model.qk_norm=true"], "Muon and QK-norm together"),
+    "muon+qk_norm+lr6e-3": (["train.optimizer=muon", "model.qk_norm=true", "train.lr=6e-3"],
+                            "Muon and QK-norm at twice the lr"),
 }
 
 
