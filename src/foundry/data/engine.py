@@ -173,7 +173,9 @@ def _run_logged(stages: list, work: Path) -> None:
 
 def _check_finished(stage, work: Path) -> None:
     """After a blocking stage: every task finished, or the first unfinished one's error as a DataError."""
-    if type(stage).__name__ == "SlurmPipelineExecutor":  # submitted, not run: the array finishes later
+    from datatrove.executor import SlurmPipelineExecutor
+
+    if isinstance(stage, SlurmPipelineExecutor):  # submitted, not run: the array finishes later
         return
     unfinished = stage.get_incomplete_ranks(skip_completed=True)
     if not unfinished:
@@ -499,7 +501,8 @@ def _executor(kind: str, pipeline: list, tasks: int, workers: int, logs: Path, d
     if kind == "ray":
         from datatrove.executor import RayPipelineExecutor
 
-        return RayPipelineExecutor(pipeline, tasks=tasks, logging_dir=str(logs), depends=depends,
+        # no depends: _run_logged runs Ray stages in order itself (datatrove's wait on a failed one never ends)
+        return RayPipelineExecutor(pipeline, tasks=tasks, logging_dir=str(logs),
                                    workers=workers if workers > 0 else -1, **options)
     raise DataError(f"--executor must be one of inline, {', '.join(EXECUTORS)}; got {kind!r}")
 
@@ -539,8 +542,8 @@ def prepare_on_engine(job: PrepareJob, *, workers: int, executor: str = "local",
               f"{workers} at once; task logs in {logs}", file=sys.stderr, flush=True)
     stages: list = []
     for step, tasks in plan:
-        depends = stages[-1] if stages and executor != "ray" else None  # Ray: run in order (_run_logged)
-        stages.append(_executor(executor, [step(job)], tasks, workers, logs / step.stage, depends, options))
+        stages.append(_executor(executor, [step(job)], tasks, workers, logs / step.stage,
+                                stages[-1] if stages else None, options))
     _run_logged(stages, work)
     if executor == "slurm":
         return None
@@ -593,7 +596,7 @@ class EncodeStep(_Step):
         return f"{Path(self.job.dataset) / f'{split}.jsonl'} (bytes from {start})"
 
     def run_task(self, rank, world_size):
-        from foundry.data.tokenizer import Tokenizer
+        from foundry.data.tokenizer import Tokenizer, record_text
 
         job = self.job
         split, start, end = job.parts[rank]
@@ -626,10 +629,7 @@ class EncodeStep(_Step):
                     break
                 if not line.strip():
                     continue
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-                    raise DataError(f"{src}:{_line_number(src, offset)}: not a dataset record ({exc})") from None
+                texts.append(record_text(line, lambda: f"{src}:{_line_number(src, offset)}"))
                 if len(texts) == 256:
                     flush()
             flush()
@@ -699,8 +699,7 @@ def tokenize_on_engine(dataset: Path, tok_file: str, index: dict, *, shard_token
                       record_config or {}, started=time.time())
     options = dict(options or {})
     encode = _executor(executor, [EncodeStep(job)], len(parts), workers, work / "logs" / "encode", None, options)
-    shard = _executor(executor, [ShardStep(job)], 1, workers, work / "logs" / "shard",
-                      encode if executor != "ray" else None, options)
+    shard = _executor(executor, [ShardStep(job)], 1, workers, work / "logs" / "shard", encode, options)
     _run_logged([encode, shard], work)
     if executor == "slurm":
         return None

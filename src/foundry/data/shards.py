@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from foundry.data.tokenizer import record_text
 from foundry.errors import DataError
 
 DEFAULT_SHARD_TOKENS = 1 << 27  # 128M tokens: 256 MB per uint16 shard
@@ -221,10 +222,7 @@ def _read_chunks(path: Path, dtype: str, chunk_docs: int) -> Iterator[tuple[list
             raw += len(line)
             if not line.strip():
                 continue
-            try:
-                chunk.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{lineno}: not a dataset record ({exc})") from None
+            chunk.append(record_text(line, f"{path}:{lineno}"))
             if len(chunk) == chunk_docs:
                 yield chunk, dtype, raw
                 chunk, raw = [], 0

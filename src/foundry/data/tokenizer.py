@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from foundry.data.clip_tokenizer import ClipTokenizer  # noqa: F401  (the store loads CLIP checkpoints' tokenizers)
 from foundry.errors import DataError
@@ -213,6 +213,15 @@ def fertility(tokenizer: Tokenizer, texts: Iterable[str], batch: int = 512) -> d
             "bytes_per_token": nbytes / tokens if tokens else float("nan")}
 
 
+def record_text(line: str | bytes, where: str | Callable[[], str]) -> str:
+    """The `text` of one line of a prepared split. `where` ("FILE:LINE", or a function giving it when working
+    it out costs a file scan) names the line when it is not a record."""
+    try:
+        return json.loads(line)["text"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{where() if callable(where) else where}: not a dataset record ({exc})") from None
+
+
 def iter_split_texts(dataset_dir: str | Path, split: str) -> Iterator[str]:
     """The `text` of every record in `DATASET_DIR/{split}.jsonl` (written by `foundry data prepare`)."""
     path = Path(dataset_dir) / f"{split}.jsonl"
@@ -220,12 +229,8 @@ def iter_split_texts(dataset_dir: str | Path, split: str) -> Iterator[str]:
         raise DataError(f"{path}: not found; is {dataset_dir} a dataset made by 'foundry data prepare'?")
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{lineno}: not a dataset record ({exc})") from None
+            if line.strip():
+                yield record_text(line, f"{path}:{lineno}")
 
 
 def train_tokenizer(dataset: str | Path, out: str | Path, vocab_size: int = 8192, min_frequency: int = 2,
