@@ -499,7 +499,12 @@ def _executor(kind: str, pipeline: list, tasks: int, workers: int, logs: Path, d
         return SlurmPipelineExecutor(pipeline, tasks=tasks, logging_dir=str(logs), depends=depends,
                                      workers=workers if workers > 0 else -1, **options)
     if kind == "ray":
+        import ray
         from datatrove.executor import RayPipelineExecutor
+
+        if not ray.is_initialized():  # joins RAY_ADDRESS's cluster, or starts one on this machine
+            # the workers' output stays in the task logs, not after foundry's one-line error on the terminal
+            ray.init(log_to_driver=False)
 
         # no depends: _run_logged runs Ray stages in order itself (datatrove's wait on a failed one never ends)
         return RayPipelineExecutor(pipeline, tasks=tasks, logging_dir=str(logs),
