@@ -23,7 +23,10 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from pretrain_quality import REPO, build_data
 from record import RESULTS, bits_per_byte, load_average, machine, write_result
@@ -31,28 +34,72 @@ from record import RESULTS, bits_per_byte, load_average, machine, write_result
 # Every variant starts from the recipe the ablations were run against (before 2026-12-01: AdamW on a plain
 # Llama), so its committed results stay reproducible after the recipe adopted Muon and QK-norm.
 BASE = ["train.optimizer=adamw", "model.qk_norm=false"]
-# name -> (recipe overrides on BASE, what the change is)
-VARIANTS: dict[str, tuple[list[str], str]] = {
-    "baseline": ([], "the recipe before 2026-12-01: AdamW, SwiGLU, no QK-norm, tied embeddings"),
-    "muon": (["train.optimizer=muon"], "Muon for attention/MLP matrices (Jordan et al. 2024), AdamW for the rest"),
-    "qk_norm": (["model.qk_norm=true"], "RMSNorm on queries and keys per head (Qwen3, OLMo 2)"),
-    "relu2": (["model.mlp_act=relu2"], "squared ReLU in the MLP gate (modded-nanogpt)"),
-    "untied": (["model.tie_embeddings=false"], "separate input and output embeddings"),
-    "lr6e-3": (["train.lr=6e-3"], "twice the learning rate"),
-    "qk_norm+lr6e-3": (["model.qk_norm=true", "train.lr=6e-3"], "QK-norm, which should tolerate a higher lr"),
-    "muon+qk_norm": (["train.optimizer=muon", "model.qk_norm=true"], "Muon and QK-norm together"),
-    "muon+qk_norm+lr6e-3": (["train.optimizer=muon", "model.qk_norm=true", "train.lr=6e-3"],
-                            "Muon and QK-norm at twice the lr"),
+
+@dataclass(frozen=True)
+class Variant:
+    overrides: list[str]  # recipe overrides on BASE
+    what: str
+    against: str = "baseline"  # the variant it is compared with, seed by seed
+    equal: str = "steps"  # steps: as many optimiser steps as the reference; flops: as many training FLOPs
+
+
+NEW = ["train.optimizer=muon", "model.qk_norm=true"]  # the default recipe since 2026-12-01
+VARIANTS: dict[str, Variant] = {
+    "baseline": Variant([], "the recipe before 2026-12-01: AdamW, SwiGLU, no QK-norm, tied embeddings"),
+    "muon": Variant(["train.optimizer=muon"], "Muon for attention/MLP matrices (Jordan et al. 2024), AdamW for the rest"),
+    "qk_norm": Variant(["model.qk_norm=true"], "RMSNorm on queries and keys per head (Qwen3, OLMo 2)"),
+    "relu2": Variant(["model.mlp_act=relu2"], "squared ReLU in the MLP gate (modded-nanogpt)"),
+    "untied": Variant(["model.tie_embeddings=false"], "separate input and output embeddings"),
+    "lr6e-3": Variant(["train.lr=6e-3"], "twice the learning rate"),
+    "qk_norm+lr6e-3": Variant(["model.qk_norm=true", "train.lr=6e-3"], "QK-norm, which should tolerate a higher lr"),
+    "muon+qk_norm": Variant(NEW, "Muon and QK-norm together"),
+    "muon+qk_norm+lr6e-3": Variant([*NEW, "train.lr=6e-3"], "Muon and QK-norm at twice the lr"),
+    # Changes to the new default, each against it.
+    "new+ns3": Variant([*NEW, "train.muon_ns_steps=3"], "3 Newton-Schulz iterations instead of 5",
+                       against="muon+qk_norm"),
+    "new+cosine": Variant([*NEW, "train.schedule=cosine"], "cosine decay to 0 instead of WSD",
+                          against="muon+qk_norm"),
+    "new+batch8": Variant([*NEW, "train.micro_batch_size=8"], "8 x 256 tokens per step at equal FLOPs (half the steps)",
+                          against="muon+qk_norm", equal="flops"),
+    "new+width96": Variant([*NEW, "model.n_embd=96", "model.n_head=3", "model.n_kv_head=3"],
+                           "width 96 (3 heads of 32) at equal FLOPs (more steps)", against="muon+qk_norm",
+                           equal="flops"),
+    "new+width192": Variant([*NEW, "model.n_embd=192", "model.n_head=6", "model.n_kv_head=6"],
+                            "width 192 (6 heads of 32) at equal FLOPs (fewer steps)", against="muon+qk_norm",
+                            equal="flops"),
 }
 
 
+def flops_per_step(overrides: list[str]) -> float:
+    """Training FLOPs of one optimiser step of the recipe with these overrides (`LlamaConfig.flops_per_token`)."""
+    from foundry.model.llama import config_from_preset
+
+    recipe = yaml.safe_load((REPO / "recipes/pretrain-kjv.yaml").read_text())
+    model, train = dict(recipe["model"]), dict(recipe["train"])
+    for item in [*BASE, *overrides]:
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        (model if section == "model" else train)[name] = yaml.safe_load(value)
+    config = config_from_preset(model.pop("preset"), **model)
+    tokens = train["micro_batch_size"] * train["grad_accum_steps"] * train["block_size"]
+    return config.flops_per_token(train["block_size"]) * tokens
+
+
+def steps_for(name: str, steps: int) -> int:
+    """Optimiser steps of a variant: the sweep's `steps`, or as many as spend its reference's FLOPs."""
+    variant = VARIANTS[name]
+    if variant.equal == "steps":
+        return steps
+    return round(steps * flops_per_step(VARIANTS[variant.against].overrides) / flops_per_step(variant.overrides))
+
+
 def run_one(name: str, seed: int, data: dict, args) -> dict:
-    overrides, _ = VARIANTS[name]
+    overrides, steps = VARIANTS[name].overrides, steps_for(name, args.steps)
     out = args.work / "ablations" / f"{name}-seed{seed}"
     cmd = [sys.executable, "-m", "foundry.cli", "pretrain", "--config", str(REPO / "recipes/pretrain-kjv.yaml"),
            f"out_dir={out}", f"data={data['dataset']}", f"tokenizer={data['tokenizer']}", "train.max_seconds=null",
-           f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.threads={args.threads}",
-           f"train.eval_every={args.steps}", f"train.checkpoint_every={args.steps}", "train.progress=false",
+           f"train.max_steps={steps}", f"train.seed={seed}", f"train.threads={args.threads}",
+           f"train.eval_every={steps}", f"train.checkpoint_every={steps}", "train.progress=false",
            "overwrite=true", *BASE, *overrides]
     load_start, t0 = load_average(), time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -74,32 +121,36 @@ def run_one(name: str, seed: int, data: dict, args) -> dict:
 
 
 def summarise(runs: list[dict]) -> list[dict]:
-    """Per variant: mean dev bpb over seeds, its change against the baseline (same seeds), tokens/s."""
+    """Per variant: mean dev bpb over seeds, its change against its reference (same seeds), tokens/s."""
     by_variant: dict[str, list[dict]] = {}
     for r in runs:
         by_variant.setdefault(r["variant"], []).append(r)
-    base = {r["seed"]: r for r in by_variant.get("baseline", [])}
     rows = []
     for name, rs in by_variant.items():
-        deltas = [r["dev_bpb"] - base[r["seed"]]["dev_bpb"] for r in rs if r["seed"] in base]
-        speed = [r["tokens_per_s"] / base[r["seed"]]["tokens_per_s"] for r in rs
-                 if r["seed"] in base and r["tokens_per_s"] and base[r["seed"]]["tokens_per_s"]]
-        rows.append({"variant": name, "what": VARIANTS[name][1], "seeds": [r["seed"] for r in rs],
+        against = VARIANTS[name].against
+        ref = {r["seed"]: r for r in by_variant.get(against, [])}
+        deltas = [r["dev_bpb"] - ref[r["seed"]]["dev_bpb"] for r in rs if r["seed"] in ref]
+        speed = [r["tokens_per_s"] / ref[r["seed"]]["tokens_per_s"] for r in rs
+                 if r["seed"] in ref and r["tokens_per_s"] and ref[r["seed"]]["tokens_per_s"]]
+        rows.append({"variant": name, "what": VARIANTS[name].what, "against": against,
+                     "seeds": [r["seed"] for r in rs], "steps": sorted({r["steps"] for r in rs}),
                      "dev_bpb": [round(r["dev_bpb"], 4) for r in rs],
                      "mean_dev_bpb": round(statistics.fmean(r["dev_bpb"] for r in rs), 4),
-                     "delta_vs_baseline": [round(d, 4) for d in deltas],
-                     "tokens_per_s_vs_baseline": [round(s, 3) for s in speed]})
+                     "delta_vs_reference": [round(d, 4) for d in deltas],
+                     "tokens_per_s_vs_reference": [round(s, 3) for s in speed]})
     return rows
 
 
 def markdown_table(runs: list[dict]) -> str:
-    lines = ["| variant | change | seeds | dev bpb per seed | mean | change vs baseline, per seed | tokens/s vs baseline |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| variant | change | against | steps | seeds | dev bpb per seed | mean | change vs reference, per seed "
+             "| tokens/s vs reference |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in summarise(runs):
-        lines.append(f"| {row['variant']} | {row['what']} | {', '.join(map(str, row['seeds']))} | "
+        lines.append(f"| {row['variant']} | {row['what']} | {row['against']} | "
+                     f"{', '.join(map(str, row['steps']))} | {', '.join(map(str, row['seeds']))} | "
                      f"{', '.join(f'{v:.4f}' for v in row['dev_bpb'])} | {row['mean_dev_bpb']:.4f} | "
-                     f"{', '.join(f'{d:+.4f}' for d in row['delta_vs_baseline'])} | "
-                     f"{', '.join(f'{x:.2f}x' for x in row['tokens_per_s_vs_baseline'])} |")
+                     f"{', '.join(f'{d:+.4f}' for d in row['delta_vs_reference'])} | "
+                     f"{', '.join(f'{x:.2f}x' for x in row['tokens_per_s_vs_reference'])} |")
     return "\n".join(lines)
 
 
@@ -122,8 +173,8 @@ def main() -> None:
     info, data = machine(), build_data(args.work, args.vocab_size)
     previous = RESULTS / f"{args.name}.json"  # a sweep cut short resumes: finished (variant, seed) pairs stay
     runs = json.loads(previous.read_text())["runs"] if previous.is_file() else []
-    done = {(r["variant"], r["seed"]) for r in runs if r["steps"] == args.steps}
-    runs = [r for r in runs if r["steps"] == args.steps]
+    runs = [r for r in runs if r["steps"] == steps_for(r["variant"], args.steps)]
+    done = {(r["variant"], r["seed"]) for r in runs}
     command = "python benchmarks/recipe_ablations.py " + " ".join(sys.argv[1:])
     for seed in args.seeds:  # seed-major: an early stop still has every variant at the first seed
         for name in args.variants:
@@ -133,10 +184,10 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
             write_result(args.name, info, command, {"steps": args.steps, "scored_part": "dev",
                                                     "summary": summarise(runs), "runs": runs})
-    print(f"\ndev bits per byte after {args.steps} steps (lower is better), change against the baseline per seed:")
+    print(f"\ndev bits per byte after {args.steps} steps (lower is better), change against the reference per seed:")
     for row in summarise(runs):
-        print(f"  {row['variant']:<16} {row['mean_dev_bpb']:.4f}  delta {row['delta_vs_baseline']}  "
-              f"tokens/s x{row['tokens_per_s_vs_baseline']}")
+        print(f"  {row['variant']:<20} {row['mean_dev_bpb']:.4f}  vs {row['against']}: {row['delta_vs_reference']}  "
+              f"tokens/s x{row['tokens_per_s_vs_reference']}")
 
 
 if __name__ == "__main__":

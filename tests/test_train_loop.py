@@ -250,6 +250,8 @@ def test_muon_overfits_one_batch_and_resumes_to_the_same_weights(tmp_path):
     opt = build_optimizer(tiny_model(), cfg(**muon))
     assert isinstance(opt.optimizers[0], torch.optim.Muon)
     assert all(p.ndim == 2 for p in opt.optimizers[0].param_groups[0]["params"])
+    assert opt.optimizers[0].param_groups[0]["ns_steps"] == 5
+    assert build_optimizer(tiny_model(), cfg(muon_ns_steps=3, **muon)).optimizers[0].param_groups[0]["ns_steps"] == 3
 
 
 def test_muon_takes_torchs_step_with_fp32_newton_schulz_on_cpu():

@@ -46,6 +46,7 @@ class TrainConfig(StrictModel):
     optimizer: Literal["adamw", "muon"] = Field(
         "adamw", description="adamw, or muon for the attention and MLP matrices (AdamW for the rest)")
     muon_momentum: float = Field(0.95, gt=0, lt=1, description="Muon's momentum")
+    muon_ns_steps: int = Field(5, ge=1, le=10, description="Muon's Newton-Schulz iterations per step")
     beta1: float = Field(0.9, description="AdamW beta1")
     beta2: float = Field(0.95, description="AdamW beta2")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (null: no clipping)")

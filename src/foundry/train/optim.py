@@ -151,7 +151,7 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW | Optimize
     hidden = [p for p in decay["params"] if id(p) not in head]
     rest = [p for p in decay["params"] if id(p) in head]
     muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
-                            adjust_lr_fn="match_rms_adamw")
+                ns_steps=cfg.muon_ns_steps, adjust_lr_fn="match_rms_adamw")
     return Optimizers(muon, adamw([{"params": rest, "weight_decay": cfg.weight_decay}, no_decay], cfg))
 
 
