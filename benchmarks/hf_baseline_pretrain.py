@@ -138,7 +138,7 @@ def main() -> None:
 
         return build_optimizer(model, SimpleNamespace(
             optimizer=recipe["optimizer"], lr=args.lr or recipe["lr"], beta1=recipe["betas"][0],
-            beta2=recipe["betas"][1], weight_decay=recipe["weight_decay"], muon_momentum=0.95))
+            beta2=recipe["betas"][1], weight_decay=recipe["weight_decay"], muon_momentum=0.95, muon_ns_steps=5))
 
     class StepPlan(TrainerCallback):
         """The step count, from the step time measured on this run's own first steps under the load it meets.

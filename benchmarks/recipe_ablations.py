@@ -149,8 +149,8 @@ def markdown_table(runs: list[dict]) -> str:
         lines.append(f"| {row['variant']} | {row['what']} | {row['against']} | "
                      f"{', '.join(map(str, row['steps']))} | {', '.join(map(str, row['seeds']))} | "
                      f"{', '.join(f'{v:.4f}' for v in row['dev_bpb'])} | {row['mean_dev_bpb']:.4f} | "
-                     f"{', '.join(f'{d:+.4f}' for d in row['delta_vs_reference'])} | "
-                     f"{', '.join(f'{x:.2f}x' for x in row['tokens_per_s_vs_reference'])} |")
+                     f"{', '.join(f'{d:+.4f}' for d in row['delta_vs_reference']) or '-'} | "
+                     f"{', '.join(f'{x:.2f}x' for x in row['tokens_per_s_vs_reference']) or '-'} |")
     return "\n".join(lines)
 
 
