@@ -1,14 +1,16 @@
-"""Recipe ablations: each candidate change against the pretraining recipe, at equal tokens, on dev.
+"""Recipe ablations: each candidate change against its reference recipe, at equal steps or FLOPs, on dev.
 
     python benchmarks/recipe_ablations.py --steps 1000 --seeds 1 2 [--variants baseline muon ...] [--threads 1]
 
 Every variant trains `recipes/pretrain-kjv.yaml` as it was before Muon and QK-norm became its default
-(`BASE`: the 1.1M model, AdamW, batch 4 x 256, lr 3e-3, WSD) with one change, for the same number of
-optimiser steps (so the same tokens and the same schedule), once per seed, on the train part of
-`benchmarks/pretrain_quality.py`'s cut of the King James text, and is scored by the same function
-(`record.bits_per_byte`) on the DEV part, never the reported test part. Equal steps make the quality
-comparison independent of the machine's load; the cost of a change is its tokens/s, recorded per run
-with the load average beside it (on a shared machine only a ratio from the same minutes means much).
+(`BASE`: the 1.1M model, AdamW, batch 4 x 256, lr 3e-3, WSD) with its overrides, once per seed, on the train
+part of `benchmarks/pretrain_quality.py`'s cut of the King James text, and is scored by the same function
+(`record.bits_per_byte`) on the DEV part, never the reported test part. A variant is compared, seed by seed,
+with the variant it names as `against` (the old baseline, or the new default for the `new+` variants), for
+the same number of optimiser steps (so the same tokens and schedule) or, for a change of batch or width, as
+many steps as spend the reference's training FLOPs. Equal steps make the quality comparison independent of
+the machine's load; the cost of a change is its tokens/s, recorded per run with the load average beside it
+(on a shared machine only a ratio from the same minutes means much).
 
 Writes `benchmarks/results/NAME.json` after every run, so a long sweep cut short keeps what it measured.
 `--table FILE...` prints the markdown table of docs/RECIPES.md from one or more such files (seeds run as
@@ -34,6 +36,7 @@ from record import RESULTS, bits_per_byte, load_average, machine, write_result
 # Every variant starts from the recipe the ablations were run against (before 2026-12-01: AdamW on a plain
 # Llama), so its committed results stay reproducible after the recipe adopted Muon and QK-norm.
 BASE = ["train.optimizer=adamw", "model.qk_norm=false"]
+
 
 @dataclass(frozen=True)
 class Variant:
