@@ -27,8 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
+from types import SimpleNamespace
 
 from pretrain_quality import REPO, build_data
 from record import RESULTS, bits_per_byte, load_average, machine, write_result
@@ -73,31 +72,28 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def flops_per_step(overrides: list[str]) -> float:
+def flops_per_step(overrides: list[str], vocab_size: int) -> float:
     """Training FLOPs of one optimiser step of the recipe with these overrides (`LlamaConfig.flops_per_token`)."""
-    from foundry.model.llama import config_from_preset
+    from foundry.config import load_config
+    from foundry.train.pretrain import PretrainConfig, build_model_config
 
-    recipe = yaml.safe_load((REPO / "recipes/pretrain-kjv.yaml").read_text())
-    model, train = dict(recipe["model"]), dict(recipe["train"])
-    for item in [*BASE, *overrides]:
-        key, value = item.split("=", 1)
-        section, name = key.split(".")
-        (model if section == "model" else train)[name] = yaml.safe_load(value)
-    config = config_from_preset(model.pop("preset"), **model)
-    tokens = train["micro_batch_size"] * train["grad_accum_steps"] * train["block_size"]
-    return config.flops_per_token(train["block_size"]) * tokens
+    cfg = load_config(PretrainConfig, REPO / "recipes/pretrain-kjv.yaml", [*BASE, *overrides])
+    model = build_model_config(cfg.model, SimpleNamespace(vocab_size=vocab_size), cfg.train.block_size)
+    tokens = cfg.train.micro_batch_size * cfg.train.grad_accum_steps * cfg.train.block_size
+    return model.flops_per_token(cfg.train.block_size) * tokens
 
 
-def steps_for(name: str, steps: int) -> int:
+def steps_for(name: str, steps: int, vocab_size: int) -> int:
     """Optimiser steps of a variant: the sweep's `steps`, or as many as spend its reference's FLOPs."""
     variant = VARIANTS[name]
     if variant.equal == "steps":
         return steps
-    return round(steps * flops_per_step(VARIANTS[variant.against].overrides) / flops_per_step(variant.overrides))
+    reference = flops_per_step(VARIANTS[variant.against].overrides, vocab_size)
+    return round(steps * reference / flops_per_step(variant.overrides, vocab_size))
 
 
 def run_one(name: str, seed: int, data: dict, args) -> dict:
-    overrides, steps = VARIANTS[name].overrides, steps_for(name, args.steps)
+    overrides, steps = VARIANTS[name].overrides, steps_for(name, args.steps, args.vocab_size)
     out = args.work / "ablations" / f"{name}-seed{seed}"
     cmd = [sys.executable, "-m", "foundry.cli", "pretrain", "--config", str(REPO / "recipes/pretrain-kjv.yaml"),
            f"out_dir={out}", f"data={data['dataset']}", f"tokenizer={data['tokenizer']}", "train.max_seconds=null",
@@ -176,7 +172,7 @@ def main() -> None:
     info, data = machine(), build_data(args.work, args.vocab_size)
     previous = RESULTS / f"{args.name}.json"  # a sweep cut short resumes: finished (variant, seed) pairs stay
     runs = json.loads(previous.read_text())["runs"] if previous.is_file() else []
-    runs = [r for r in runs if r["steps"] == steps_for(r["variant"], args.steps)]
+    runs = [r for r in runs if r["steps"] == steps_for(r["variant"], args.steps, args.vocab_size)]
     done = {(r["variant"], r["seed"]) for r in runs}
     command = "python benchmarks/recipe_ablations.py " + " ".join(sys.argv[1:])
     for seed in args.seeds:  # seed-major: an early stop still has every variant at the first seed
