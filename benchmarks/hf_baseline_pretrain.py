@@ -134,11 +134,12 @@ def main() -> None:
     def optimizer(model):
         if recipe["optimizer"] is None:
             return None  # Trainer's own default
+        from foundry.config import TrainConfig  # Muon's momentum and Newton-Schulz steps: foundry's defaults
         from foundry.train.optim import build_optimizer  # the same optimisers and decay rule (matrices only)
 
-        return build_optimizer(model, SimpleNamespace(
+        return build_optimizer(model, TrainConfig(
             optimizer=recipe["optimizer"], lr=args.lr or recipe["lr"], beta1=recipe["betas"][0],
-            beta2=recipe["betas"][1], weight_decay=recipe["weight_decay"], muon_momentum=0.95, muon_ns_steps=5))
+            beta2=recipe["betas"][1], weight_decay=recipe["weight_decay"]))
 
     class StepPlan(TrainerCallback):
         """The step count, from the step time measured on this run's own first steps under the load it meets.
