@@ -374,20 +374,55 @@ class StartingModel:
 
 def import_hf(hf_dir, max_seq_len: int | None = None):
     """A local transformers checkpoint directory -> (Llama in float32, Tokenizer): the weights through
-    `foundry.model.hf`, the tokenizer with its special tokens mapped to foundry's roles."""
+    `foundry.model.hf`, the tokenizer with its special tokens mapped to foundry's roles, its own chat template
+    and the model's stop tokens. A base model without a template gets foundry's, whose markers are added to
+    its vocabulary as special tokens (the embedding grown, new rows the mean of the others)."""
     from foundry.data.tokenizer import Tokenizer
-    from foundry.model.hf import DEFAULT_MAX_SEQ_LEN, import_hf_model
+    from foundry.model.hf import DEFAULT_MAX_SEQ_LEN, foreign_chat_settings, import_hf_model
     from foundry.utils.io import read_json
 
-    config_file = Path(hf_dir) / "config.json"
+    hf_dir = Path(hf_dir)
+    config_file = hf_dir / "config.json"
     if config_file.is_file() and isinstance(cfg := read_json(config_file), dict) and cfg.get("model_type") == "bert":
-        return _import_bert(Path(hf_dir), cfg)
+        return _import_bert(hf_dir, cfg)
     model, text, special = import_hf_model(hf_dir, max_seq_len or DEFAULT_MAX_SEQ_LEN)
-    tokenizer = Tokenizer.from_foreign(text, special)
+    tokenizer = Tokenizer.from_foreign(text, special, **foreign_chat_settings(hf_dir, read_json(config_file), text))
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"{Path(hf_dir) / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but "
+        raise CheckpointError(f"{hf_dir / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but "
                               f"the model's embedding only {model.config.vocab_size}")
+    if tokenizer.chat_template.name == "foundry":  # a base model: foundry's template, with real marker tokens
+        tokenizer = use_foundry_template(model, tokenizer)
     return model, tokenizer
+
+
+def use_foundry_template(model, tokenizer):
+    """`tokenizer` with foundry's chat template; markers its vocabulary lacks are added as special tokens and
+    `model`'s embedding grows to hold them (new rows the mean of the trained ones)."""
+    from foundry.model.vocab import add_token_rows
+
+    trained = tokenizer.vocab_size
+    tokenizer = tokenizer.with_foundry_template()
+    added = [tokenizer.token_to_id(t) for t in tokenizer.added_tokens]
+    add_token_rows(model, [i for i in added if i is not None], trained)
+    return tokenizer
+
+
+def choose_chat_template(model, tokenizer, choice: str):
+    """A recipe's `chat_template`: "model" (the tokenizer's own, the default), "foundry", or a .jinja file."""
+    from foundry.errors import ConfigError
+
+    if choice == "model":
+        return tokenizer
+    if choice == "foundry":
+        return use_foundry_template(model, tokenizer)
+    path = Path(choice)
+    if path.suffix != ".jinja" or not path.is_file():
+        raise ConfigError(f"chat_template: '{choice}' is not 'model', 'foundry' or an existing .jinja file")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return tokenizer.with_chat_template(source, str(path))
 
 
 def _import_bert(hf_dir: Path, cfg: dict):

@@ -68,7 +68,10 @@ def import_main(argv: list[str]) -> int:
     save_checkpoint(out, model, tokenizer, meta={
         "stage": "import", "step": 0, "source": str(Path(args.hf_dir).resolve()),
         "source_architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
+        "chat_template": tokenizer.chat_template.name, "added_tokens": tokenizer.added_tokens,
     })
+    template = ("its own chat template" if tokenizer.chat_template.name != "foundry" else
+                f"foundry's chat template, {len(tokenizer.added_tokens)} marker token(s) added")
     print(f"imported {args.hf_dir} ({(cfg.get('architectures') or [cfg.get('model_type')])[0]}, "
-          f"{model.num_params():,} parameters, context {model.config.max_seq_len}) -> {out}")
+          f"{model.num_params():,} parameters, context {model.config.max_seq_len}, {template}) -> {out}")
     return 0

@@ -1,13 +1,17 @@
-"""The one chat template: SFT masks, generation, export and the server all render through here.
+"""Chat rendering for every consumer: SFT masks, DPO, GRPO, evaluation, generation, export and the server.
 
 Design choices:
-- One template, no newlines: `<|system|>{content}<|end|><|user|>{content}<|end|><|assistant|>{content}<|end|>`;
-  the generation prompt is `<|assistant|>`. `CHAT_TEMPLATE` is the same thing in Jinja, stored in
-  `tokenizer_config.json` so `transformers.apply_chat_template` renders identical ids.
+- A model keeps its own chat template (`foundry.data.chat_template`): `render_chat` renders through the
+  tokenizer's template, which for an imported model is the model's own Jinja template, rendered as
+  transformers renders it (same text, same ids as `apply_chat_template`).
+- foundry's own template, for models foundry trains from scratch (and base models imported without one):
+  no newlines, `<|system|>{content}<|end|><|user|>{content}<|end|><|assistant|>{content}<|end|>`; the
+  generation prompt is `<|assistant|>`. `CHAT_TEMPLATE` is the same thing in Jinja, stored in
+  `tokenizer_config.json`; `render_text` is its direct (fast) form, checked equal to the Jinja one.
 - The rendered string is encoded ONCE and the assistant mask comes from character spans of that string
   mapped through the tokenizer's offsets, never by searching for a response marker in the ids, which
   fails silently when the marker tokenises differently in context (trl #1820).
-- Each assistant turn's `<|end|>` is supervised, so a tuned model learns to stop (trl #1623).
+- Each assistant turn's end-of-turn token is supervised, so a tuned model learns to stop (trl #1623).
 - Conversations longer than the context are truncated by one stated rule (`fit_conversation`), and counted.
 """
 
@@ -33,17 +37,23 @@ CHAT_TEMPLATE = (
 
 END = "<|end|>"
 GENERATION_PROMPT = "<|assistant|>"
+# foundry's template markers; a model given foundry's template must have each as one special token
+FOUNDRY_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>", END)
 
 
 def role_marker(role: str) -> str:
     return f"<|{role}|>"
 
 
-def render_text(messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
-    """The exact text `CHAT_TEMPLATE` renders, plus the character spans the loss is taken on.
+def render_text(messages: list[dict], add_generation_prompt: bool = False, template=None,
+                where: str = "conversation") -> tuple[str, list[tuple[int, int]]]:
+    """The exact text the chat template renders, plus the character spans the loss is taken on.
 
-    A supervised span is an assistant turn's content and its `<|end|>`; the role marker is not in it.
+    `template`: a `ChatTemplate` (a model's own); None or foundry's own renders foundry's template directly,
+    where a supervised span is an assistant turn's content and its `<|end|>` (the role marker is not in it).
     """
+    if template is not None and template.source != CHAT_TEMPLATE:
+        return template.render_with_spans(messages, add_generation_prompt, where)
     parts: list[str] = []
     spans: list[tuple[int, int]] = []
     pos = 0
@@ -66,20 +76,23 @@ def _encode_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[in
     return list(enc.ids), [tuple(o) for o in enc.offsets]
 
 
-def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
-    """Token ids of the rendered conversation and, per token, whether the loss is taken on it.
+def render_chat(tokenizer, messages: list[dict], add_generation_prompt: bool = False,
+                where: str = "conversation") -> tuple[list[int], list[bool]]:
+    """Token ids of the conversation rendered by the tokenizer's chat template and, per token, whether the
+    loss is taken on it.
 
-    Returns (ids, assistant_mask) with len(ids) == len(assistant_mask); mask[i] is True when token i is
-    part of an assistant turn's content or its `<|end|>`.
+    Returns (ids, assistant_mask) with len(ids) == len(assistant_mask); mask[i] is True when token i lies
+    inside what an assistant turn adds (its content and its end-of-turn). `where` names the conversation
+    (`file:line`, or the request) in the one-line error of a template that cannot render it.
     """
-    text, spans = render_text(messages, add_generation_prompt)
+    text, spans = render_text(messages, add_generation_prompt, getattr(tokenizer, "chat_template", None), where)
     ids, offsets = _encode_with_offsets(tokenizer, text)
     mask = [False] * len(ids)
     j = 0  # spans and offsets are both sorted: one merge-like pass
     for i, (start, end) in enumerate(offsets):
         while j < len(spans) and spans[j][1] <= start:
             j += 1
-        # Special tokens split the text before BPE, so no token straddles a span boundary.
+        # a token counts only when it lies wholly inside a span (special tokens split the text before BPE)
         mask[i] = j < len(spans) and spans[j][0] <= start and end <= spans[j][1] and end > start
     return ids, mask
 
@@ -131,13 +144,23 @@ def iter_jsonl(path: str | Path, kind: str) -> Iterator[tuple[int, object]]:
             yield lineno, value
 
 
-def read_chat_jsonl(path: str | Path) -> list[list[dict]]:
+class Conversation(list):
+    """A conversation's messages that remember where they were read (`file:line`), so a template that cannot
+    render them names that line."""
+
+    def __init__(self, messages: list[dict], where: str):
+        super().__init__(messages)
+        self.where = where
+
+
+def read_chat_jsonl(path: str | Path) -> list[Conversation]:
     """Conversations from JSONL `{"messages": [{"role", "content"}, ...]}`, one per line (blank lines skipped)."""
     conversations = []
     for lineno, record in iter_jsonl(path, "chat data"):
         if not isinstance(record, dict) or "messages" not in record:
             raise DataError(f"{path}:{lineno}: expected an object with a 'messages' list")
-        conversations.append(validate_messages(record["messages"], f"{path}:{lineno}"))
+        where = f"{path}:{lineno}"
+        conversations.append(Conversation(validate_messages(record["messages"], where), where))
     if not conversations:
         raise DataError(f"{path}: no conversations")
     return conversations
@@ -179,7 +202,8 @@ def fit_conversation(tokenizer, messages: list[dict], max_tokens: int,
     """
     stats = stats if stats is not None else TruncationStats()
     stats.conversations += 1
-    ids, mask = render_chat(tokenizer, messages)
+    where = getattr(messages, "where", "conversation")
+    ids, mask = render_chat(tokenizer, messages, where=where)
     system = messages[:1] if messages[0]["role"] == "system" else []
     rest = messages[len(system):]
     dropped = False
@@ -190,7 +214,7 @@ def fit_conversation(tokenizer, messages: list[dict], max_tokens: int,
             break
         rest = rest[starts[0]:]
         dropped = True
-        ids, mask = render_chat(tokenizer, system + rest)
+        ids, mask = render_chat(tokenizer, system + rest, where=where)
     stats.dropped_turns += dropped
     if len(ids) > max_tokens:
         ids, mask = ids[:max_tokens], mask[:max_tokens]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from foundry.data.chat import CHAT_TEMPLATE, FOUNDRY_MARKERS
 from foundry.data.clip_tokenizer import ClipTokenizer  # noqa: F401  (the store loads CLIP checkpoints' tokenizers)
 from foundry.errors import DataError
 
@@ -32,7 +33,10 @@ class Tokenizer:
     `encode` adds no special tokens; callers place `<|endoftext|>` and chat markers themselves.
     """
 
-    def __init__(self, hf_tokenizer, json_text: str | None = None, special_tokens: dict[str, str] | None = None):
+    def __init__(self, hf_tokenizer, json_text: str | None = None, special_tokens: dict[str, str] | None = None,
+                 chat_template: str | None = None, template_name: str = "foundry",
+                 template_tokens: dict | None = None, stop_tokens: list[str] | None = None,
+                 added_tokens: list[str] | None = None):
         self._hf = hf_tokenizer
         # The exact serialised form; its hash identifies the tokenizer across checkpoints and shards.
         self._json = json_text if json_text is not None else hf_tokenizer.to_str()
@@ -41,6 +45,8 @@ class Tokenizer:
         # "eot", optionally "system"/"user"/"assistant") and stored as `foundry_special_tokens` in its
         # tokenizer_config.json (see foundry/model/hf.py). None: foundry's seven tokens with ids 0..6.
         self.special_tokens = dict(special_tokens) if special_tokens else None
+        # Tokens foundry added to an imported vocabulary (its chat markers), recorded for the model card.
+        self.added_tokens = list(added_tokens or [])
         if self.special_tokens is not None:
             ids = {role: hf_tokenizer.token_to_id(tok) for role, tok in self.special_tokens.items()}
             if ids.get("eos") is None:
@@ -50,13 +56,62 @@ class Tokenizer:
             self.eos_id = ids["eos"]
             self.bos_id, self.pad_id, self.eot_id = (self.eos_id if ids.get(r) is None else ids[r]
                                                      for r in ("bos", "pad", "eot"))
-            return
-        ids = [hf_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
-        if ids != list(range(len(SPECIAL_TOKENS))):
-            raise DataError(f"tokenizer: special tokens {list(SPECIAL_TOKENS)} must have ids 0..6, got {ids}; "
-                            "train it with 'foundry tokenizer train'")
-        self.eos_id, self.bos_id, self.pad_id = ids[0], ids[1], ids[2]
-        self.eot_id = ids[6]
+        else:
+            ids = [hf_tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
+            if ids != list(range(len(SPECIAL_TOKENS))):
+                raise DataError(f"tokenizer: special tokens {list(SPECIAL_TOKENS)} must have ids 0..6, got {ids}; "
+                                "train it with 'foundry tokenizer train'")
+            self.eos_id, self.bos_id, self.pad_id = ids[0], ids[1], ids[2]
+            self.eot_id = ids[6]
+            template_tokens = template_tokens or {"bos_token": "<|bos|>", "eos_token": "<|endoftext|>",
+                                                  "pad_token": "<|pad|>"}
+        # Generation stops at end of text, end of turn, and every stop token the model names
+        # (generation_config.json's eos_token_id list: Llama 3's <|eom_id|> and <|eot_id|>, ...).
+        self.stop_tokens = [t for t in stop_tokens or [] if hf_tokenizer.token_to_id(t) is not None]
+        stops = [self.eos_id, self.eot_id] + [hf_tokenizer.token_to_id(t) for t in self.stop_tokens]
+        self.stop_ids = tuple(dict.fromkeys(stops))
+        self.chat_template = self._template(chat_template or CHAT_TEMPLATE, template_name, template_tokens or {})
+
+    def _template(self, source: str, name: str, tokens: dict):
+        from foundry.data.chat_template import ChatTemplate
+
+        ends = tuple(dict.fromkeys(self._hf.id_to_token(i) for i in (self.eot_id, *self.stop_ids)))
+        return ChatTemplate(source, name, dict(tokens), tuple(t for t in ends if t))
+
+    def _derive(self, json_text: str | None = None, chat_template: str | None = None,
+                template_name: str | None = None, special_tokens: dict | None = None,
+                added_tokens: list[str] | None = None) -> "Tokenizer":
+        """A copy with some parts replaced (a new vocabulary text, template or special tokens)."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        text = json_text if json_text is not None else self._json
+        return Tokenizer(HFTokenizer.from_str(text), text,
+                         special_tokens=special_tokens if special_tokens is not None else self.special_tokens,
+                         chat_template=chat_template or self.chat_template.source,
+                         template_name=template_name or self.chat_template.name,
+                         template_tokens=self.chat_template.tokens, stop_tokens=self.stop_tokens,
+                         added_tokens=added_tokens if added_tokens is not None else self.added_tokens)
+
+    def with_chat_template(self, source: str, name: str) -> "Tokenizer":
+        """The same vocabulary with another chat template (a recipe's `chat_template: PATH.jinja`)."""
+        return self._derive(chat_template=source, template_name=name)
+
+    def with_foundry_template(self) -> "Tokenizer":
+        """foundry's chat template, its markers added as special tokens where the vocabulary lacks them (ids
+        after the last one); the caller grows the model's embedding to `vocab_size`."""
+        if self.special_tokens is None:  # foundry's own vocabulary has the markers already
+            return self._derive(chat_template=CHAT_TEMPLATE, template_name="foundry")
+        from tokenizers import AddedToken
+        from tokenizers import Tokenizer as HFTokenizer
+
+        missing = [t for t in FOUNDRY_MARKERS if self._hf.token_to_id(t) is None]
+        hf = HFTokenizer.from_str(self._json)
+        if missing:
+            hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
+        roles = {**self.special_tokens, "system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>",
+                 "eot": "<|end|>"}
+        return self._derive(json_text=hf.to_str() if missing else None, chat_template=CHAT_TEMPLATE,
+                            template_name="foundry", special_tokens=roles, added_tokens=self.added_tokens + missing)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -74,27 +129,43 @@ class Tokenizer:
             hf = HFTokenizer.from_str(text)
         except (UnicodeDecodeError, Exception) as exc:  # tokenizers raises a bare Exception on bad JSON
             raise DataError(f"{file}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
-        config = file.parent / "tokenizer_config.json"
-        special = None
-        if config.is_file():
+        config_path = file.parent / "tokenizer_config.json"
+        config: dict = {}
+        if config_path.is_file():
             try:
-                special = json.loads(config.read_text(encoding="utf-8")).get("foundry_special_tokens")
-            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                special = None
-            if special is not None and not (isinstance(special, dict) and all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in special.items())):
-                raise DataError(f"{config}: 'foundry_special_tokens' must map roles (eos, bos, pad, eot) to tokens")
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise DataError(f"{config_path}: not valid JSON ({exc})") from None
+            if not isinstance(config, dict):
+                raise DataError(f"{config_path}: expected a JSON object")
+        special = config.get("foundry_special_tokens")
+        if special is not None and not (isinstance(special, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in special.items())):
+            raise DataError(f"{config_path}: 'foundry_special_tokens' must map roles (eos, bos, pad, eot) to tokens")
+        from foundry.data.chat_template import special_token_strings, template_from_tokenizer_config
+
+        template = template_from_tokenizer_config(config, file.parent)
         try:
-            return cls(hf, text, special_tokens=special)
+            return cls(hf, text, special_tokens=special, chat_template=template,
+                       template_name=str(config_path) if template else "foundry",
+                       template_tokens=special_token_strings(config),
+                       stop_tokens=_string_list(config.get("foundry_stop_tokens")),
+                       added_tokens=_string_list(config.get("foundry_added_tokens")))
         except DataError as exc:  # wrong special tokens: say which file
             raise DataError(f"{file}: {str(exc).removeprefix('tokenizer: ')}") from None
 
     @classmethod
-    def from_foreign(cls, json_text: str, special_tokens: dict[str, str]) -> "Tokenizer":
-        """An imported Hugging Face tokenizer.json, used as is, with its own special tokens by role."""
+    def from_foreign(cls, json_text: str, special_tokens: dict[str, str], chat_template: str | None = None,
+                     template_name: str = "foundry", template_tokens: dict | None = None,
+                     stop_tokens: list[str] | None = None) -> "Tokenizer":
+        """An imported Hugging Face tokenizer.json, used as is, with its own special tokens by role, its own
+        chat template (None: a base model, which gets foundry's through `with_foundry_template`) and the
+        model's stop tokens."""
         from tokenizers import Tokenizer as HFTokenizer
 
-        return cls(HFTokenizer.from_str(json_text), json_text, special_tokens=special_tokens)
+        return cls(HFTokenizer.from_str(json_text), json_text, special_tokens=special_tokens,
+                   chat_template=chat_template, template_name=template_name, template_tokens=template_tokens,
+                   stop_tokens=stop_tokens)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
@@ -147,46 +218,48 @@ class Tokenizer:
         return self._hf.token_to_id(token)
 
     def save(self, directory: str | Path) -> Path:
-        """Write `tokenizer.json` (the exact bytes hashed by `sha256`) and a transformers-ready config."""
-        from foundry.data.chat import CHAT_TEMPLATE
+        """Write `tokenizer.json` (the exact bytes hashed by `sha256`) and a transformers-ready config holding
+        the chat template unchanged, the stop tokens and the tokens foundry added."""
         from foundry.utils.io import atomic_write_json, atomic_write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / "tokenizer.json", self._json)
+        tokens = self.chat_template.tokens
         if self.special_tokens is not None:
             st = self.special_tokens
-            atomic_write_json(directory / "tokenizer_config.json", {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "bos_token": st.get("bos"),
-                "eos_token": st["eos"],
-                "pad_token": st.get("pad"),
-                "add_bos_token": False,
-                "add_eos_token": False,
-                "clean_up_tokenization_spaces": False,
-                "model_max_length": 1 << 30,
-                "chat_template": CHAT_TEMPLATE,
-                "foundry_special_tokens": st,
-            })
-            return directory
-        atomic_write_json(directory / "tokenizer_config.json", {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": "<|bos|>",
-            "eos_token": "<|endoftext|>",
-            "pad_token": "<|pad|>",
-            "unk_token": None,
-            "additional_special_tokens": list(SPECIAL_TOKENS[3:]),
+            config = {"tokenizer_class": "PreTrainedTokenizerFast",
+                      "bos_token": tokens.get("bos_token", st.get("bos")),
+                      "eos_token": tokens.get("eos_token", st["eos"]),
+                      "pad_token": tokens.get("pad_token", st.get("pad")),
+                      **({"unk_token": tokens["unk_token"]} if "unk_token" in tokens else {})}
+        else:
+            config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>",
+                      "eos_token": "<|endoftext|>", "pad_token": "<|pad|>", "unk_token": None,
+                      "additional_special_tokens": list(SPECIAL_TOKENS[3:])}
+        config.update({
             "add_bos_token": False,
             "add_eos_token": False,
             # transformers' default clean-up would delete spaces before punctuation: not a round-trip.
             "clean_up_tokenization_spaces": False,
             "model_max_length": 1 << 30,
-            "chat_template": CHAT_TEMPLATE,
+            "chat_template": self.chat_template.source,
         })
+        if self.special_tokens is not None:
+            config["foundry_special_tokens"] = self.special_tokens
+        if self.stop_tokens:
+            config["foundry_stop_tokens"] = self.stop_tokens
+        if self.added_tokens:
+            config["foundry_added_tokens"] = self.added_tokens
+        atomic_write_json(directory / "tokenizer_config.json", config)
         return directory
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256[:12]})"
+
+
+def _string_list(value) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def fertility(tokenizer: Tokenizer, texts: Iterable[str], batch: int = 512) -> dict:

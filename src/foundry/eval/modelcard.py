@@ -200,9 +200,25 @@ def _model_facts(stage_dir: Path) -> dict:
         ckpt = resolve_checkpoint(stage_dir)
         cfg = load_model_config(ckpt)
         return {"checkpoint": ckpt, "params": cfg.num_params(), "context": cfg.max_seq_len, "layers": cfg.n_layer,
-                "width": cfg.n_embd, "vocab": cfg.vocab_size}
+                "width": cfg.n_embd, "vocab": cfg.vocab_size, **_chat_facts(ckpt)}
     except Exception:  # a card is still useful for a run whose checkpoint was moved or damaged
         return {}
+
+
+def _chat_facts(ckpt: Path) -> dict:
+    """The chat template a checkpoint's tokenizer carries, the tokens foundry added to its vocabulary and its
+    stop tokens (from tokenizer_config.json), for the card's architecture lines."""
+    import hashlib
+
+    from foundry.data.chat import CHAT_TEMPLATE
+
+    config = _read_json(ckpt / "tokenizer_config.json")
+    template = config.get("chat_template") if isinstance(config, dict) else None
+    if not isinstance(template, str):
+        return {}
+    digest = hashlib.sha256(template.encode()).hexdigest()[:12]
+    return {"template": "foundry's" if template == CHAT_TEMPLATE else f"the model's own (sha256 {digest})",
+            "added_tokens": config.get("foundry_added_tokens") or [], "stop_tokens": config.get("foundry_stop_tokens") or []}
 
 
 def render_model_card(view: RunView, model_stage: str | None = None) -> str:
@@ -216,7 +232,14 @@ def render_model_card(view: RunView, model_stage: str | None = None) -> str:
     if facts:
         lines += [f"- Checkpoint: `{facts['checkpoint']}`",
                   f"- Architecture: Llama-family decoder, {facts['params'] / 1e6:.2f}M parameters, {facts['layers']} "
-                  f"layers, width {facts['width']}, vocabulary {facts['vocab']:,}, context {facts['context']} tokens", ""]
+                  f"layers, width {facts['width']}, vocabulary {facts['vocab']:,}, context {facts['context']} tokens"]
+        if facts.get("template"):
+            lines.append(f"- Chat template: {facts['template']}" + (
+                f"; stops at {', '.join(f'`{t}`' for t in facts['stop_tokens'])}" if facts["stop_tokens"] else ""))
+        if facts.get("added_tokens"):
+            lines.append(f"- Tokens foundry added to the vocabulary (embedding rows initialised as the mean of the "
+                         f"others): {', '.join(f'`{t}`' for t in facts['added_tokens'])}")
+        lines.append("")
     tok = (stage.record.get("parents") or {}).get("tokenizer")
     if not tok:
         tok = next(((e["record"].get("parents") or {}).get("tokenizer") for e in chain

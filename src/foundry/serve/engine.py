@@ -164,7 +164,7 @@ class BatchDecoder:
         seq.budget = min(seq.sampling.max_tokens, self.max_len - len(seq.prompt_ids) + 1,
                          self.context - len(seq.prompt_ids))
         stop_ids = seq.sampling.stop_ids
-        seq.stop = frozenset((self.tokenizer.eos_id, self.tokenizer.eot_id) if stop_ids is None else stop_ids)
+        seq.stop = frozenset(self.tokenizer.stop_ids if stop_ids is None else stop_ids)
         if seq.sampling.seed is not None:
             seq.generator = torch.Generator(device=self.device)
             seq.generator.manual_seed(seq.sampling.seed)

@@ -24,7 +24,7 @@ def generate(model, tokenizer, prompt_ids: list[int], max_new_tokens: int = 128,
              stop_ids: list[int] | None = None, use_cache: bool = True) -> Iterator[int]:
     """Yield up to `max_new_tokens` new token ids after `prompt_ids`.
 
-    Stops before yielding any of `stop_ids` (default `<|endoftext|>` and `<|end|>`) and at the model's
+    Stops before yielding any of `stop_ids` (default the tokenizer's `stop_ids`: end of text, end of turn and the model's own stop tokens) and at the model's
     context limit; a prompt longer than the context keeps its last tokens.
     """
     sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, None if stop_ids is None else tuple(stop_ids))
@@ -58,7 +58,7 @@ def _generate_cached(model, tokenizer, prompt_ids: list[int], sampling: Sampling
 def _generate_uncached(model, tokenizer, prompt_ids: list[int], sampling: Sampling) -> Iterator[int]:
     context = model.config.max_seq_len
     prompt_ids = fit_prompt(prompt_ids, context, tokenizer.eos_id)
-    stop = set((tokenizer.eos_id, tokenizer.eot_id) if sampling.stop_ids is None else sampling.stop_ids)
+    stop = set(tokenizer.stop_ids if sampling.stop_ids is None else sampling.stop_ids)
     device = next(model.parameters()).device
     generator = None
     if sampling.seed is not None:
@@ -80,7 +80,7 @@ def generate_text(model, tokenizer, prompt: str, **kw) -> str:
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """A one-turn chat prompt ending in the generation marker `<|assistant|>`."""
+    """A one-turn chat prompt, rendered by the tokenizer's chat template with its generation prompt."""
     from foundry.data.chat import render_chat
 
     ids, _ = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)

@@ -269,7 +269,10 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
             raise APIError(400, str(exc), param="messages", code="invalid_value") from None
         if index is not None and messages and messages[-1]["role"] == "user":
             messages[-1] = {"role": "user", "content": ground(messages[-1]["content"])}
-        ids, _ = render_chat(tokenizer, messages, add_generation_prompt=True)
+        try:  # the model's own template may refuse a conversation (a system turn, roles not alternating)
+            ids, _ = render_chat(tokenizer, messages, add_generation_prompt=True, where="messages")
+        except DataError as exc:
+            raise APIError(400, str(exc), param="messages", code="invalid_value") from None
         return await respond(request, req, list(ids), settings.max_tokens_limit, "chat")
 
     add_chat_page(app, settings, index, context)

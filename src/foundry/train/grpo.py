@@ -40,7 +40,7 @@ from foundry.config import TrainConfig
 from foundry.errors import ConfigError, DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.train.stage import StageConfig, StageRunner
+from foundry.train.stage import StageConfig, StageRunner, chat_template_field
 from foundry.train.verifiers import RewardFunction, VerifierSpec
 
 
@@ -61,6 +61,7 @@ class GRPOTrainConfig(TrainConfig):
 class GRPOConfig(StageConfig):
     init: str = Field(description="model to start from (usually an SFT run that taught the answer format); also "
                       "the frozen reference")
+    chat_template: str = chat_template_field()
     prompts: str = Field(description="prompt JSONL: {\"prompt\": str, \"answer\": ...} per line (answer if a "
                          "verifier needs one)")
     val_prompts: str | None = Field(None, description="held-out prompt JSONL: pass@1 (greedy) and pass@G")
@@ -302,7 +303,7 @@ class GroupBatches(ShuffledRows):
         self.draws = 0
         self.window = Window()
         self.capped_total = 0
-        self.stop_ids = {tokenizer.eos_id, tokenizer.eot_id}
+        self.stop_ids = set(tokenizer.stop_ids)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "draws": self.draws, "capped_total": self.capped_total}
@@ -390,7 +391,7 @@ def pass_at_evaluator(tokenizer, items: list[dict], encoded: list[list[int]], re
     """fn(model) -> pass@1 (greedy answer solved), pass@G (any of G samples solved, at the training
     temperature, fixed seed), mean completion length and the share capped by max_new_tokens."""
     G = cfg.eval_samples or cfg.group_size
-    stop_ids = {tokenizer.eos_id, tokenizer.eot_id}
+    stop_ids = set(tokenizer.stop_ids)
 
     def solved_by(outs, chunk, n):
         flags = []

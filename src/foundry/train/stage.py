@@ -44,8 +44,15 @@ class StageConfig(StrictModel):
     train: TrainConfig = Field(TrainConfig(), description="the training loop's settings (below)")
 
 
+def chat_template_field():
+    return Field("model", description="chat template to train with: 'model' (the starting model's own, from its "
+                 "tokenizer), 'foundry' (foundry's, its markers added as special tokens) or a PATH.jinja file")
+
+
 class FineTuneConfig(StageConfig):
     """A stage that starts from a model and trains on a JSONL file (SFT, DPO)."""
+
+    chat_template: str = chat_template_field()
 
     init: str = Field(description="model to start from: a foundry checkpoint, a run directory (its best checkpoint) "
                       "or an imported Hugging Face directory")
@@ -99,10 +106,14 @@ class StageRunner:
             print(line, flush=True)
 
     def load_start(self, path: str | Path):
-        """The starting model (`foundry.checkpoints.StartingModel`), on the CPU, fitting the block size."""
-        from foundry.checkpoints import load_start
+        """The starting model (`foundry.checkpoints.StartingModel`), on the CPU, fitting the block size, with the
+        recipe's chat template."""
+        from foundry.checkpoints import choose_chat_template, load_start
 
         start = load_start(path)
+        choice = getattr(self.cfg, "chat_template", "model")
+        if choice != "model":
+            start.tokenizer = choose_chat_template(start.model, start.tokenizer, choice)
         block, context = self.cfg.train.block_size, start.model.config.max_seq_len
         if block > context:
             raise ConfigError(f"train.block_size={block} exceeds the model's context ({path}: max_seq_len {context})")
