@@ -15,15 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from foundry.checkpoints import import_hf, load_model, load_start, save_checkpoint
+from foundry.checkpoints import import_hf, load_model, load_start, save_checkpoint, weights_fingerprint
 from foundry.cli import main as cli
 from foundry.errors import CheckpointError
 from foundry.model.gguf import gguf_to_hf, hf_to_gguf
 
+from test_hf_import import VOCAB, _foreign_tokenizer_dir
+
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 300
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 TEXT = "the cat sat on the mat, and the dog ran after it: café 日本 <|im_end|>\n"
@@ -37,27 +38,17 @@ CASES = {  # name -> (transformers family, tied embeddings, GGUF architecture)
 
 
 def _tokenizer(directory):
-    """Byte-level BPE with ChatML's tokens, a ChatML template, and two stop ids (end of text, end of turn)."""
-    from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    hf.train_from_iterator(["the cat sat on the mat and the dog ran after it"] * 50, trainer=trainer)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=hf, eos_token="<|endoftext|>",
-                                                pad_token="<|endoftext|>")
-    fast.chat_template = CHATML
-    fast.save_pretrained(directory)
-    (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [0, 2]}))
+    """test_hf_import's byte-level BPE (<s>, </s>, <|im_end|> as ids 0..2) with a ChatML template (in
+    chat_template.jinja, where transformers 5 saves it) and two stop ids: end of text and end of turn."""
+    _foreign_tokenizer_dir(directory)
+    (directory / "chat_template.jinja").write_text(CHATML)
+    (directory / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": [1, 2]}))
 
 
 def _hf_model(family, tie):
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                  tie_word_embeddings=tie, bos_token_id=0, eos_token_id=0, rope_theta=5000.0)
+                  tie_word_embeddings=tie, bos_token_id=0, eos_token_id=1, rope_theta=5000.0)
     cfg, cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                 "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
@@ -115,7 +106,7 @@ def test_metadata_and_tensor_shapes(case):
         assert _field(reader, "tokenizer.chat_template") == template  # the checkpoint's, byte for byte
         assert _field(reader, "tokenizer.ggml.model") == "gpt2" and _field(reader, "tokenizer.ggml.pre") == "gpt-2"
         assert (_field(reader, "tokenizer.ggml.eos_token_id"), _field(reader, "tokenizer.ggml.eot_token_id")) \
-            == (0, 2)
+            == (1, 2)
         assert len(_field(reader, "tokenizer.ggml.tokens")) == VOCAB
         assert _field(reader, "tokenizer.ggml.token_type")[:3] == [3, 3, 3]  # the specials are CONTROL
         tensors = {t.name: t for t in reader.tensors}
@@ -178,12 +169,13 @@ def test_foundry_import_reads_the_gguf_back(case):
     with torch.no_grad():
         assert (model(case["ids"]) - case["logits"]).abs().max().item() < F16_BOUND
     assert back_tok.encode(TEXT) == tok.encode(TEXT)
-    assert (back_tok.eos_id, back_tok.eot_id, back_tok.pad_id) == (tok.eos_id, tok.eot_id, tok.pad_id) == (0, 2, 0)
+    assert (back_tok.eos_id, back_tok.eot_id, back_tok.pad_id) == (tok.eos_id, tok.eot_id, tok.pad_id) == (1, 2, 1)
     saved = json.loads((out / "tokenizer_config.json").read_text())
     assert saved["chat_template"] == json.loads((root / "ckpt" / "tokenizer_config.json").read_text())["chat_template"]
     assert json.loads((out / "meta.json").read_text())["source_architecture"] == f"GGUF {case['arch']}"
     # a stage's start (`init:`) takes the file too
     start = load_start(root / "model-q8_0.gguf")
+    assert weights_fingerprint(root / "model-q8_0.gguf") != weights_fingerprint(root / "model-f16.gguf")
     assert start.kind == "gguf" and start.tokenizer.encode(TEXT) == tok.encode(TEXT)
     with torch.no_grad():
         assert (start.model(case["ids"]) - case["logits"]).abs().max().item() < Q8_BOUND
@@ -199,7 +191,7 @@ def test_converter_keeps_a_chat_template_and_stop_ids_both_ways(tmp_path):
     assert _field(reader, "tokenizer.chat_template") == CHATML
     back = gguf_to_hf(out, tmp_path / "back")
     assert json.loads((back / "tokenizer_config.json").read_text())["chat_template"] == CHATML
-    assert json.loads((back / "generation_config.json").read_text())["eos_token_id"] == [0, 2]
+    assert json.loads((back / "generation_config.json").read_text())["eos_token_id"] == [1, 2]
     rendered = transformers.AutoTokenizer.from_pretrained(back).apply_chat_template(
         [{"role": "user", "content": "the cat"}], add_generation_prompt=True, tokenize=False)
     assert rendered == "<|im_start|>user\nthe cat<|im_end|>\n<|im_start|>assistant\n"
@@ -275,12 +267,15 @@ def _minimal_gguf(path, arch="llama", tokenizer_model="gpt2", tensor_type=None, 
 def test_bad_gguf_files_are_refused_in_one_line(tmp_path, capsys):
     q8_1 = _minimal_gguf(tmp_path / "q8_1.gguf", tensor_type="Q8_1")
     cut = tmp_path / "cut.gguf"
-    cut.write_bytes(q8_1.read_bytes()[:100])
+    cut.write_bytes(q8_1.read_bytes()[:100])  # inside the metadata
+    cut_data = tmp_path / "cut_data.gguf"
+    cut_data.write_bytes(q8_1.read_bytes()[:-40])  # inside the tensor data (80 bytes + 16 of padding)
     zipped = tmp_path / "zip.gguf"
     zipped.write_bytes(b"PK\x03\x04 a zip archive, not a model " * 10)
     cases = [
         (zipped, "not a GGUF file"),
         (cut, "truncated"),
+        (cut_data, "truncated"),
         (_minimal_gguf(tmp_path / "gpt2.gguf", arch="gpt2"),
          "unsupported GGUF architecture 'gpt2'; supported: llama, qwen2, qwen3"),
         (_minimal_gguf(tmp_path / "spm.gguf", tokenizer_model="llama"), "SentencePiece ('llama')"),

@@ -448,6 +448,8 @@ def weights_fingerprint(path) -> str:
     import hashlib
 
     path = Path(path)
+    if path.is_file():  # a .gguf starting model: the file is the weights
+        return sha256_file(path)
     meta = path / META_FILE
     if meta.is_file():
         recorded = json.loads(meta.read_text()).get("sha256", {}).get(MODEL_FILE)

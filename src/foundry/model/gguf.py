@@ -387,7 +387,7 @@ def read_gguf(path: str | Path):
                 if not name.startswith("GGUF.")}
     except Exception as exc:  # numpy/struct errors from a file cut short or damaged
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"{path}: truncated or damaged GGUF file ({reason})") from None
+        raise CheckpointError(f"{path}: truncated or damaged GGUF file (the reader stopped at: {reason})") from None
     size = path.stat().st_size
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
