@@ -197,6 +197,38 @@ def test_converter_keeps_a_chat_template_and_stop_ids_both_ways(tmp_path):
     assert rendered == "<|im_start|>user\nthe cat<|im_end|>\n<|im_start|>assistant\n"
 
 
+def test_split_regex_pre_tokenizers_keep_their_llama_cpp_name(tmp_path, capsys):
+    """A Qwen2-style tokenizer (split regex, then bytes) is written as pre 'qwen2' and rebuilt with that regex
+    (transformers' loader too); a pre-tokenizer llama.cpp has no name for is refused."""
+    from tokenizers import Regex, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from foundry.model.gguf import QWEN2_SPLIT
+
+    hf_dir = tmp_path / "hf"
+    _hf_model("qwen2", False).save_pretrained(hf_dir)
+    hf = _foreign_tokenizer_dir(hf_dir)
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.save(str(hf_dir / "tokenizer.json"))
+    out = hf_to_gguf(hf_dir, tmp_path / "m.gguf")
+    assert _field(gguf.GGUFReader(str(out)), "tokenizer.ggml.pre") == "qwen2"
+    text = "the cat 12345 sat;\n\n  on the mat"
+    pieces = hf.pre_tokenizer.pre_tokenize_str(text)
+    assert len([p for p, _ in pieces if p.isdigit()]) == 5  # digits one by one, unlike GPT-2's split
+    rebuilt = HFTokenizer.from_file(str(gguf_to_hf(out, tmp_path / "back") / "tokenizer.json"))
+    assert rebuilt.pre_tokenizer.pre_tokenize_str(text) == pieces
+    assert rebuilt.encode(text).ids == hf.encode(text).ids
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="m.gguf")
+    assert hf_tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text) == pieces
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == hf.encode(text).ids
+    hf.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf.save(str(hf_dir / "tokenizer.json"))
+    with pytest.raises(CheckpointError, match="pre-tokenizer not recognised"):
+        hf_to_gguf(hf_dir, tmp_path / "w.gguf")
+    assert not (tmp_path / "w.gguf").exists()
+
+
 def test_mistral_directory_is_written_as_llama(tmp_path):
     """The converter on a transformers Mistral directory: llama.cpp's `llama` architecture, q/k permuted,
     and read back (import undoes the permutation) to transformers' logits."""
@@ -315,3 +347,24 @@ def test_export_refusals_and_overwrite(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "ckpt"), "--out", str(out), "--format", "gguf", "--overwrite"]) == 0
     assert out.read_bytes()[:4] == b"GGUF"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_a_stage_starts_from_a_gguf_file(tmp_path):
+    """`init: model.gguf`: SFT runs from the file as from the checkpoint it was exported from (f16 weights)."""
+    from test_sft_helpers import base_checkpoint, book_chats, tiny_tokenizer, write_jsonl, write_yaml
+
+    base_checkpoint(tmp_path / "base", tiny_tokenizer())
+    assert cli(["export", str(tmp_path / "base"), "--out", str(tmp_path / "base.gguf"), "--format", "gguf"]) == 0
+    write_jsonl(tmp_path / "chats.jsonl", book_chats())
+    train = dict(max_steps=2, micro_batch_size=4, block_size=64, lr=3e-3, warmup_steps=1, eval_every=2,
+                 log_every=1, checkpoint_every=2, threads=1, progress=False, device="cpu")
+    runs = {}
+    for init in ("base", "base.gguf"):
+        recipe = write_yaml(tmp_path / f"{init}.yaml", {
+            "init": str(tmp_path / init), "out_dir": str(tmp_path / f"sft-{init}"), "train": train,
+            "data": str(tmp_path / "chats.jsonl"), "val_data": str(tmp_path / "chats.jsonl")})
+        assert cli(["sft", "--config", str(recipe)]) == 0
+        runs[init] = json.loads((tmp_path / f"sft-{init}" / "run.json").read_text())
+    assert runs["base.gguf"]["parents"]["checkpoint_kind"] == "gguf"
+    assert runs["base.gguf"]["results"]["step"] == 2
+    assert runs["base.gguf"]["results"]["val/loss"] == pytest.approx(runs["base"]["results"]["val/loss"], rel=1e-3)
