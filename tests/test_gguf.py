@@ -54,7 +54,8 @@ def _hf_model(family, tie):
                 "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
                 "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[family]
     torch.manual_seed(0)
-    model = cls(cfg(**common, **({"head_dim": 16} if family == "qwen3" else {}))).eval()
+    extra = {"qwen3": {"head_dim": 16}, "mistral": {"sliding_window": 64}}.get(family, {})
+    model = cls(cfg(**common, **extra)).eval()
     with torch.no_grad():  # biases are zero and norms one at init: make them matter
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -230,13 +231,15 @@ def test_split_regex_pre_tokenizers_keep_their_llama_cpp_name(tmp_path, capsys):
 
 
 def test_mistral_directory_is_written_as_llama(tmp_path):
-    """The converter on a transformers Mistral directory: llama.cpp's `llama` architecture, q/k permuted,
-    and read back (import undoes the permutation) to transformers' logits."""
+    """The converter on a transformers Mistral directory: llama.cpp's `llama` architecture, q/k permuted, the
+    context capped to the sliding window, and read back (import undoes the permutation) to transformers' logits."""
     hf_model = _hf_model("mistral", False)
     hf_model.save_pretrained(tmp_path / "hf")
     _tokenizer(tmp_path / "hf")
     out = hf_to_gguf(tmp_path / "hf", tmp_path / "m.gguf")
-    assert _field(gguf.GGUFReader(str(out)), "general.architecture") == "llama"
+    reader = gguf.GGUFReader(str(out))
+    assert _field(reader, "general.architecture") == "llama"
+    assert _field(reader, "llama.context_length") == 64  # capped to the sliding window: full attention is exact
     model, _ = import_hf(out)
     ids = torch.randint(0, VOCAB, (1, 31), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -332,7 +335,7 @@ def test_export_refusals_and_overwrite(tmp_path, capsys):
     tiny_checkpoint(tmp_path / "relu2", mlp_act="relu2")
     out = tmp_path / "m.gguf"
     err = _refused(capsys, ["export", str(tmp_path / "relu2"), "--out", str(out), "--format", "gguf"], out)
-    assert "hidden_act 'relu2' has no GGUF equivalent" in err
+    assert f"{out}: config.json: hidden_act 'relu2' has no GGUF equivalent" in err and ".tmp" not in err
     err = _refused(capsys, ["export", str(tmp_path / "relu2"), "--out", str(out), "--quant", "q8_0"], out)
     assert "--format gguf only" in err
     tiny_checkpoint(tmp_path / "ckpt")

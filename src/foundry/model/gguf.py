@@ -108,7 +108,11 @@ def export_gguf(model, tokenizer, out: str | Path, quant: str = "f16", overwrite
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         hf_dir = export_hf(model, tokenizer, Path(tmp) / "hf")
-        return hf_to_gguf(hf_dir, out, quant=quant, overwrite=overwrite, name=out.stem)
+        try:
+            return hf_to_gguf(hf_dir, out, quant=quant, overwrite=overwrite, name=out.stem)
+        except CheckpointError as exc:  # name the output, not the temporary directory
+            message = str(exc).replace(f"{hf_dir}/", "").replace(str(hf_dir), "the model")
+            raise CheckpointError(message if message.startswith(str(out)) else f"{out}: {message}") from None
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
@@ -292,7 +296,10 @@ def hf_to_gguf(hf_dir: str | Path, out: str | Path, quant: str = "f16", overwrit
         w.add_name(name or hf_dir.name)
         w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_context_length(_config_int(cfg, "max_position_embeddings", cfg_path))
+        context = _config_int(cfg, "max_position_embeddings", cfg_path)
+        if cfg.get("model_type") == "mistral" and cfg.get("sliding_window"):
+            context = min(context, int(cfg["sliding_window"]))  # llama.cpp's llama attends fully: exact within it
+        w.add_context_length(context)
         w.add_embedding_length(n_embd)
         w.add_block_count(_config_int(cfg, "num_hidden_layers", cfg_path))
         w.add_feed_forward_length(_config_int(cfg, "intermediate_size", cfg_path))
