@@ -64,12 +64,7 @@ def _hf_dir(tmp_path, family, generation_eos=None):
 
 
 def _foundry_tokenizer(hf_dir, cfg=None):
-    from foundry.model.hf import foreign_chat_settings, foreign_special_tokens
-
-    text = (hf_dir / "tokenizer.json").read_text()
-    cfg = cfg or {}
-    return Tokenizer.from_foreign(text, foreign_special_tokens(hf_dir, cfg, text),
-                                  **foreign_chat_settings(hf_dir, cfg, text))
+    return Tokenizer.from_hf_directory(hf_dir, cfg or {}, (hf_dir / "tokenizer.json").read_text())
 
 
 def _conversations(family):

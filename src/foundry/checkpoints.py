@@ -369,24 +369,26 @@ class StartingModel:
     model: torch.nn.Module
     tokenizer: Any
     path: Path  # the checkpoint directory actually read (a run directory resolved), or the HF directory
-    kind: str  # "foundry" | "huggingface"
+    kind: str  # "foundry" | "huggingface" | "gguf"
 
 
 def import_hf(hf_dir, max_seq_len: int | None = None):
-    """A local transformers checkpoint directory -> (Llama in float32, Tokenizer): the weights through
-    `foundry.model.hf`, the tokenizer with its special tokens mapped to foundry's roles, its own chat template
-    and the model's stop tokens. A base model without a template gets foundry's, whose markers are added to
-    its vocabulary as special tokens (the embedding grown, new rows the mean of the others)."""
+    """A local transformers checkpoint directory (or a .gguf file) -> (Llama in float32, Tokenizer): the
+    weights through `foundry.model.hf`, the tokenizer with its special tokens mapped to foundry's roles, its own
+    chat template and the model's stop tokens. A base model without a template gets foundry's, whose markers
+    are added to its vocabulary as special tokens (the embedding grown, new rows the mean of the others)."""
     from foundry.data.tokenizer import Tokenizer
-    from foundry.model.hf import DEFAULT_MAX_SEQ_LEN, foreign_chat_settings, import_hf_model
+    from foundry.model.hf import DEFAULT_MAX_SEQ_LEN, import_hf_model
     from foundry.utils.io import read_json
 
+    if str(hf_dir).endswith(".gguf"):  # a llama.cpp file: converted to a transformers directory, then as one
+        return _import_gguf(Path(hf_dir), max_seq_len)
     hf_dir = Path(hf_dir)
     config_file = hf_dir / "config.json"
     if config_file.is_file() and isinstance(cfg := read_json(config_file), dict) and cfg.get("model_type") == "bert":
         return _import_bert(hf_dir, cfg)
-    model, text, special = import_hf_model(hf_dir, max_seq_len or DEFAULT_MAX_SEQ_LEN)
-    tokenizer = Tokenizer.from_foreign(text, special, **foreign_chat_settings(hf_dir, read_json(config_file), text))
+    model, text = import_hf_model(hf_dir, max_seq_len or DEFAULT_MAX_SEQ_LEN)
+    tokenizer = Tokenizer.from_hf_directory(hf_dir, read_json(config_file), text)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"{hf_dir / 'tokenizer.json'}: tokenizer has {tokenizer.vocab_size} tokens but "
                               f"the model's embedding only {model.config.vocab_size}")
@@ -425,6 +427,23 @@ def choose_chat_template(model, tokenizer, choice: str):
     return tokenizer.with_chat_template(source, str(path))
 
 
+def _import_gguf(path: Path, max_seq_len: int | None):
+    """A .gguf file -> (Llama, Tokenizer) through a temporary Hugging Face directory (`foundry.model.gguf`)."""
+    import tempfile
+
+    from foundry.model.gguf import gguf_to_hf
+
+    with tempfile.TemporaryDirectory(prefix="foundry-gguf-") as tmp:
+        hf_dir = gguf_to_hf(path, Path(tmp) / "hf")
+        try:
+            model, tokenizer = import_hf(hf_dir, max_seq_len)
+        except CheckpointError as exc:  # name the user's file, not the temporary directory
+            raise CheckpointError(f"{path}: {str(exc).replace(str(hf_dir) + '/', '')}") from None
+    if tokenizer.chat_template.name != "foundry":  # the template came from the file's tokenizer.chat_template
+        tokenizer = tokenizer.with_chat_template(tokenizer.chat_template.source, f"{path} (tokenizer.chat_template)")
+    return model, tokenizer
+
+
 def _import_bert(hf_dir: Path, cfg: dict):
     """A BertForMaskedLM directory -> (Encoder, Tokenizer)."""
     from foundry.data.tokenizer import Tokenizer
@@ -442,12 +461,15 @@ def _import_bert(hf_dir: Path, cfg: dict):
 
 def load_start(path, device="cpu") -> StartingModel:
     """The model a stage starts from: a foundry checkpoint, a run directory (its `best`, else its latest
-    valid checkpoint) or an imported Hugging Face directory. Anything else is a one-line CheckpointError."""
+    valid checkpoint), an imported Hugging Face directory or a .gguf file. Anything else is a one-line CheckpointError."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_file() and path.suffix == ".gguf":
+        model, tokenizer = import_hf(path)
+        return StartingModel(model.to(device), tokenizer, path, "gguf")
     if not path.is_dir():
-        raise CheckpointError(f"{path}: expected a checkpoint or run directory, not a file")
+        raise CheckpointError(f"{path}: expected a checkpoint or run directory (or a .gguf file), not a file")
     if (path / CONFIG_FILE).is_file() or (path / META_FILE).is_file() or (path / "checkpoints").is_dir():
         resolved = resolve_checkpoint(path)
         model, tokenizer = load_model(resolved, device=device)
@@ -464,6 +486,8 @@ def weights_fingerprint(path) -> str:
     import hashlib
 
     path = Path(path)
+    if path.is_file():  # a .gguf starting model: the file is the weights
+        return sha256_file(path)
     meta = path / META_FILE
     if meta.is_file():
         recorded = json.loads(meta.read_text()).get("sha256", {}).get(MODEL_FILE)

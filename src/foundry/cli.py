@@ -41,8 +41,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("foundry.commands.eval:eval_main", "perplexity, multiple-choice and generation tasks"),
     "bakeoff": ("foundry.commands.eval:bakeoff_main", "side-by-side model comparison on a rubric, with cost"),
     "report": ("foundry.commands.eval:report_main", "report card and model card for a run directory"),
-    "export": ("foundry.commands.model:export_main", "export a checkpoint to a Hugging Face directory"),
-    "import": ("foundry.commands.model:import_main", "import a local Hugging Face Llama-family checkpoint"),
+    "export": ("foundry.commands.model:export_main", "export a checkpoint to a Hugging Face directory or a GGUF file"),
+    "import": ("foundry.commands.model:import_main", "import a local Hugging Face Llama-family checkpoint or GGUF file"),
     "plan": ("foundry.commands.train:plan_main", "estimate memory, time and cost before a run"),
     "selftest": ("foundry.commands.train:selftest_main", "check resume, accumulation, export and chat template on your recipe"),
 }

@@ -144,38 +144,16 @@ def _reason(exc: BaseException) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def template_from_tokenizer_config(config: dict, directory) -> str | None:
-    """The chat template a transformers tokenizer directory holds: `chat_template.jinja` (transformers >= 4.43
-    saves it there), else `chat_template` in tokenizer_config.json (a string, or a list of named templates of
-    which "default" is the one `apply_chat_template` uses). None for a base model without one."""
-    from pathlib import Path
-
-    jinja_file = Path(directory) / "chat_template.jinja"
-    if jinja_file.is_file():
-        try:
-            return jinja_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{jinja_file}: not UTF-8 text") from None
-    value = config.get("chat_template")
-    if isinstance(value, list):
-        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
-        value = named.get("default")
-    if value is not None and not isinstance(value, str):
-        raise DataError(f"{Path(directory) / 'tokenizer_config.json'}: 'chat_template' must be a string")
-    return value or None
-
-
 def special_token_strings(config: dict) -> dict:
     """{bos_token, eos_token, pad_token, unk_token, additional_special_tokens} as strings, as transformers passes
     its `special_tokens_map` to the template."""
-    def text(value):
-        return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
+    from foundry.utils.hf_files import token_text
 
     out = {}
     for key in ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"):
-        if text(config.get(key)) is not None:
-            out[key] = text(config.get(key))
-    extra = [text(v) for v in config.get("additional_special_tokens") or [] if text(v) is not None]
+        if token_text(config.get(key)) is not None:
+            out[key] = token_text(config.get(key))
+    extra = [token_text(v) for v in config.get("additional_special_tokens") or [] if token_text(v) is not None]
     if extra:
         out["additional_special_tokens"] = extra
     return out

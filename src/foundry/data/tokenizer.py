@@ -142,9 +142,10 @@ class Tokenizer:
         if special is not None and not (isinstance(special, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in special.items())):
             raise DataError(f"{config_path}: 'foundry_special_tokens' must map roles (eos, bos, pad, eot) to tokens")
-        from foundry.data.chat_template import special_token_strings, template_from_tokenizer_config
+        from foundry.data.chat_template import special_token_strings
+        from foundry.utils.hf_files import chat_template_of
 
-        template = template_from_tokenizer_config(config, file.parent)
+        template = chat_template_of(file.parent, config)
         try:
             return cls(hf, text, special_tokens=special, chat_template=template,
                        template_name=str(config_path) if template else "foundry",
@@ -166,6 +167,21 @@ class Tokenizer:
         return cls(HFTokenizer.from_str(json_text), json_text, special_tokens=special_tokens,
                    chat_template=chat_template, template_name=template_name, template_tokens=template_tokens,
                    stop_tokens=stop_tokens)
+
+    @classmethod
+    def from_hf_directory(cls, hf_dir: str | Path, model_config: dict, json_text: str) -> "Tokenizer":
+        """The tokenizer of an imported Hugging Face model directory (its `tokenizer.json` text given), with its
+        own special tokens, chat template and stop tokens (`foundry.data.hf_tokenizer`)."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        from foundry.data.hf_tokenizer import foreign_tokenizer_settings
+
+        file = Path(hf_dir) / "tokenizer.json"
+        try:
+            hf = HFTokenizer.from_str(json_text)
+        except Exception as exc:  # tokenizers' bare Exception on malformed JSON
+            raise DataError(f"{file}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
+        return cls(hf, json_text, **foreign_tokenizer_settings(hf_dir, model_config, json_text, hf))
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,

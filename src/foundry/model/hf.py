@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from foundry.errors import CheckpointError, ConfigError, FoundryError
+from foundry.errors import CheckpointError, ConfigError
 from foundry.model.llama import MLP_ACTIVATIONS, Llama, LlamaConfig
 from foundry.utils.io import atomic_directory, atomic_write_json, read_json
 
@@ -203,105 +203,11 @@ def load_hf_state(hf_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _token_content(value) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _tokenizer_config(hf_dir: Path) -> dict:
-    tok_cfg: dict = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
-        if (hf_dir / name).is_file():
-            data = read_json(hf_dir / name)
-            if isinstance(data, dict):
-                tok_cfg.update({k: v for k, v in data.items() if v is not None})
-    return tok_cfg
-
-
-def _ids(value) -> list[int]:
-    values = value if isinstance(value, list) else [value]
-    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-
-
-def _template_end_of_turn(template: str, tokens: dict, hf_tok) -> str | None:
-    """The special token the model's own template writes right after an assistant turn's content."""
-    from foundry.data.chat_template import ChatTemplate
-
-    probe = "\u2063probe\u2063"
-    try:
-        text = ChatTemplate(template, "probe", tokens).render(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}])
-    except FoundryError:
-        return None
-    after = text[text.find(probe) + len(probe):] if probe in text else ""
-    specials = {t.content for t in hf_tok.get_added_tokens_decoder().values() if t.special}
-    rest = after.lstrip()
-    return next((t for t in sorted(specials, key=len, reverse=True) if rest.startswith(t)), None)
-
-
-def foreign_special_tokens(hf_dir: Path, cfg: dict, tokenizer_json: str) -> dict[str, str]:
-    """Map foundry's roles (eos, bos, pad, eot) to the imported tokenizer's own special tokens."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from foundry.data.chat_template import special_token_strings, template_from_tokenizer_config
-
-    hf_tok = HFTokenizer.from_str(tokenizer_json)
-    tok_cfg = _tokenizer_config(hf_dir)
-
-    def from_id(key):
-        ids = _ids(cfg.get(key))
-        return hf_tok.id_to_token(ids[0]) if ids else None
-
-    mapping = {}
-    for role, key in (("eos", "eos_token"), ("bos", "bos_token"), ("pad", "pad_token")):
-        token = _token_content(tok_cfg.get(key)) or from_id(f"{key}_id")
-        if token is not None and hf_tok.token_to_id(token) is not None:
-            mapping[role] = token
-    if "eos" not in mapping:
-        raise CheckpointError(f"{hf_dir}: cannot find the end-of-text token (no eos_token in "
-                              "tokenizer_config.json and no eos_token_id in config.json)")
-    # End of turn: what the model's own template writes after an assistant turn, else a dedicated token
-    # where the vocabulary has one, else the end-of-text token.
-    template = template_from_tokenizer_config(tok_cfg, hf_dir)
-    eot = _template_end_of_turn(template, special_token_strings(tok_cfg), hf_tok) if template else None
-    for token in ((eot,) if eot else ()) + ("<|end|>", "<|im_end|>", "<|eot_id|>", "<end_of_turn>"):
-        if hf_tok.token_to_id(token) is not None:
-            mapping["eot"] = token
-            break
-    else:
-        mapping["eot"] = mapping["eos"]
-    for role in ("system", "user", "assistant"):
-        if hf_tok.token_to_id(f"<|{role}|>") is not None:
-            mapping[role] = f"<|{role}|>"
-    return mapping
-
-
-def foreign_chat_settings(hf_dir: Path, cfg: dict, tokenizer_json: str) -> dict:
-    """The model's own chat template (None for a base model), the special-token strings its context holds,
-    and the model's stop tokens: `generation_config.json`'s `eos_token_id` list (Llama 3 instruct stops at
-    <|eot_id|> and <|eom_id|>), else config.json's. Keyword arguments of `Tokenizer.from_foreign`."""
-    from tokenizers import Tokenizer as HFTokenizer
-
-    from foundry.data.chat_template import special_token_strings, template_from_tokenizer_config
-
-    hf_tok = HFTokenizer.from_str(tokenizer_json)
-    tok_cfg = _tokenizer_config(hf_dir)
-    gen_file = hf_dir / "generation_config.json"
-    gen = read_json(gen_file) if gen_file.is_file() else {}
-    stop_ids = _ids(gen.get("eos_token_id") if isinstance(gen, dict) else None) + _ids(cfg.get("eos_token_id"))
-    stops = [hf_tok.id_to_token(i) for i in dict.fromkeys(stop_ids)]
-    template = template_from_tokenizer_config(tok_cfg, hf_dir)
-    config_file = hf_dir / ("chat_template.jinja" if (hf_dir / "chat_template.jinja").is_file()
-                            else "tokenizer_config.json")
-    return {"chat_template": template, "template_name": str(config_file) if template else "foundry",
-            "template_tokens": special_token_strings(tok_cfg), "stop_tokens": [t for t in stops if t]}
-
-
 def import_hf_model(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
-    """Read a local transformers checkpoint directory -> (Llama in float32, tokenizer.json text, its special
-    tokens by foundry role). The tokenizer object is built by the checkpoint store
-    (`foundry.checkpoints.import_hf`), so the model needs no data code."""
+    """Read a local transformers checkpoint directory -> (Llama in float32, tokenizer.json text). The tokenizer
+    object (its special tokens by foundry role, its chat template, its stop tokens) is built by the checkpoint
+    store (`foundry.checkpoints.import_hf`, through `Tokenizer.from_hf_directory`), so the model needs no
+    data code."""
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise CheckpointError(f"{hf_dir}: not a directory")
@@ -346,9 +252,6 @@ def import_hf_model(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
 
     try:
         text = tok_path.read_text(encoding="utf-8")
-        special = foreign_special_tokens(hf_dir, cfg, text)
-    except FoundryError:
-        raise
-    except Exception as exc:  # UnicodeDecodeError, or tokenizers' bare Exception on malformed JSON
-        raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({str(exc).splitlines()[0][:200]})") from None
-    return model, text, special
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{tok_path}: not a valid tokenizer.json ({exc})") from None
+    return model, text
