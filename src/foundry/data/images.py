@@ -194,7 +194,9 @@ def read_caption_jsonl(path: Path, drops: DropCounts) -> Iterator[RawPair]:
 def read_tar_shard(path: Path, drops: DropCounts) -> Iterator[RawPair]:
     """A WebDataset shard as a stream: consecutive members with one key are one sample."""
 
-    def sample_of(key: str, parts: dict[str, bytes]) -> RawPair:
+    def sample_of(key: str, parts: dict[str, bytes | None]) -> RawPair:
+        if any(v is None for v in parts.values()):  # a member over the size cap: the sample is dropped, counted
+            return RawPair(None, "", None, None, f"{path}:{key}", counted=True)
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
         caption, label = None, None
         where = f"{path}:{key}"
@@ -210,8 +212,7 @@ def read_tar_shard(path: Path, drops: DropCounts) -> Iterator[RawPair]:
                 label = _label_of(meta.get("label"), f"{where}.json")
         if "cls" in parts:
             label = _utf8(parts["cls"], f"{where}.cls").strip()
-        image = parts.get(image_ext) if image_ext else None
-        return RawPair(image, image_ext or "", caption, label, where, counted=image_ext is not None and image is None)
+        return RawPair(parts.get(image_ext) if image_ext else None, image_ext or "", caption, label, where)
 
     key, parts, complete = None, {}, False
     try:

@@ -102,7 +102,7 @@ class StageRunner:
         """The starting model (`foundry.checkpoints.StartingModel`), on the CPU, fitting the block size."""
         from foundry.checkpoints import load_start
 
-        start = load_start(path)
+        start = load_start(path, verb=f"foundry {self.name} (init)")
         block, context = self.cfg.train.block_size, start.model.config.max_seq_len
         if block > context:
             raise ConfigError(f"train.block_size={block} exceeds the model's context ({path}: max_seq_len {context})")
