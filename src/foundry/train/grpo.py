@@ -79,6 +79,8 @@ class GRPOConfig(StageConfig):
         "completion tokens (DAPO); sequence: mean per completion, then over completions (GRPO)")
     eval_samples: int | None = Field(None, gt=0, description="samples per held-out prompt for pass@G "
                                      "(default group_size)")
+    verifier_timeout: float = Field(10.0, gt=0, description="seconds one verifier call may take; a call over it "
+                                    "ends the run with one line naming the verifier and the prompt")
     train: GRPOTrainConfig = GRPOTrainConfig()
 
     @field_validator("group_size")
@@ -324,14 +326,13 @@ class GroupBatches(ShuffledRows):
                                   cfg.temperature, cfg.top_k, generator, self.tokenizer.pad_id)
         t1 = time.perf_counter()
         # 2. scoring
-        rewards, solved = [], []
+        jobs = []
         for k, (tokens, stopped) in enumerate(outs):
             item = self.items[index[k // G]]
-            text = self.tokenizer.decode(tokens, skip_special=True).strip()
-            r, ok = self.reward.score(text, {**item, "n_tokens": len(tokens)},
-                                      f"{self.path}:{item['_line']} (prompt {item['prompt'][:40]!r})")
-            rewards.append(r)
-            solved.append(ok)
+            jobs.append((self.tokenizer.decode(tokens, skip_special=True).strip(), {**item, "n_tokens": len(tokens)},
+                         f"{self.path}:{item['_line']} (prompt {item['prompt'][:40]!r})"))
+        scored = self.reward.score_many(jobs, cfg.verifier_timeout)  # in a worker process, under the timeout
+        rewards, solved = [r for r, _ in scored], [ok for _, ok in scored]
         rewards_t = torch.tensor(rewards, dtype=torch.float32)
         advantages = group_advantages(rewards_t, G, cfg.advantage == "mean_std")
         t2 = time.perf_counter()
@@ -393,13 +394,12 @@ def pass_at_evaluator(tokenizer, items: list[dict], encoded: list[list[int]], re
     stop_ids = {tokenizer.eos_id, tokenizer.eot_id}
 
     def solved_by(outs, chunk, n):
-        flags = []
+        jobs = []
         for k, (tokens, _) in enumerate(outs):
             item = items[chunk[k // n]]
-            _, ok = reward.score(tokenizer.decode(tokens, skip_special=True).strip(), {**item, "n_tokens": len(tokens)},
-                                 f"{path}:{item['_line']} (prompt {item['prompt'][:40]!r})")
-            flags.append(ok)
-        return flags
+            jobs.append((tokenizer.decode(tokens, skip_special=True).strip(), {**item, "n_tokens": len(tokens)},
+                         f"{path}:{item['_line']} (prompt {item['prompt'][:40]!r})"))
+        return [ok for _, ok in reward.score_many(jobs, cfg.verifier_timeout)]
 
     def evaluate(model) -> dict:
         device = next(model.parameters()).device
