@@ -226,3 +226,21 @@ def test_health_answers_while_large_images_are_embedded(clip_app):
     assert len(results["r"].json()["data"]) == 4
     assert len(took) >= 3, took  # the request took long enough to probe it a few times
     assert max(took) < 0.5, took
+
+
+def test_a_client_hanging_up_mid_body_is_one_log_line(tok, caplog):
+    import logging
+    import socket
+
+    app = create_app(tiny_model(tok), tok, ServerSettings(NAME, max_tokens_limit=16))
+    with caplog.at_level(logging.INFO), RunningServer(app) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        for route in (b"/v1/completions", b"/v1/chat/completions"):
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.sendall(b"POST " + route + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 1000\r\n\r\n{\"model\":")
+                time.sleep(0.2)
+        _wait(lambda: sum("client disconnected before its request body" in r.getMessage()
+                          for r in caplog.records) == 2, 10)
+        assert httpx.get(srv.url + "/health").status_code == 200
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]

@@ -173,8 +173,9 @@ def streamed_reply(engine: Engine, seq: Sequence, reply: Reply, text: TextStream
 def api_app(title: str, lifespan=None):
     """A FastAPI app whose errors, ours (APIError) and the framework's (404, 405), are OpenAI-style JSON bodies."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -186,6 +187,11 @@ def api_app(title: str, lifespan=None):
     async def _http_error(_request, exc):
         code = "not_found" if exc.status_code == 404 else None
         return JSONResponse(APIError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request, _exc):  # the client hung up while sending its body: one line, no traceback
+        log.info("%s %s: client disconnected before its request body arrived", request.method, request.url.path)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _server_error(request, exc):  # a bug, not the client's fault: still an OpenAI body, one log line
