@@ -19,7 +19,9 @@ import torch
 from PIL import Image
 
 from foundry.cli import main as cli_main
-from foundry.data.images import MAX_IMAGE_BYTES, load_pairs
+from foundry.data.images import load_pairs
+
+MAX_IMAGE_BYTES = 32 << 20  # foundry.data.images.MAX_IMAGE_BYTES (checked below)
 
 
 def png(seed: int, size=(12, 12)) -> bytes:
@@ -208,3 +210,9 @@ def test_clip_training_needs_two_pairs_a_batch_and_checks_before_writing(dataset
                                            "train.micro_batch_size=64"]))
     assert "more than the" in err and not run.exists()  # validated before run.json: the re-run is not refused
     assert cli_main(["clip", "--config", str(recipe), f"out_dir={run}", "train.micro_batch_size=2"]) == 0
+
+
+def test_the_member_cap_is_the_library_s():
+    from foundry.data import images
+
+    assert images.MAX_IMAGE_BYTES == MAX_IMAGE_BYTES
