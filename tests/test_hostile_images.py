@@ -21,8 +21,6 @@ from PIL import Image
 from foundry.cli import main as cli_main
 from foundry.data.images import load_pairs
 
-MAX_IMAGE_BYTES = 32 << 20  # foundry.data.images.MAX_IMAGE_BYTES (checked below)
-
 
 def png(seed: int, size=(12, 12)) -> bytes:
     rng = np.random.default_rng(seed)
@@ -62,7 +60,7 @@ def prepare(src, out, *extra) -> int:
                      *extra])
 
 
-def test_huge_images_and_members_are_dropped_unread(tmp_path):
+def test_huge_images_and_members_are_dropped_unread(tmp_path, capsys):
     long_name = "a" * 300 + ".png"
     src = folder(tmp_path / "src", [
         {"image": "ok.png", "caption": "a fine picture"},
@@ -82,8 +80,11 @@ def test_huge_images_and_members_are_dropped_unread(tmp_path):
     assert manifest["dropped"] == {"huge_image": 1, "missing_image": 1, "outside_source": 3}
     assert manifest["first_dropped"]["missing_image"].endswith("captions.jsonl:3")  # the 300-character name
     assert manifest["first_dropped"]["outside_source"].endswith("captions.jsonl:4")
+    assert "missing_image 1 (first " in capsys.readouterr().out  # the summary line names it too
     stored = sorted(p.read_bytes() for p in (tmp_path / "ds" / "images").iterdir())
     assert stored == [png(1)]  # the secret was not copied in
+
+    from foundry.data.images import MAX_IMAGE_BYTES
 
     shard = tmp_path / "shards" / "big.tar"
     shard.parent.mkdir()
@@ -210,9 +211,3 @@ def test_clip_training_needs_two_pairs_a_batch_and_checks_before_writing(dataset
                                            "train.micro_batch_size=64"]))
     assert "more than the" in err and not run.exists()  # validated before run.json: the re-run is not refused
     assert cli_main(["clip", "--config", str(recipe), f"out_dir={run}", "train.micro_batch_size=2"]) == 0
-
-
-def test_the_member_cap_is_the_library_s():
-    from foundry.data import images
-
-    assert images.MAX_IMAGE_BYTES == MAX_IMAGE_BYTES

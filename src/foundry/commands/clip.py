@@ -35,7 +35,9 @@ def data_images_main(argv: list[str]) -> int:
         specs.append({"path": source, "license": str(license_), "name": sidecar.get("name") or path.name,
                       "description": str(sidecar.get("notes", "")).strip()})
     manifest = prepare_pairs(specs, args.out, args.val_fraction, args.min_side, args.template, args.overwrite)
-    dropped = ", ".join(f"{k} {v}" for k, v in manifest["dropped"].items()) or "none"
+    first = manifest.get("first_dropped", {})
+    dropped = ", ".join(f"{k} {v}" + (f" (first {first[k]})" if k in first else "")
+                        for k, v in manifest["dropped"].items()) or "none"
     print(f"foundry data images: {manifest['pairs']} pairs (train {manifest['splits']['train']}, val "
           f"{manifest['splits']['val']}, {len(manifest['labels'])} labels); dropped: {dropped} -> {args.out}")
     return 0
