@@ -244,3 +244,17 @@ def test_a_client_hanging_up_mid_body_is_one_log_line(tok, caplog):
                           for r in caplog.records) == 2, 10)
         assert httpx.get(srv.url + "/health").status_code == 200
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+def test_offline_generation_still_raises_a_bad_setting(tok):
+    from foundry.errors import ConfigError
+    from foundry.serve.generate import generate, generate_many
+
+    model = tiny_model(tok)
+    with pytest.raises(ConfigError, match="top_p"):
+        generate_many(model, tok, [[5, 6], [7, 8]], max_new_tokens=3, temperature=1.0, top_p=float("nan"))
+    with pytest.raises(ConfigError, match="temperature"):
+        list(generate(model, tok, [5, 6], max_new_tokens=3, temperature=float("nan")))
+    greedy = generate_many(model, tok, [[5, 6]], max_new_tokens=3, temperature=0)
+    assert generate_many(model, tok, [[5, 6]], max_new_tokens=3, temperature=1e-45) == greedy
+    assert generate_many(model, tok, [[5, 6]], max_new_tokens=3, temperature=1.0, top_p=1e-300) == greedy

@@ -280,6 +280,9 @@ def generate_many(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
             decoder.step()
     finally:
         model.train(was_training)
+    failed = next((seq.error for seq in sequences if seq.error is not None), None)
+    if failed is not None:  # each row failed alone, the others were decoded; a synchronous caller hears of it
+        raise failed
     return [seq.tokens for seq in sequences]
 
 
