@@ -126,10 +126,14 @@ def encode_prompts(tokenizer, items: list[dict], block_size: int, max_new_tokens
 # ---- sampling: G completions per prompt, batched over one KV cache -------------------------------------
 
 def sample_rows(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None):
-    """One token per row of logits (B, V): argmax at temperature 0, else a (top-k filtered) softmax draw."""
-    if temperature == 0:
+    """One token per row of logits (B, V): argmax at temperature 0 (or below the engine's MIN_TEMPERATURE),
+    else a (top-k filtered) softmax draw, as numerically safe as the serving engine's."""
+    from foundry.serve.engine import MIN_TEMPERATURE
+
+    if temperature < MIN_TEMPERATURE:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature  # no overflow at any temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
