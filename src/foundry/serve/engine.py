@@ -34,6 +34,7 @@ from foundry.errors import ConfigError
 
 MIN_TEMPERATURE = 1e-3  # below this a temperature is greedy: logits / T would overflow float32 near 1e-38
 
+
 @dataclass
 class Sampling:
     """How one sequence is decoded. `stop_ids` None: the tokenizer's `<|endoftext|>` and `<|end|>`."""

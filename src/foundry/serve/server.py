@@ -194,8 +194,7 @@ def api_app(title: str, lifespan=None):
         return Response(status_code=499)
 
     @app.exception_handler(Exception)
-    async def _server_error(request, exc):  # a bug, not the client's fault: still an OpenAI body, one log line
-        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    async def _server_error(_request, exc):  # a bug, not the client's: an OpenAI body (the log keeps the traceback)
         return JSONResponse(APIError(500, f"internal error ({type(exc).__name__})", "server_error").body(),
                             status_code=500)
 
