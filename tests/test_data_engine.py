@@ -199,3 +199,42 @@ def test_ray_executor_writes_the_local_dataset_and_names_the_broken_input(corpus
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and err[-1].startswith("foundry: error: ") and "b.jsonl:2: not valid JSON" in err[-1]
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.prepare-work").exists()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found |= {int(x) for x in f.read().split()}
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_driver_leaves_no_engine_helper_alive(corpus, tmp_path):
+    """Only the driver is killed (not its process group): the engine's manager and workers end with it."""
+    import time
+
+    cmd = [sys.executable, "-m", "foundry.cli", "data", "prepare", str(corpus / "c"), "--out", str(tmp_path / "out"),
+           "--eval", str(corpus / "eval.txt"), "--no-progress", "--workers", "2"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while len(seen) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            seen |= _children(proc.pid)
+            time.sleep(0.005)
+    except FileNotFoundError:  # the run finished meanwhile
+        pass
+    assert len(seen) >= 2, "the engine forked no helpers before the run ended"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    alive = set(seen)
+    while alive and time.monotonic() < deadline:
+        alive = {pid for pid in alive if os.path.exists(f"/proc/{pid}") and
+                 open(f"/proc/{pid}/stat").read().split()[2] != "Z"}
+        time.sleep(0.05)
+    for pid in alive:  # clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"helpers {sorted(alive)} outlived their killed driver"

@@ -311,12 +311,28 @@ def load_weights(model: torch.nn.Module, path) -> None:
     load_model_state(model, state)  # under FSDP each rank keeps its shard
 
 
-def load_model(path, device="cpu"):
-    """(model, tokenizer) from a checkpoint directory or a run directory, in eval mode on `device`."""
+def refuse_non_text(config, path, verb: str | None) -> None:
+    """A one-line CheckpointError when `verb` (a command that reads and writes text) is given an
+    image-text (CLIP) checkpoint, before its weights are read; `verb` None: any model is fine."""
+    if verb is not None and getattr(config, "architecture", None) == "clip":
+        raise CheckpointError(f"{path} is an image-text (CLIP) checkpoint; {verb} needs a language model")
+
+
+def require_language_model(path, verb: str) -> None:
+    """Check, from its config alone, that the checkpoint at `path` can serve `verb` (see refuse_non_text)."""
+    resolved = resolve_checkpoint(path)
+    refuse_non_text(load_model_config(resolved), path, verb)
+
+
+def load_model(path, device="cpu", verb: str | None = None):
+    """(model, tokenizer) from a checkpoint directory or a run directory, in eval mode on `device`.
+    `verb`: the command asking, which needs a language model (a CLIP checkpoint is refused in one line)."""
     from foundry.data.tokenizer import Tokenizer
 
-    path = resolve_checkpoint(path)
-    model = model_from_config(load_model_config(path))
+    given, path = path, resolve_checkpoint(path)
+    config = load_model_config(path)
+    refuse_non_text(config, given, verb)
+    model = model_from_config(config)
     if getattr(model.config, "architecture", None) == "clip":  # an image-text model and its caption tokenizer
         from foundry.data.tokenizer import ClipTokenizer
 
@@ -459,9 +475,10 @@ def _import_bert(hf_dir: Path, cfg: dict):
     return model, tokenizer
 
 
-def load_start(path, device="cpu") -> StartingModel:
+def load_start(path, device="cpu", verb: str | None = None) -> StartingModel:
     """The model a stage starts from: a foundry checkpoint, a run directory (its `best`, else its latest
-    valid checkpoint), an imported Hugging Face directory or a .gguf file. Anything else is a one-line CheckpointError."""
+    valid checkpoint), an imported Hugging Face directory or a .gguf file. Anything else is a one-line
+    CheckpointError, and so is a CLIP checkpoint when `verb` (which needs a language model) is given."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
@@ -472,7 +489,7 @@ def load_start(path, device="cpu") -> StartingModel:
         raise CheckpointError(f"{path}: expected a checkpoint or run directory (or a .gguf file), not a file")
     if (path / CONFIG_FILE).is_file() or (path / META_FILE).is_file() or (path / "checkpoints").is_dir():
         resolved = resolve_checkpoint(path)
-        model, tokenizer = load_model(resolved, device=device)
+        model, tokenizer = load_model(resolved, device=device, verb=verb)
         return StartingModel(model, tokenizer, resolved, "foundry")
     if (path / "config.json").is_file():
         model, tokenizer = import_hf(path)

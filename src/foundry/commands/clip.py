@@ -35,7 +35,9 @@ def data_images_main(argv: list[str]) -> int:
         specs.append({"path": source, "license": str(license_), "name": sidecar.get("name") or path.name,
                       "description": str(sidecar.get("notes", "")).strip()})
     manifest = prepare_pairs(specs, args.out, args.val_fraction, args.min_side, args.template, args.overwrite)
-    dropped = ", ".join(f"{k} {v}" for k, v in manifest["dropped"].items()) or "none"
+    first = manifest.get("first_dropped", {})
+    dropped = ", ".join(f"{k} {v}" + (f" (first {first[k]})" if k in first else "")
+                        for k, v in manifest["dropped"].items()) or "none"
     print(f"foundry data images: {manifest['pairs']} pairs (train {manifest['splits']['train']}, val "
           f"{manifest['splits']['val']}, {len(manifest['labels'])} labels); dropped: {dropped} -> {args.out}")
     return 0
@@ -74,11 +76,16 @@ def clip_eval_main(argv: list[str]) -> int:
     p.add_argument("--out", required=True, help="directory for results.json, report.md (with retrieval grids) "
                    "and model_card.md")
     p.add_argument("--no-probe", action="store_true", help="skip the linear probe")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation in --out")
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a directory")
+    if (out / "results.json").exists() and not args.overwrite:
+        raise ConfigError(f"--out {out}: holds an earlier evaluation (results.json); pass --overwrite to replace it")
     model, tokenizer = load_model(args.checkpoint)
     if not isinstance(model, Clip):
         raise ConfigError(f"{args.checkpoint}: not a CLIP checkpoint")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results, lines = {}, [f"# CLIP evaluation: {args.checkpoint}", "",
                           "| set | pairs | zero-shot acc | chance | linear probe | i2t R@1/5/10 | t2i R@1/5/10 |",

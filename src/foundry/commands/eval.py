@@ -86,7 +86,7 @@ def eval_main(argv: list[str]) -> int:
         name, path = model_name(spec, taken)
         taken.add(name)
         print(f"[eval] {name} ({path})")
-        model, tokenizer = load_model(path, device=device)
+        model, tokenizer = load_model(path, device=device, verb="foundry eval")
         block = evaluate(model, tokenizer, args.data, tasks, args.shots, index, args.max_new_tokens,
                          args.max_tokens, args.batch_size, k=args.k)
         if args.lm_eval:
@@ -133,6 +133,12 @@ def bakeoff_main(argv: list[str]) -> int:
     if not args.config:
         raise ConfigError("foundry bakeoff: --config BAKEOFF.yaml is required to generate a bake-off")
 
+    from foundry.checkpoints import require_language_model
+
+    for spec in args.model:  # a CLIP checkpoint is refused here, in one line, before anything is generated
+        _, _, path = spec.partition("=")
+        if path and Path(path).exists():
+            require_language_model(path, "foundry bakeoff --model")
     summary = run_bakeoff(Path(args.config), out, args.overrides, args.model, args.style_model, args.overwrite)
     if summary["human_pending"]:
         print(f"\nrating sheet for raters: {out / 'rating_sheet.csv'} (the key, {out / 'blind_key.json'}, stays "

@@ -16,6 +16,7 @@ def sampling_parser(verb: str, max_new_tokens: int, temperature: float):
     """The options every sampling verb (generate, chat) shares: model, sampling, device, retrieval."""
 
     p = make_parser(verb)
+    p.set_defaults(verb=verb)  # named in errors (a CLIP checkpoint is refused: "foundry chat needs ...")
     p.add_argument("model", metavar="MODEL_PATH", help="checkpoint directory or run directory")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -34,7 +35,7 @@ def load_for_sampling(args):
     if args.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     index = load_index_arg(args)
-    model, tokenizer = load_model(args.model, device=pick_device(args.device))
+    model, tokenizer = load_model(args.model, device=pick_device(args.device), verb=f"foundry {args.verb}")
     return model, tokenizer, index
 
 

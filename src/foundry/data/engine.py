@@ -80,6 +80,33 @@ class PrepareJob:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+_forking_parent: list[int] = []  # while the engine runs: the pid that forks (each child dies with its parent)
+
+
+def _remember_parent() -> None:
+    if _forking_parent:
+        _forking_parent[1:] = [os.getpid()]
+
+
+def _die_with_parent() -> None:
+    """In a process forked while the engine runs (datatrove's manager, its pool workers): SIGKILL from the
+    kernel when the parent dies (Linux's PR_SET_PDEATHSIG), so a killed driver leaves no helper behind."""
+    if not _forking_parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: helpers end as datatrove ends them
+        return
+    if os.getppid() != _forking_parent[-1]:  # the parent died before the request took effect
+        os._exit(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_remember_parent, after_in_child=_die_with_parent)
+
+
 def _fault(stage: str, rank: int) -> None:
     """Test hook: kill the whole run (this process group: driver, engine manager, workers) as a lost
     machine would, when task `rank` of `stage` starts. Only set it on a process started in its own session."""
@@ -158,6 +185,7 @@ def _run_logged(stages: list, work: Path) -> None:
     """
     _quiet()
     log = open(work / "engine.log", "a")
+    _forking_parent[:] = [os.getpid(), os.getpid()]  # [marker, the forking process's pid]
     try:
         with contextlib.redirect_stderr(log):
             for stage in (stages if stages[-1].depends is None else stages[-1:]):
@@ -167,6 +195,7 @@ def _run_logged(stages: list, work: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
+        _forking_parent.clear()
         with contextlib.suppress(OSError):  # on a full disk the log's last flush fails too; the error says why
             log.close()
 

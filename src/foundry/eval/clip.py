@@ -99,6 +99,9 @@ def evaluate_pairs(model, tokenizer, pairset, templates, train_set=None, probe: 
         results.update({k: v for k, v in shot.items() if k not in ("n", "predicted")})
         results["_images"], results["_predicted"] = images, shot["predicted"]
     if probe and labelled and train_set is not None and all(label is not None for label in train_set.labels):
+        if len(set(train_set.labels)) < 2:  # logistic regression needs two classes to separate
+            results["linear_probe_skipped"] = f"one label ({train_set.labels[0]!r}) in the train split"
+            return results
         train_images = embed_images(model, torch.from_numpy(train_set.pixels(model.config.image_size)))
         results.update(linear_probe(train_images, list(train_set.labels), images, list(pairset.labels)))
     return results

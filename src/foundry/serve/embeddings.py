@@ -8,7 +8,12 @@ shared space, unit length, so a text's and an image's dot product is their cosin
 is OpenAI's: `{"object": "list", "data": [{"object": "embedding", "index", "embedding"}], "model",
 "usage"}`; `encoding_format: "base64"` returns little-endian float32 bytes, as OpenAI does. Errors have
 OpenAI's body, as the rest of the server: 400 (an image that does not decode, an empty input), 401,
-404 (model), 413, 422.
+404 (model), 413 (a body over 4 MiB, or an image over `MAX_IMAGE_PIXELS`, judged from its header before it
+is decoded), 422.
+
+Images are decoded and preprocessed one by one in the server's small thread pool (`server.off_loop`), so
+the event loop (and `/health`) stays responsive and only the preprocessed pixels are held, never all the
+decoded images of a request at once.
 """
 
 from __future__ import annotations
@@ -42,24 +47,36 @@ class EmbeddingRequest(BaseModel):
 
 
 def decode_image_input(item: ImageInput, index: int):
+    """An `{"image": ...}` item -> an RGB PIL image, or an APIError (400 not an image, 413 too many pixels)."""
     from foundry.data.images import BadImage, decode_image
 
-    data = item.image.split(",", 1)[1] if item.image.startswith("data:") else item.image
+    param = f"input.{index}.image"
+    data = item.image
+    if data.startswith("data:"):
+        header, comma, data = data.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise APIError(400, f"input[{index}].image: a data: URL must be 'data:image/...;base64,<DATA>'",
+                           param=param, code="invalid_image")
     try:
         raw = base64.b64decode(data, validate=True)
-        return decode_image(raw, min_side=1)
     except (binascii.Error, ValueError):
-        raise APIError(400, f"input[{index}].image: not base64", param=f"input.{index}.image",
-                       code="invalid_image") from None
+        raise APIError(400, f"input[{index}].image: not base64", param=param, code="invalid_image") from None
+    try:
+        return decode_image(raw, min_side=1)
     except BadImage as bad:
-        raise APIError(400, f"input[{index}].image: {bad}", param=f"input.{index}.image", code="invalid_image") from None
+        status, code = (413, "image_too_large") if bad.reason == "huge_image" else (400, "invalid_image")
+        raise APIError(status, f"input[{index}].image: {bad}", param=param, code=code) from None
 
 
 def create_embeddings_app(model, tokenizer, settings):
     """The FastAPI app answering /health, /v1/models and /v1/embeddings for a CLIP `model`."""
 
     from foundry.data.images import preprocess
-    from foundry.serve.server import api_app, check_key
+    from foundry.serve.protocol import MAX_BODY_BYTES
+    from foundry.serve.server import api_app, check_key, off_loop
+
+    def image_pixels(item: ImageInput, index: int) -> np.ndarray:  # runs in the thread pool
+        return preprocess(decode_image_input(item, index), model.config.image_size)
 
     model.eval()
     device = next(model.parameters()).device
@@ -79,7 +96,10 @@ def create_embeddings_app(model, tokenizer, settings):
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         check_key(request, settings.api_key)
-        req = parse_body(await request.body(), EmbeddingRequest)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        req = await off_loop(parse_body, await request.body(), EmbeddingRequest)
         if req.model != settings.model_name:
             raise APIError(404, f"model '{req.model}' does not exist; this server serves '{settings.model_name}'",
                            param="model", code="model_not_found")
@@ -87,19 +107,25 @@ def create_embeddings_app(model, tokenizer, settings):
         if not items or len(items) > MAX_INPUTS:
             raise APIError(400, f"input: give 1 to {MAX_INPUTS} texts or images", param="input", code="invalid_input")
         texts = [(i, x) for i, x in enumerate(items) if isinstance(x, str)]
-        images = [(i, decode_image_input(x, i)) for i, x in enumerate(items) if not isinstance(x, str)]
+        images = [(i, await off_loop(image_pixels, x, i)) for i, x in enumerate(items) if not isinstance(x, str)]
         out: list = [None] * len(items)
         tokens = 0
-        with torch.no_grad():
-            if texts:
-                ids = tokenizer.encode_batch([t for _, t in texts], model.config.text_len)
-                tokens += int((ids != tokenizer.pad_id).sum()) + len(texts)  # the end-of-text of each row
-                for (i, _), z in zip(texts, model.encode_text(ids.to(device)).float().cpu()):
-                    out[i] = z
-            if images:
-                pixels = torch.from_numpy(np.stack([preprocess(img, model.config.image_size) for _, img in images]))
-                for (i, _), z in zip(images, model.encode_image(pixels.to(device)).float().cpu()):
-                    out[i] = z
+
+        def embed() -> int:  # the towers' forward passes, also off the event loop
+            with torch.no_grad():
+                counted = 0
+                if texts:
+                    ids = tokenizer.encode_batch([t for _, t in texts], model.config.text_len)
+                    counted += int((ids != tokenizer.pad_id).sum()) + len(texts)  # the end-of-text of each row
+                    for (i, _), z in zip(texts, model.encode_text(ids.to(device)).float().cpu()):
+                        out[i] = z
+                if images:
+                    pixels = torch.from_numpy(np.stack([p for _, p in images]))
+                    for (i, _), z in zip(images, model.encode_image(pixels.to(device)).float().cpu()):
+                        out[i] = z
+                return counted
+
+        tokens += await off_loop(embed)
 
         def encode(z: torch.Tensor):
             if req.encoding_format == "base64":

@@ -11,7 +11,11 @@ Design choices:
   live sequences stay in the first rows (a finished one's row is refilled by the last), so a step runs
   over exactly the live rows.
 - Per-sequence sampling: temperature, top-k, top-p, seed (its own `torch.Generator`) and stop ids; greedy
-  rows take one batched argmax.
+  rows take one batched argmax. Sampling is numerically safe for any accepted setting: a temperature
+  below `MIN_TEMPERATURE` is greedy, logits are shifted by their maximum before scaling, and top-p always
+  keeps the most likely token.
+- A fault boundary per sequence: a row whose setup, sampling or callback raises ends alone with its own
+  error (finish_reason "error") and the batch goes on; only a failing forward pass fails every row.
 - `BatchDecoder` is the synchronous core, used directly by `generate`, `generate_many` (evaluation, the
   bake-off) and `foundry chat`; `Engine` runs it in one thread behind a bounded FIFO queue for the server.
 """
@@ -26,7 +30,10 @@ from typing import Callable
 
 import torch
 
+from foundry.model.sampling import MIN_TEMPERATURE, sample_next  # noqa: F401  (serve's names)
+
 from foundry.errors import ConfigError
+
 
 
 @dataclass
@@ -41,32 +48,12 @@ class Sampling:
     stop_ids: tuple[int, ...] | None = None
 
     def check(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not self.temperature >= 0 or self.temperature == float("inf"):  # also refuses nan
+            raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator.manual_seed accepts
             raise ConfigError(f"seed must fit in 64 bits, got {self.seed}")
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-                generator: torch.Generator | None) -> int:
-    """One token id from logits (V,): argmax when temperature == 0, else a filtered softmax sample."""
-    if temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits.float() / temperature
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        # Nucleus sampling (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", sec. 3.1):
-        # keep the smallest set of most likely tokens whose probability reaches top_p.
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already >= p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def fit_prompt(prompt_ids: list[int], context: int, eos_id: int, reserve: int = 1) -> list[int]:
@@ -134,7 +121,7 @@ class BatchDecoder:
         pads after it, and only each row's real tokens are copied into the batch cache.
         """
         assert len(self.active) + len(seqs) <= self.max_batch, "no free row"
-        ready = [seq for seq in seqs if self._start(seq)]
+        ready = [seq for seq in seqs if self._guarded(seq, self._start, seq)]
         if not ready:
             return
         if self.cache is None:
@@ -148,9 +135,8 @@ class BatchDecoder:
         last = torch.tensor(lengths, device=self.device) - 1
         logits = self.model.lm_head(hidden[torch.arange(len(ready), device=self.device), last])  # (m, V)
         for i, seq in enumerate(ready):
-            s = seq.sampling
-            token = sample_next(logits[i], s.temperature, s.top_k, s.top_p, seq.generator)
-            if self._accept(seq, token):  # it goes on: its prompt's keys and values take the next free row
+            if self._guarded(seq, self._sample_and_accept, seq, logits[i]):
+                # it goes on: its prompt's keys and values take the next free row
                 self.cache.load_row(len(self.active), prefill, i, lengths[i])
                 self.active.append(seq)
             else:
@@ -187,13 +173,26 @@ class BatchDecoder:
         greedy = logits.argmax(-1).tolist()  # one sync for every greedy row
         done = []
         for row, seq in enumerate(self.active):
-            s = seq.sampling
-            token = greedy[row] if s.temperature == 0 else sample_next(logits[row], s.temperature, s.top_k, s.top_p,
-                                                                      seq.generator)
-            if not self._accept(seq, token):
+            if not self._guarded(seq, self._sample_and_accept, seq, logits[row], greedy[row]):
                 done.append(row)
         for row in reversed(done):
             self._remove(row)
+
+    def _guarded(self, seq: Sequence, fn, *args) -> bool:
+        """`fn(*args)` inside `seq`'s fault boundary: if it raises, `seq` alone ends with that error (False)."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - one request's fault must not end the others
+            self._finish(seq, "error", exc)
+            return False
+
+    def _sample_and_accept(self, seq: Sequence, logits: torch.Tensor, greedy: int | None = None) -> bool:
+        s = seq.sampling
+        if greedy is not None and s.temperature < MIN_TEMPERATURE:
+            token = greedy
+        else:
+            token = sample_next(logits, s.temperature, s.top_k, s.top_p, seq.generator)
+        return self._accept(seq, token)
 
     def _accept(self, seq: Sequence, token: int) -> bool:
         """Emit `token` for `seq`; False when the sequence has finished."""
@@ -260,6 +259,9 @@ def generate_many(model, tokenizer, prompts: list[list[int]], max_new_tokens: in
             decoder.step()
     finally:
         model.train(was_training)
+    failed = next((seq.error for seq in sequences if seq.error is not None), None)
+    if failed is not None:  # each row failed alone, the others were decoded; a synchronous caller hears of it
+        raise failed
     return [seq.tokens for seq in sequences]
 
 

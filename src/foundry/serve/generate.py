@@ -50,6 +50,8 @@ def _generate_cached(model, tokenizer, prompt_ids: list[int], sampling: Sampling
         yield from ready
         ready.clear()
         if seq.finish_reason is not None:
+            if seq.error is not None:  # the decoder ended it alone (its fault boundary); here the caller hears it
+                raise seq.error
             return
         decoder.step()
 

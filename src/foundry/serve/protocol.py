@@ -2,8 +2,8 @@
 
 Nothing here touches the model or the network: requests in, `Sampling` settings and JSON bodies out, so
 each piece is testable alone.
-- Request bodies are pydantic models; fields OpenAI defines that we do not use (logit_bias, user, ...)
-  are accepted and ignored, as OpenAI's API ignores unknown ones.
+- Request bodies are pydantic models; fields OpenAI defines that do not change the reply (user, ...) are
+  accepted and ignored, as OpenAI's API ignores unknown ones; `logprobs`, which would, is refused (400).
 - Every error a client can cause is an `APIError`, answered as `{"error": {message, type, param, code}}`.
 - `TextStream` turns token ids into text deltas, holding back a split multi-byte character and a
   possible stop-string prefix, so a stop string is never sent and never cut in half.
@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from foundry.serve.engine import Sampling
+from foundry.serve.engine import MIN_TEMPERATURE, Sampling
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_BODY_BYTES = 4 << 20  # a request body beyond this is refused with 413 before it is parsed
@@ -43,16 +43,19 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     model: str
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    # Counts are strict integers: lax parsing would take `true` as 1 and `2.0` as 2.
+    max_tokens: int | None = Field(None, strict=True)
+    max_completion_tokens: int | None = Field(None, strict=True)
     temperature: float = Field(1.0)
     top_p: float | None = None
-    top_k: int | None = None
-    n: int = 1
+    top_k: int | None = Field(None, strict=True)
+    n: int = Field(1, strict=True)
     stream: bool = False
     stream_options: dict | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, strict=True)
+    logprobs: bool | int | None = None  # not implemented: refused when asked for, never silently ignored
+    top_logprobs: int | None = None
 
 
 class CompletionRequest(_Request):
@@ -117,6 +120,19 @@ class Limits:
     vocab_size: int
     max_prompt_tokens: int
     max_tokens_limit: int
+    longest_token_bytes: int = 0  # the most UTF-8 bytes one token stands for (0: unknown, no early check)
+
+    @property
+    def prompt_limit(self) -> int:
+        return min(self.max_prompt_tokens, self.context - 1)
+
+    def check_prompt_size(self, text_bytes: int) -> None:
+        """Refuse (400), before tokenising, a prompt text that cannot fit: every token stands for at most
+        `longest_token_bytes` bytes, so a text over `prompt_limit` times that is over the limit for sure.
+        A multi-megabyte prompt is then never tokenised at all."""
+        if self.longest_token_bytes and text_bytes > self.prompt_limit * self.longest_token_bytes:
+            raise APIError(400, f"prompt of {text_bytes:,} bytes is over the limit of {self.prompt_limit} tokens",
+                           param="prompt", code="context_length_exceeded")
 
 
 def request_sampling(req: _Request, prompt_ids: list[int], default_max: int, limits: Limits) -> Sampling:
@@ -133,16 +149,18 @@ def request_sampling(req: _Request, prompt_ids: list[int], default_max: int, lim
                        param="max_tokens", code="invalid_value")
     if req.n != 1:
         raise APIError(400, "only n=1 is supported", param="n", code="invalid_value")
-    if not 0 <= req.temperature <= 2:
-        raise APIError(400, f"temperature must be in [0, 2], got {req.temperature}", param="temperature",
-                       code="invalid_value")
+    if not (req.temperature == 0 or MIN_TEMPERATURE <= req.temperature <= 2):  # also refuses nan
+        raise APIError(400, f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE}, 2], got {req.temperature}",
+                       param="temperature", code="invalid_value")
+    if req.logprobs not in (None, False, 0) or req.top_logprobs not in (None, 0):
+        raise APIError(400, "logprobs are not supported by this server", param="logprobs", code="invalid_value")
     if req.top_p is not None and not 0 < req.top_p <= 1:
         raise APIError(400, f"top_p must be in (0, 1], got {req.top_p}", param="top_p", code="invalid_value")
     if req.seed is not None and not -(2**63) <= req.seed < 2**64:
         raise APIError(400, f"seed must fit in 64 bits, got {req.seed}", param="seed", code="invalid_value")
     if req.top_k is not None and req.top_k < 1:
         raise APIError(400, f"top_k must be at least 1, got {req.top_k}", param="top_k", code="invalid_value")
-    max_prompt = min(limits.max_prompt_tokens, limits.context - 1)
+    max_prompt = limits.prompt_limit
     if len(prompt_ids) > max_prompt:
         raise APIError(400, f"prompt has {len(prompt_ids)} tokens, over the limit of {max_prompt}",
                        param="prompt", code="context_length_exceeded")

@@ -38,6 +38,7 @@ from foundry.serve.protocol import (DEFAULT_COMPLETION_TOKENS, MAX_BODY_BYTES, A
                                     parse_body, request_sampling, stop_strings, usage)
 
 log = logging.getLogger("foundry.serve")
+CPU_WORKERS = 2  # threads for tokenising prompts and decoding images, off the event loop
 RETRY_AFTER_S = 1  # what a refused client is told to wait: a few decode steps free a place
 DISCONNECT_POLL_S = 0.25  # how often a plain (non-streamed) request checks that its client is still there
 
@@ -51,6 +52,20 @@ class ServerSettings:
     max_concurrency: int = 16  # sequences decoded together in one batched step
     passages: int = 3
     max_queue: int = 256  # requests waiting for a row; one more is refused with 429
+
+
+_cpu_pool = None
+
+
+async def off_loop(fn, *args):
+    """`fn(*args)` in a small bounded thread pool, so a large prompt or image never blocks other clients
+    (or /health) on the event loop; at most `CPU_WORKERS` such jobs run at once, the rest wait their turn."""
+    global _cpu_pool
+    if _cpu_pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _cpu_pool = ThreadPoolExecutor(CPU_WORKERS, thread_name_prefix="foundry-cpu")
+    return await asyncio.get_running_loop().run_in_executor(_cpu_pool, fn, *args)
 
 
 def check_key(request: Request, api_key: str | None) -> None:
@@ -68,7 +83,8 @@ async def read_request(request: Request, cls, settings: ServerSettings) -> _Requ
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
-    req = parse_body(await request.body(), cls)
+    raw = await request.body()
+    req = await off_loop(parse_body, raw, cls) if len(raw) > 1 << 16 else parse_body(raw, cls)
     if req.model != settings.model_name:
         raise APIError(404, f"model '{req.model}' does not exist; this server serves '{settings.model_name}'",
                        param="model", code="model_not_found")
@@ -157,8 +173,9 @@ def streamed_reply(engine: Engine, seq: Sequence, reply: Reply, text: TextStream
 def api_app(title: str, lifespan=None):
     """A FastAPI app whose errors, ours (APIError) and the framework's (404, 405), are OpenAI-style JSON bodies."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
 
@@ -170,6 +187,16 @@ def api_app(title: str, lifespan=None):
     async def _http_error(_request, exc):
         code = "not_found" if exc.status_code == 404 else None
         return JSONResponse(APIError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request, _exc):  # the client hung up while sending its body: one line, no traceback
+        log.info("%s %s: client disconnected before its request body arrived", request.method, request.url.path)
+        return Response(status_code=499)
+
+    @app.exception_handler(Exception)
+    async def _server_error(_request, exc):  # a bug, not the client's: an OpenAI body (the log keeps the traceback)
+        return JSONResponse(APIError(500, f"internal error ({type(exc).__name__})", "server_error").body(),
+                            status_code=500)
 
     return app
 
@@ -191,7 +218,12 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
     context = model.config.max_seq_len
     limits = Limits(context=context, vocab_size=model.config.vocab_size,
                     max_prompt_tokens=settings.max_prompt_tokens or context - 1,
-                    max_tokens_limit=settings.max_tokens_limit)
+                    max_tokens_limit=settings.max_tokens_limit,
+                    longest_token_bytes=max(len(tokenizer.decode([i]).encode()) for i in range(tokenizer.vocab_size)))
+
+    def encode(text: str) -> list[int]:  # in the thread pool; encode_batch lets go of the GIL, encode does not
+        limits.check_prompt_size(len(text.encode()))
+        return tokenizer.encode_batch([ground(text)])[0]
     created = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -248,12 +280,12 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
             if prompt and all(isinstance(p, int) for p in prompt):
                 ids = list(prompt)
             elif len(prompt) == 1:
-                ids = tokenizer.encode(ground(prompt[0]))
+                ids = await off_loop(encode, prompt[0])
             else:
                 raise APIError(400, "only one prompt per request is supported", param="prompt",
                                code="invalid_value")
         else:
-            ids = tokenizer.encode(ground(prompt))
+            ids = await off_loop(encode, prompt)
         return await respond(request, req, ids, DEFAULT_COMPLETION_TOKENS, "text")
 
     @app.post("/v1/chat/completions")
@@ -267,10 +299,13 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
             messages = validate_messages(messages, "messages", need_assistant=False)
         except DataError as exc:
             raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+        limits.check_prompt_size(sum(len(m["content"].encode()) for m in messages))
         if index is not None and messages and messages[-1]["role"] == "user":
-            messages[-1] = {"role": "user", "content": ground(messages[-1]["content"])}
+            question = messages[-1]["content"]
+            messages[-1] = {"role": "user", "content": await off_loop(ground, question)}
         try:  # the model's own template may refuse a conversation (a system turn, roles not alternating)
-            ids, _ = render_chat(tokenizer, messages, add_generation_prompt=True, where="messages")
+            ids, _ = await off_loop(lambda: render_chat(tokenizer, messages, add_generation_prompt=True,
+                                                        where="messages"))
         except DataError as exc:
             raise APIError(400, str(exc), param="messages", code="invalid_value") from None
         return await respond(request, req, list(ids), settings.max_tokens_limit, "chat")

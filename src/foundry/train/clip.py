@@ -151,12 +151,21 @@ class PairBatches:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.pixels.shape[0], generator=g)
 
-    def next_batch(self, batch_size: int) -> dict:
-        draw = batch_size * self.world_size
-        n = self.pixels.shape[0]
+    def check_batch(self, batch_size: int) -> None:
+        """A contrastive batch needs at least 2 pairs (with one there are no negatives: loss 0, nothing
+        learnt) and at most the training pairs."""
+        draw, n = batch_size * self.world_size, self.pixels.shape[0]
+        if draw < 2:
+            raise ConfigError(f"train.micro_batch_size {batch_size} x {self.world_size} processes: a contrastive "
+                              "batch needs at least 2 pairs (the others are each pair's negatives)")
         if draw > n:
             raise ConfigError(f"a batch of {draw} pairs (micro_batch_size {batch_size} x {self.world_size} "
                               f"processes) is more than the {n} training pairs")
+
+    def next_batch(self, batch_size: int) -> dict:
+        self.check_batch(batch_size)
+        draw = batch_size * self.world_size
+        n = self.pixels.shape[0]
         if self.position + draw > n:  # the epoch's remainder is dropped: every batch is full
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._permutation()
@@ -263,6 +272,7 @@ def run_clip(cfg: ClipStageConfig, resume: bool = False, evaluators: dict | None
             runner.log(f"foundry clip: replay: {take} pairs of {cfg.replay} mixed into {len(train_set)}")
         val_pixels, val_ids = encode_pairs(val_set, tokenizer, size, length)
         source = PairBatches(pixels, ids, tc.seed, env.rank, env.world_size)
+        source.check_batch(tc.micro_batch_size)  # before the run directory exists: a corrected re-run is not refused
         manifests = {}
         for path in {cfg.data, cfg.val_data or cfg.data, *([cfg.replay] if cfg.replay else [])}:
             manifest = Path(path) / "manifest.json"

@@ -40,6 +40,7 @@ from foundry.config import TrainConfig
 from foundry.errors import ConfigError, DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
+from foundry.model.sampling import sample_rows
 from foundry.train.stage import StageConfig, StageRunner, chat_template_field
 from foundry.train.verifiers import RewardFunction, VerifierSpec
 
@@ -80,6 +81,8 @@ class GRPOConfig(StageConfig):
         "completion tokens (DAPO); sequence: mean per completion, then over completions (GRPO)")
     eval_samples: int | None = Field(None, gt=0, description="samples per held-out prompt for pass@G "
                                      "(default group_size)")
+    verifier_timeout: float = Field(10.0, gt=0, description="seconds one verifier call may take; a call over it "
+                                    "ends the run with one line naming the verifier and the prompt")
     train: GRPOTrainConfig = GRPOTrainConfig()
 
     @field_validator("group_size")
@@ -123,17 +126,6 @@ def encode_prompts(tokenizer, items: list[dict], block_size: int, max_new_tokens
 
 
 # ---- sampling: G completions per prompt, batched over one KV cache -------------------------------------
-
-def sample_rows(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None):
-    """One token per row of logits (B, V): argmax at temperature 0, else a (top-k filtered) softmax draw."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
-
 
 @torch.no_grad()
 def sample_completions(model, prompts: list[list[int]], n: int, max_new_tokens: int, stop_ids: set[int],
@@ -325,14 +317,13 @@ class GroupBatches(ShuffledRows):
                                   cfg.temperature, cfg.top_k, generator, self.tokenizer.pad_id)
         t1 = time.perf_counter()
         # 2. scoring
-        rewards, solved = [], []
+        jobs = []
         for k, (tokens, stopped) in enumerate(outs):
             item = self.items[index[k // G]]
-            text = self.tokenizer.decode(tokens, skip_special=True).strip()
-            r, ok = self.reward.score(text, {**item, "n_tokens": len(tokens)},
-                                      f"{self.path}:{item['_line']} (prompt {item['prompt'][:40]!r})")
-            rewards.append(r)
-            solved.append(ok)
+            jobs.append((self.tokenizer.decode(tokens, skip_special=True).strip(), {**item, "n_tokens": len(tokens)},
+                         f"{self.path}:{item['_line']} (prompt {item['prompt'][:40]!r})"))
+        scored = self.reward.score_many(jobs, cfg.verifier_timeout)  # in a worker process, under the timeout
+        rewards, solved = [r for r, _ in scored], [ok for _, ok in scored]
         rewards_t = torch.tensor(rewards, dtype=torch.float32)
         advantages = group_advantages(rewards_t, G, cfg.advantage == "mean_std")
         t2 = time.perf_counter()
@@ -394,13 +385,12 @@ def pass_at_evaluator(tokenizer, items: list[dict], encoded: list[list[int]], re
     stop_ids = set(tokenizer.stop_ids)
 
     def solved_by(outs, chunk, n):
-        flags = []
+        jobs = []
         for k, (tokens, _) in enumerate(outs):
             item = items[chunk[k // n]]
-            _, ok = reward.score(tokenizer.decode(tokens, skip_special=True).strip(), {**item, "n_tokens": len(tokens)},
-                                 f"{path}:{item['_line']} (prompt {item['prompt'][:40]!r})")
-            flags.append(ok)
-        return flags
+            jobs.append((tokenizer.decode(tokens, skip_special=True).strip(), {**item, "n_tokens": len(tokens)},
+                         f"{path}:{item['_line']} (prompt {item['prompt'][:40]!r})"))
+        return [ok for _, ok in reward.score_many(jobs, cfg.verifier_timeout)]
 
     def evaluate(model) -> dict:
         device = next(model.parameters()).device

@@ -110,7 +110,7 @@ class StageRunner:
         recipe's chat template."""
         from foundry.checkpoints import choose_chat_template, load_start
 
-        start = load_start(path)
+        start = load_start(path, verb=f"foundry {self.name} (init)")
         choice = getattr(self.cfg, "chat_template", "model")
         if choice != "model":
             start.tokenizer = choose_chat_template(start.model, start.tokenizer, choice)

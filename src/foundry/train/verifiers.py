@@ -13,8 +13,16 @@ is the weighted sum of their scores:
 
 Built-in types: exact, numeric, regex, json_schema, one_of, length_penalty, python (a user function by
 import path `module:function`). The FIRST verifier is the task's check: a completion it scores >= 0.5 is
-*solved* (pass@1, pass@G). A verifier that raises, or returns something that is not a finite number, is a
-bad-input error naming the prompt, never a silent zero reward (the silent reward bug TRL users meet most).
+*solved* (pass@1, pass@G). A verifier that raises, or returns something that is not a finite number (a
+string such as "0.75" included), is a bad-input error naming the prompt, never a silent zero reward (the
+silent reward bug TRL users meet most).
+
+`RewardFunction.score_many` (what `foundry rl` calls) runs a batch's verifier calls in a worker process
+forked for the batch, each call under `timeout` seconds: a verifier that hangs (or a catastrophic regex,
+which Python cannot interrupt) is killed with its worker and ends the run in one line naming it and the
+prompt; one that calls `sys.exit` or kills its process cannot take the run with it. A first Ctrl-C while
+verifiers run asks the loop for its usual checkpoint-and-stop, and if they have not finished a second
+later, kills them and stops the run (a stuck verifier never leaves Ctrl-C unanswered).
 """
 
 from __future__ import annotations
@@ -22,7 +30,12 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import multiprocessing
+import numbers
 import re
+import signal
+import threading
+import time
 from typing import Callable, Literal
 
 from pydantic import Field
@@ -30,6 +43,7 @@ from pydantic import Field
 from foundry.config import StrictModel
 from foundry.errors import ConfigError, DataError
 
+INTERRUPT_GRACE_S = 1.0  # after Ctrl-C, how long verifiers still running may take to finish the step
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -183,18 +197,132 @@ class RewardFunction:
                                 "give every prompt an answer or choose verifiers that need none")
 
     def score(self, completion: str, item: dict, where: str) -> tuple[float, bool]:
-        """(weighted reward, solved by the first verifier). A verifier that raises is a DataError naming `where`."""
-        total, solved = 0.0, False
-        for i, (spec, fn) in enumerate(zip(self.specs, self.fns)):
-            try:
-                value = fn(completion, item)
-                value = float(value)
-            except Exception as exc:  # a user's verifier may raise anything: report it, never reward it 0
-                raise DataError(f"{where}: verifier {spec.name} raised {type(exc).__name__}: {exc} "
-                                f"(completion {completion[:60]!r})") from None
-            if not math.isfinite(value):
-                raise DataError(f"{where}: verifier {spec.name} returned {value} (completion {completion[:60]!r})")
-            total += spec.weight * value
-            if i == 0:
-                solved = value >= 0.5
-        return total, solved
+        """(weighted reward, solved by the first verifier), in this process and with no timeout (see
+        `score_many`). A verifier that raises or returns a non-number is a DataError naming `where`."""
+        values = [_checked(_call(fn, completion, item), spec, completion, where)
+                  for spec, fn in zip(self.specs, self.fns)]
+        return self._combine(values)
+
+    def _combine(self, values: list[float]) -> tuple[float, bool]:
+        return sum(spec.weight * v for spec, v in zip(self.specs, values)), values[0] >= 0.5
+
+    def score_many(self, jobs: list[tuple[str, dict, str]], timeout: float) -> list[tuple[float, bool]]:
+        """`score` for each (completion, item, where), the calls run in a worker process forked for the
+        batch, each under `timeout` seconds; a call over it kills the worker and is a DataError naming the
+        verifier and `where`, as is a worker that dies or exits. Ctrl-C kills the worker and stops."""
+        if not jobs:
+            return []
+        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        receive, send = ctx.Pipe(duplex=False)
+        worker = ctx.Process(target=_score_worker, args=(send, self.specs, jobs), daemon=True,
+                             name="foundry-verifiers")
+        worker.start()
+        send.close()
+        interrupted: list[float] = []
+        previous = _watch_interrupts(interrupted)
+
+        def arrived() -> bool:  # the next outcome within `timeout`; Ctrl-C stops the wait (after a short grace)
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                if interrupted and time.monotonic() - interrupted[0] > INTERRUPT_GRACE_S:
+                    raise KeyboardInterrupt
+                if receive.poll(min(0.1, left)):
+                    return True
+            return False
+
+        try:
+            out = []
+            for completion, item, where in jobs:
+                values = []
+                for spec in self.specs:
+                    if not arrived():
+                        raise DataError(f"{where}: verifier {spec.name} did not return within {timeout:g}s "
+                                        f"(completion {completion[:60]!r}); fix it or raise verifier_timeout")
+                    try:
+                        result = receive.recv()
+                    except EOFError:
+                        worker.join(1)
+                        raise DataError(f"{where}: verifier {spec.name} ended its process (exit code "
+                                        f"{worker.exitcode}) on completion {completion[:60]!r}") from None
+                    values.append(_checked(result, spec, completion, where))
+                out.append(self._combine(values))
+            return out
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            receive.close()
+            if worker.is_alive():
+                worker.kill()
+            worker.join(5)
+
+
+def _watch_interrupts(interrupted: list[float]):
+    """While verifiers run, note each Ctrl-C in `interrupted` and pass it on to the handler in place (the
+    training loop's: a first Ctrl-C asks for a checkpoint after this step, a second aborts). Returns that
+    handler, to put back; None off the main thread, where signals cannot be handled."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if previous is signal.SIG_IGN:
+            return
+        interrupted.append(time.monotonic())
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    return previous
+
+
+def _call(fn, completion: str, item: dict) -> tuple:
+    """One verifier call as a picklable outcome: ("value", float) | ("not_a_number", type, repr) |
+    ("raised", type, message) | ("exited", code). Nothing a verifier does escapes as an exception but Ctrl-C."""
+    try:
+        value = fn(completion, item)
+    except KeyboardInterrupt:
+        raise
+    except SystemExit as exc:
+        return ("exited", exc.code)
+    except BaseException as exc:  # a user's verifier may raise anything: report it, never reward it 0
+        return ("raised", type(exc).__name__, str(exc)[:200])
+    if isinstance(value, numbers.Real):  # int, float, bool, numpy scalars; a string such as "0.75" is not
+        return ("value", float(value))
+    return ("not_a_number", type(value).__name__, repr(value)[:60])
+
+
+def _checked(result: tuple, spec: VerifierSpec, completion: str, where: str) -> float:
+    """The score of a `_call` outcome, or a one-line DataError naming the verifier and `where`."""
+    shown = f"(completion {completion[:60]!r})"
+    kind = result[0]
+    if kind == "raised":
+        raise DataError(f"{where}: verifier {spec.name} raised {result[1]}: {result[2]} {shown}")
+    if kind == "exited":
+        raise DataError(f"{where}: verifier {spec.name} called sys.exit({result[1]!r}) {shown}")
+    if kind == "not_a_number":
+        raise DataError(f"{where}: verifier {spec.name} returned {result[1]} {result[2]}, not a number {shown}")
+    if not math.isfinite(result[1]):
+        raise DataError(f"{where}: verifier {spec.name} returned {result[1]} {shown}")
+    return result[1]
+
+
+def _score_worker(conn, specs: list[VerifierSpec], jobs: list[tuple[str, dict, str]]) -> None:
+    """The worker process: every verifier call in order, one outcome sent per call; stops at the first failure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it kills this process
+    try:
+        fns = [build_verifier(s) for s in specs]
+        for completion, item, _ in jobs:
+            for fn in fns:
+                outcome = _call(fn, completion, item)
+                conn.send(outcome)
+                if outcome[0] != "value":
+                    return
+    except BaseException as exc:  # noqa: BLE001 - anything else (an unpicklable message...): the parent says so
+        try:
+            conn.send(("raised", type(exc).__name__, str(exc)[:200]))
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        conn.close()
