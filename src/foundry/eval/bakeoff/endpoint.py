@@ -254,7 +254,7 @@ class ServedModel:
         self.log_path = self.log_dir / f"serve_{self.entry.name}.log"
         self._log = open(self.log_path, "w")
         cmd = [sys.executable, "-c", "import sys; from foundry.cli import main; sys.exit(main(sys.argv[1:]))",
-               "serve", spec.model, "--port", str(port), "--model-name", self.entry.name, "--device", self.device,
+               "serve", spec.model, "--port", str(port), "--model-name", self.entry.name, "--device", str(self.device),
                "--max-tokens-limit", str(max(self.max_tokens, 1)), "--max-concurrency", str(spec.max_concurrency)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"

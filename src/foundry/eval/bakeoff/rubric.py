@@ -195,6 +195,8 @@ def load_rubric(path: str | Path, style_model: str | None = None) -> list[dict]:
         elif kind == "judge":
             c.update(_scale(raw, where, name))
             anchors = raw.get("anchors") or {}
+            if isinstance(anchors, dict):
+                anchors = {k: v for k, v in anchors.items() if k not in ("__line__", "__lines__")}
             lo, hi = c["scale"]
             if not isinstance(anchors, dict) or not all(isinstance(k, int) and lo <= k <= hi and isinstance(v, str)
                                                         for k, v in anchors.items()):

@@ -89,7 +89,8 @@ def summarise(criteria: list[dict], models: list[ModelEntry], usage: dict, auto:
             if den:
                 totals[p["id"]] = num / den
         total = mean_ci(list(totals.values()))
-        u = {"answers": len(prompts), "tokens": 0, "input_tokens": 0, "seconds": 0.0, "latency": [], "ttft": [],
+        answered = sum((m.name, p["id"]) in auto or (m.name, p["id"]) in (human or {}) for p in prompts)
+        u = {"answers": answered, "tokens": 0, "input_tokens": 0, "seconds": 0.0, "latency": [], "ttft": [],
              "estimated": 0, "batched": False, **usage.get(m.name, {})}
         cost = cost_of(m, u)
         rows.append({"name": m.name, "kind": m.kind, "path": m.path or (m.serve.model if m.serve else None),
@@ -176,9 +177,9 @@ def _money(x: float | None) -> str:
     return f"${x:.4f}" if x < 1 else f"${x:,.2f}"
 
 
-def _cell(stats: dict) -> str:
+def _cell(stats: dict, kind: str = "human") -> str:
     if stats["mean"] is None:
-        return "pending"
+        return "pending" if kind == "human" else "no score"
     if stats["half_width"] is None:
         return f"{stats['mean']:.2f} (n={stats['n']})"
     return f"{stats['mean']:.2f} ± {stats['half_width']:.2f}"
@@ -217,7 +218,7 @@ def markdown_table(summary: dict) -> str:
         if r.get("error"):
             answers += " FAILED"
         cost = r.get("cost_per_1k_answers")
-        rows.append([str(r["rank"]), name, r.get("kind", "local"), *[_cell(r["criteria"][c["name"]]) for c in crits],
+        rows.append([str(r["rank"]), name, r.get("kind", "local"), *[_cell(r["criteria"][c["name"]], c["type"]) for c in crits],
                      "-" if total["mean"] is None else _cell(total), vs,
                      _money(cost if cost is not None else r.get("cost")), latency,
                      _seconds(r.get("ttft_median_s")), answers])
