@@ -70,7 +70,7 @@ def test_bundled_bakeoff_rubric_and_prompts():
     prompts = load_prompts(REPO / "data/bakeoff/prompts.jsonl", criteria)
     assert 20 <= len(prompts) <= 50 and all(p["reference"] and p["required"] for p in prompts)
     cfg = yaml.safe_load((REPO / "data/bakeoff/bakeoff.yaml").read_text())
-    assert [m["name"] for m in cfg["models"]] == ["base_sft", "domain_sft"]
+    assert [m["name"] for m in cfg["models"]] == ["base_sft", "domain_sft", "served_dpo"]
 
 
 def _pydocs_documents():

@@ -92,8 +92,9 @@ def prompt_messages(prompt: dict) -> list[dict]:
 
 # ---- one asker per contender kind: ask(items) yields (item, reply) as each reply arrives ---------------------
 @contextlib.contextmanager
-def asker(entry, device: str, chat: bool, log_dir: Path, max_tokens: int):
-    """A function `ask(items, sampling)` for `entry`; an item is {"messages", "seed", ...}."""
+def asker(entry, device: str, chat: bool, log_dir: Path, max_tokens: int, server=None):
+    """A function `ask(items, sampling)` for `entry`; an item is {"messages", "seed", ...}. `server`: a
+    `ServedModel` already started for a `serve:` entry (it loads while others answer)."""
     if entry.kind == "local":
         yield _local_asker(entry, device, chat)
         return
@@ -102,7 +103,7 @@ def asker(entry, device: str, chat: bool, log_dir: Path, max_tokens: int):
     with contextlib.ExitStack() as stack:
         spec = entry.endpoint
         if entry.kind == "serve":
-            spec = stack.enter_context(ServedModel(entry, device, log_dir, max_tokens)).endpoint
+            spec = stack.enter_context(server or ServedModel(entry, device, log_dir, max_tokens)).endpoint
         client = ChatClient(spec, entry.name)
         stack.callback(client.close)
 
@@ -146,7 +147,7 @@ def _local_asker(entry, device: str, chat: bool):
 
 
 def collect(entry, items: list[dict], s: dict, log: AnswerLog, make_record, device: str, chat: bool,
-            log_dir: Path) -> str | None:
+            log_dir: Path, server=None) -> str | None:
     """Ask `entry` for every item, appending `make_record(item, reply)` to `log` as each arrives; returns
     the contender's error line, or None."""
     if not items:
@@ -154,7 +155,7 @@ def collect(entry, items: list[dict], s: dict, log: AnswerLog, make_record, devi
     done = 0
     t0 = time.perf_counter()
     try:
-        with asker(entry, device, chat, log_dir, s["max_new_tokens"]) as ask:
+        with asker(entry, device, chat, log_dir, s["max_new_tokens"], server) as ask:
             for item, reply in ask(items, s):
                 log.append(make_record(item, reply))
                 done += 1
@@ -174,8 +175,10 @@ REPLY_FIELDS = ("input_tokens", "output_tokens", "usage_source", "latency_s", "t
 def ask_contenders(cfg, models, prompts: list[dict], log: AnswerLog, device: str, out: Path) -> tuple[list, dict]:
     """Every contender's answer to every prompt (seed: cfg.seed + prompt index), those on disk reused;
     returns (answers in contender then prompt order, {contender: error line})."""
+    from foundry.eval.bakeoff.endpoint import ServedModel
+
     have = log.latest(("model", "prompt_id"))
-    expected, errors = {}, {}
+    expected, errors, todo = {}, {}, {}
     for m in models:
         s = sampling(m, cfg)
         ident = identity(m)
@@ -190,15 +193,27 @@ def ask_contenders(cfg, models, prompts: list[dict], log: AnswerLog, device: str
         if len(items) < len(prompts):
             print(f"[bakeoff] {m.name}: {len(prompts) - len(items)} answers already on disk; asking for {len(items)}",
                   flush=True)
+        todo[m.name] = (s, items)
+    # served contenders load in their own processes while the others answer
+    servers = {m.name: ServedModel(m, device, out, todo[m.name][0]["max_new_tokens"]) for m in models
+               if m.kind == "serve" and todo[m.name][1]}
+    try:
+        for server in servers.values():
+            server.start()
+        for m in models:
+            s, items = todo[m.name]
 
-        def record(item, reply, m=m):
-            return {"model": m.name, "prompt_id": item["prompt_id"], "fp": item["fp"], "kind": m.kind,
-                    "output": reply["output"], "tokens": reply["output_tokens"],
-                    **{k: reply.get(k) for k in REPLY_FIELDS}}
+            def record(item, reply, m=m):
+                return {"model": m.name, "prompt_id": item["prompt_id"], "fp": item["fp"], "kind": m.kind,
+                        "output": reply["output"], "tokens": reply["output_tokens"],
+                        **{k: reply.get(k) for k in REPLY_FIELDS}}
 
-        error = collect(m, items, s, log, record, device, cfg.chat, out)
-        if error:
-            errors[m.name] = error
+            error = collect(m, items, s, log, record, device, cfg.chat, out, servers.get(m.name))
+            if error:
+                errors[m.name] = error
+    finally:
+        for server in servers.values():
+            server.__exit__()
     have = log.latest(("model", "prompt_id"))
     answers = [have[k] for k, fp in expected.items() if k in have and have[k]["fp"] == fp]
     return answers, errors

@@ -225,6 +225,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the bake-off dies, even by SIGKILL, so no server outlives it (Linux prctl)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+
+
 class ServedModel:
     """`foundry serve MODEL` on a free 127.0.0.1 port for the length of a `with` block, behind a fresh random
     key (passed in the environment, never on the command line); `.endpoint` is its EndpointSpec and
@@ -236,30 +244,40 @@ class ServedModel:
         self.entry, self.device, self.log_dir, self.max_tokens = entry, device, Path(log_dir), max_tokens
         self.proc = None
 
-    def __enter__(self):
+    def start(self) -> "ServedModel":
+        """Launch the server and return at once (loading runs meanwhile); `with` waits for /health."""
         import secrets
 
-        import httpx
-
-        from foundry.eval.bakeoff.rubric import EndpointSpec
-
         spec = self.entry.serve
-        port = free_port()
-        key = secrets.token_urlsafe(24)
-        os.environ[self.key_env] = key
-        env = {**os.environ, "FOUNDRY_API_KEY": key}
+        self.port = free_port()
+        self._key = secrets.token_urlsafe(24)
+        env = {**os.environ, "FOUNDRY_API_KEY": self._key}
         src = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.log_dir / f"serve_{self.entry.name}.log"
         self._log = open(self.log_path, "w")
         cmd = [sys.executable, "-c", "import sys; from foundry.cli import main; sys.exit(main(sys.argv[1:]))",
-               "serve", spec.model, "--port", str(port), "--model-name", self.entry.name, "--device", str(self.device),
-               "--max-tokens-limit", str(max(self.max_tokens, 1)), "--max-concurrency", str(spec.max_concurrency)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+               "serve", spec.model, "--port", str(self.port), "--model-name", self.entry.name, "--device",
+               str(self.device), "--max-tokens-limit", str(max(self.max_tokens, 1)),
+               "--max-concurrency", str(spec.max_concurrency)]
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __enter__(self):
+        import httpx
+
+        from foundry.eval.bakeoff.rubric import EndpointSpec
+
+        if self.proc is None:
+            self.start()
+        spec, key = self.entry.serve, self._key
+        os.environ[self.key_env] = key
+        url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + spec.start_timeout_s
-        t0 = time.perf_counter()
+        t0 = self.t0
         while True:
             if self.proc.poll() is not None:
                 self._log.flush()
@@ -276,8 +294,8 @@ class ServedModel:
                 raise EndpointError(f"contender '{self.entry.name}' (foundry serve {spec.model} at {url}): /health "
                                     f"not ready within {spec.start_timeout_s:g}s")
             time.sleep(0.1)
-        print(f"[bakeoff] {self.entry.name}: foundry serve {spec.model} ready at {url} in "
-              f"{time.perf_counter() - t0:.1f}s", flush=True)
+        print(f"[bakeoff] {self.entry.name}: foundry serve {spec.model} ready at {url} "
+              f"{time.perf_counter() - t0:.1f}s after its start", flush=True)
         self.endpoint = EndpointSpec(base_url=url + "/v1", model=self.entry.name, api_key_env=self.key_env,
                                      max_retries=2, backoff_s=0.5)
         return self
