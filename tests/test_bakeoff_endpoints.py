@@ -359,3 +359,35 @@ def test_recommendation_overlapping_intervals_crown_nobody(tmp_path):
     assert rec["best"] == "a" and rec["tied"] == ["b"] and rec["choose"] == "a"  # c is cheaper but worse
     assert rec["pairs"]["c"]["distinguishable"]
     assert "Not distinguishable at n = 6" in rec["text"] and "Best:" not in rec["text"]
+
+
+def test_resume_keeps_answers_whose_inputs_did_not_change(tmp_path):
+    with FakeAPI() as api:
+        cfg = _write(tmp_path, _endpoint("a", api.url, "words2"))
+        out = tmp_path / "out"
+        argv = ["bakeoff", "--config", str(cfg), "--out", str(out)]
+        assert cli(argv) == 0 and api.count("words2") == 3
+        # a torn last line (a kill mid-write) is cut off, and only that answer is asked again
+        lines = (out / "answers.jsonl").read_text().splitlines()
+        (out / "answers.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])
+        assert cli(argv) == 0 and api.count("words2") == 4
+        assert [a["prompt_id"] for a in _answers(out)] == ["p0", "p1", "p2"]
+        cfg.write_text(cfg.read_text().replace("price_per_1m_output_tokens: 4.0", "price_per_1m_output_tokens: 9.0"))
+        assert cli(argv) == 0 and api.count("words2") == 4  # a new price needs no new answers
+        assert cli([*argv, "temperature=0.5"]) == 0 and api.count("words2") == 7  # new sampling: asked again
+
+
+@pytest.mark.parametrize("models, extra, message", [
+    ("  - {name: a, path: x, endpoint: {base_url: 'http://127.0.0.1:9/v1', model: m}}\n", "",
+     "contender 'a' has path and endpoint; give exactly one"),
+    ("  - {name: a, endpoint: {base_url: 'http://127.0.0.1:9/v1', model: m, api_key_env: FOUNDRY_NO_SUCH_KEY}}\n", "",
+     "contender 'a' (endpoint http://127.0.0.1:9/v1, model m): environment variable FOUNDRY_NO_SUCH_KEY is not set"),
+    ("  - {name: a, serve: {}}\n", "", "contender 'a' (serve) has no model; pass --model a=PATH"),
+    ("  - {name: a, endpoint: {base_url: 'http://127.0.0.1:9/v1', model: m}}\n", "judge: {name: nobody}\n",
+     "the judge 'nobody' has no path, endpoint or serve"),
+])
+def test_config_errors_name_the_contender(tmp_path, capsys, models, extra, message):
+    cfg = _write(tmp_path, models, extra=extra)
+    assert cli(["bakeoff", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

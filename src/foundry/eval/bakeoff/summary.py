@@ -411,11 +411,10 @@ def _contenders(cfg, cfg_path: Path, model_specs: list[str]) -> tuple[list[Model
         if "=" not in spec:
             raise ConfigError(f"--model {spec!r}: expected NAME=PATH")
         name, path = spec.split("=", 1)
-        if judge is not None and judge.name == name:
-            judge = _with_path(judge, path)
-            continue
         known = next((i for i, m in enumerate(models) if m.name == name), None)
-        if known is None:
+        if known is None and judge is not None and judge.name == name:
+            judge = _with_path(judge, path)  # a judge of its own (a judge named after a contender follows it)
+        elif known is None:
             models.append(ModelEntry(name=name, path=path))
         else:
             models[known] = _with_path(models[known], path)
@@ -428,7 +427,9 @@ def _contenders(cfg, cfg_path: Path, model_specs: list[str]) -> tuple[list[Model
         if same is None:
             raise ConfigError(f"{cfg_path}: the judge '{judge.name}' has no path, endpoint or serve, and no "
                               f"contender has that name; pass --model {judge.name}=PATH")
-        judge = same.model_copy(update={k: v for k, v in judge.model_dump(exclude_unset=True).items() if k != "name"})
+        own = {"max_new_tokens": judge.max_new_tokens, "temperature": judge.temperature, "top_p": judge.top_p}
+        judge = same.model_copy(update={**own, **{k: v for k, v in judge.model_dump(exclude_unset=True).items()
+                                                  if k != "name"}})  # the model and prices; not its sampling
     resolved = []
     for m in models + ([judge] if judge is not None else []):
         m.check_kind(str(cfg_path))
