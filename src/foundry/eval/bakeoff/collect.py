@@ -107,13 +107,42 @@ def asker(entry, device: str, chat: bool, log_dir: Path, max_tokens: int, server
         client = ChatClient(spec, entry.name)
         stack.callback(client.close)
 
+        def one(item, s):
+            return client.ask(item["messages"], s["max_new_tokens"], s["temperature"], s["top_p"], item.get("seed"))
+
         def ask(items, s):
-            for item in items:
-                yield item, client.ask(item["messages"], s["max_new_tokens"], s["temperature"], s["top_p"],
-                                       item.get("seed"))
+            if spec.concurrency == 1:
+                for item in items:
+                    yield item, one(item, s)
+                return
+            yield from _concurrently(one, items, s, spec.concurrency)
 
         ask.client = client
         yield ask
+
+
+def _concurrently(one, items, s, workers: int):
+    """(item, reply) as each of `workers` parallel requests returns; the first failure cancels the requests
+    not yet sent, lets those in flight finish (their answers are kept) and is raised."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = {pool.submit(one, item, s): item for item in items}
+        failure = None
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = pending.pop(future)
+                if future.exception() is not None:
+                    if failure is None:
+                        failure = future.exception()
+                        for f in pending:
+                            f.cancel()
+                    continue
+                yield item, future.result()
+            pending = {f: it for f, it in pending.items() if not f.cancelled()}
+        if failure is not None:
+            raise failure
 
 
 def _local_asker(entry, device: str, chat: bool):

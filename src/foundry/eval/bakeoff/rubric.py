@@ -38,6 +38,7 @@ class EndpointSpec(StrictModel):
     backoff_s: float = Field(1.0, ge=0, description="first retry wait; doubles each retry (Retry-After wins)")
     max_backoff_s: float = Field(30.0, ge=0, description="the longest single wait, Retry-After included")
     tokenizer: str | None = Field(None, description="tokenizer directory to count tokens when the reply has no usage")
+    concurrency: int = Field(1, gt=0, description="requests in flight at once (latency then includes queueing)")
 
 
 class ServeSpec(StrictModel):
