@@ -28,7 +28,7 @@ COMMON_KEYS = {"name", "type", "weight", "description"}
 
 class EndpointSpec(StrictModel):
     """An OpenAI-compatible chat completions endpoint (hosted API, vLLM, TGI, llama.cpp, Ollama, foundry serve)."""
-    base_url: str = Field(description="e.g. https://api.example.com/v1; requests go to {base_url}/chat/completions")
+    base_url: str = Field(pattern=r"^https?://", description="e.g. https://api.example.com/v1; requests go to {base_url}/chat/completions")
     model: str = Field(description="the model id the endpoint expects")
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                     description="environment variable holding the key (never the key itself)")

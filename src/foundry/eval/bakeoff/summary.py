@@ -314,6 +314,7 @@ def plot_decision(summary: dict, path: Path) -> bool:
     ax.set_ylabel("weighted total (95% interval)")
     ax.set_title(f"Bake-off: {summary['prompts']} prompts")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.25, y=0.1)  # room for the labels
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
