@@ -121,6 +121,14 @@ class FakeAPI:
         elif mode == "slow":
             time.sleep(1.5)
             send(200, completion("too late"))
+        elif mode == "trickle":  # a stream that sends a byte now and then, for longer than the total timeout
+            h.send_response(200)
+            h.send_header("content-type", "text/event-stream")
+            h.end_headers()
+            for _ in range(15):
+                h.wfile.write(b'data: {"choices": [{"delta": {"content": "x"}}]}\n\n')
+                h.wfile.flush()
+                time.sleep(0.1)
         elif mode == "malformed":
             send(200, b"{not json")
         elif mode == "empty":
@@ -211,6 +219,7 @@ def test_faults_are_per_contender_and_cost_nothing_collected(ckpt, tmp_path, mon
                      + _endpoint("flaky", api.url, "flaky", backoff_s=0.01, api_key_env="BAKEOFF_TEST_KEY")
                      + _endpoint("unauthorized", api.url, "unauthorized", api_key_env="BAKEOFF_TEST_KEY")
                      + _endpoint("broken", api.url, "broken") + _endpoint("slow", api.url, "slow", max_retries=0)
+                     + _endpoint("trickle", api.url, "trickle", max_retries=0, total_timeout_s=0.5)
                      + _endpoint("malformed", api.url, "malformed") + _endpoint("empty", api.url, "empty")
                      + _endpoint("refused", f"http://127.0.0.1:{closed_port}", "x"))
         out = tmp_path / "out"
@@ -218,10 +227,11 @@ def test_faults_are_per_contender_and_cost_nothing_collected(ckpt, tmp_path, mon
         assert cli(["bakeoff", "--config", str(cfg), "--out", str(out)]) == 1
         assert time.monotonic() - t0 < 30
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "6 failed" in err and "0 answers missing" not in err and "re-run the same command" in err
+    assert err.count("\n") == 1 and "7 failed" in err and "0 answers missing" not in err and "re-run the same command" in err
     summary = json.loads((out / "bakeoff.json").read_text())
     rows = {r["name"]: r for r in summary["models"]}
-    expect = {"unauthorized": "HTTP 401", "broken": "HTTP 500", "slow": "timed out", "malformed": "malformed JSON",
+    expect = {"unauthorized": "HTTP 401", "broken": "HTTP 500", "slow": "timed out (no reply within 0.5s)",
+              "trickle": "timed out (the reply took over 0.5s)", "malformed": "malformed JSON",
               "empty": "no 'choices'", "refused": "connection failed"}
     for name, problem in expect.items():
         line = rows[name]["error"]

@@ -118,8 +118,8 @@ class ChatClient:
                 if body.get("stream") and "text/event-stream" in kind:
                     reply = self._read_stream(resp, t0)
                 else:
-                    resp.read()
-                    reply = self._read_whole(resp)
+                    raw = b"".join(self._bounded(resp.iter_bytes(), t0))
+                    reply = self._read_whole(raw)
                     reply["ttft_s"] = None
         except httpx.TimeoutException:
             raise _Retryable(f"timed out (no reply within {self.spec.timeout_s:g}s)") from None
@@ -150,9 +150,17 @@ class ChatClient:
     def _bad(self, what: str) -> EndpointError:
         return EndpointError(f"{self.where}: the reply is not a chat completion ({_scrub(what, self._key)})")
 
-    def _read_whole(self, resp) -> dict:
+    def _bounded(self, chunks, t0: float):
+        """`chunks`, but a reply still arriving after `total_timeout_s` is a timeout (a server that trickles
+        bytes never trips the per-read timeout)."""
+        for chunk in chunks:
+            if time.perf_counter() - t0 > self.spec.total_timeout_s:
+                raise _Retryable(f"timed out (the reply took over {self.spec.total_timeout_s:g}s)")
+            yield chunk
+
+    def _read_whole(self, raw: bytes) -> dict:
         try:
-            data = json.loads(resp.content)
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise self._bad(f"malformed JSON: {exc}") from None
         choices = data.get("choices") if isinstance(data, dict) else None
@@ -167,7 +175,7 @@ class ChatClient:
 
     def _read_stream(self, resp, t0: float) -> dict:
         parts, ttft, usage, finish, seen = [], None, {}, None, False
-        for line in resp.iter_lines():
+        for line in self._bounded(resp.iter_lines(), t0):
             if not line.startswith("data:"):
                 continue
             payload = line[5:].strip()

@@ -34,6 +34,7 @@ class EndpointSpec(StrictModel):
                                     description="environment variable holding the key (never the key itself)")
     stream: bool = Field(True, description="stream the reply (time to first token); false for endpoints that cannot")
     timeout_s: float = Field(60.0, gt=0, description="per request: connect, and the longest wait between bytes")
+    total_timeout_s: float = Field(600.0, gt=0, description="the longest one reply may take, streaming included")
     max_retries: int = Field(4, ge=0, description="retries of a 429, 5xx, timeout or refused connection")
     backoff_s: float = Field(1.0, ge=0, description="first retry wait; doubles each retry (Retry-After wins)")
     max_backoff_s: float = Field(30.0, ge=0, description="the longest single wait, Retry-After included")
