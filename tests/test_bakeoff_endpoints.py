@@ -392,7 +392,7 @@ def test_resume_keeps_answers_whose_inputs_did_not_change(tmp_path):
         assert [a["prompt_id"] for a in _answers(out)] == ["p0", "p1", "p2"]
         cfg.write_text(cfg.read_text().replace("price_per_1m_output_tokens: 4.0", "price_per_1m_output_tokens: 9.0"))
         assert cli(argv) == 0 and api.count("words2") == 4  # a new price needs no new answers
-        assert cli([*argv, "temperature=0.5"]) == 0 and api.count("words2") == 7  # new sampling: asked again
+        assert cli([*argv, "temperature=0.5", "--resume"]) == 0 and api.count("words2") == 7  # new sampling: asked again
 
 
 @pytest.mark.parametrize("models, extra, message", [

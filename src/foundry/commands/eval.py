@@ -127,9 +127,15 @@ def bakeoff_main(argv: list[str]) -> int:
     p.add_argument("--ratings", help="a filled rating_sheet.csv: un-blind it and add the human criteria")
     p.add_argument("--overwrite", action="store_true",
                    help="ask every contender afresh into an --out that already has answers (default: resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the bake-off in --out, asking only for missing answers (what a re-run does "
+                        "anyway; the pipeline passes it to an interrupted stage)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. temperature=0)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ConfigError("foundry bakeoff: --resume keeps the answers in --out and --overwrite discards them; "
+                          "pass one")
     if args.ratings:
         add_ratings(out, args.ratings)
         print(f"summary with ratings -> {out / 'bakeoff.md'}")

@@ -220,7 +220,7 @@ def markdown_table(summary: dict) -> str:
         cost = r.get("cost_per_1k_answers")
         rows.append([str(r["rank"]), name, r.get("kind", "local"), *[_cell(r["criteria"][c["name"]], c["type"]) for c in crits],
                      "-" if total["mean"] is None else _cell(total), vs,
-                     _money(cost if cost is not None else r.get("cost")), latency,
+                     _money(cost if cost is not None or r.get("answers") == 0 else r.get("cost")), latency,
                      _seconds(r.get("ttft_median_s")), answers])
     return md_table(head, rows)
 
