@@ -418,3 +418,14 @@ def test_concurrent_requests_to_one_endpoint(tmp_path):
         assert cli(["bakeoff", "--config", str(cfg), "--out", str(tmp_path / "out")]) == 0
     assert api.most_inflight == 3 and len(api.requests) == 6
     assert sorted(a["prompt_id"] for a in _answers(tmp_path / "out")) == [p["id"] for p in prompts]
+
+
+def test_local_answers_reach_the_disk_batch_by_batch(ckpt, tmp_path):
+    prompts = [{"id": f"q{i}", "prompt": f"the river question {i}"} for i in range(5)]
+    cfg = _write(tmp_path, f"  - {{name: local, path: '{ckpt}'}}\n", prompts=prompts)
+    whole, batched = tmp_path / "whole", tmp_path / "batched"
+    assert cli(["bakeoff", "--config", str(cfg), "--out", str(whole)]) == 0
+    assert cli(["bakeoff", "--config", str(cfg), "--out", str(batched), "batch_size=2"]) == 0
+    answers = _answers(batched)
+    assert [a["batched"] for a in answers] == [2, 2, 2, 2, 1]  # three batches, each appended as it finished
+    assert [a["output"] for a in answers] == [a["output"] for a in _answers(whole)]  # same tokens either way

@@ -6,9 +6,10 @@
 - Resume: each record carries `fp`, a hash of everything that made it (the contender's identity and
   sampling settings, the prompt, its seed); a re-run reuses every record whose `fp` still matches and asks
   only for the rest.
-- Contender kinds: `path` (a foundry checkpoint, run or Hugging Face directory, decoded here in one batch:
-  the compute seconds are the batch's, shared equally by its answers; no per-answer latency), `endpoint`
-  (`endpoint.ChatClient`, one request at a time, latency and time to first token per answer) and `serve`
+- Contender kinds: `path` (a foundry checkpoint, run or Hugging Face directory, decoded here in batches of
+  `batch_size`: the compute seconds are each batch's, shared equally by its answers; no per-answer latency),
+  `endpoint`
+  (`endpoint.ChatClient`, `concurrency` requests at a time, latency and time to first token per answer) and `serve`
   (`endpoint.ServedModel`: `foundry serve` in a subprocess, then asked as an endpoint).
 - A contender that fails (its endpoint keeps failing, its server does not start) stops with its error; the
   answers it gave stay in the log and the other contenders go on.
@@ -92,11 +93,11 @@ def prompt_messages(prompt: dict) -> list[dict]:
 
 # ---- one asker per contender kind: ask(items) yields (item, reply) as each reply arrives ---------------------
 @contextlib.contextmanager
-def asker(entry, device: str, chat: bool, log_dir: Path, max_tokens: int, server=None):
+def asker(entry, device: str, chat: bool, log_dir: Path, max_tokens: int, server=None, batch_size: int = 64):
     """A function `ask(items, sampling)` for `entry`; an item is {"messages", "seed", ...}. `server`: a
     `ServedModel` already started for a `serve:` entry (it loads while others answer)."""
     if entry.kind == "local":
-        yield _local_asker(entry, device, chat)
+        yield _local_asker(entry, device, chat, batch_size)
         return
     from foundry.eval.bakeoff.endpoint import ChatClient, ServedModel
 
@@ -145,7 +146,7 @@ def _concurrently(one, items, s, workers: int):
             raise failure
 
 
-def _local_asker(entry, device: str, chat: bool):
+def _local_asker(entry, device: str, chat: bool, batch_size: int):
     import torch
 
     from foundry.checkpoints import load_start
@@ -157,8 +158,10 @@ def _local_asker(entry, device: str, chat: bool):
     model, tokenizer = start.model.eval(), start.tokenizer
 
     def ask(items, s):
-        if not items:
-            return
+        for start in range(0, len(items), batch_size):
+            yield from batch(items[start:start + batch_size], s)
+
+    def batch(items, s):
         ids = [fit_prompt(prompt_ids(tokenizer, it["messages"], chat), model.config.max_seq_len, tokenizer.eos_id,
                           s["max_new_tokens"]) for it in items]
         t0 = time.perf_counter()
@@ -176,7 +179,7 @@ def _local_asker(entry, device: str, chat: bool):
 
 
 def collect(entry, items: list[dict], s: dict, log: AnswerLog, make_record, device: str, chat: bool,
-            log_dir: Path, server=None) -> str | None:
+            log_dir: Path, server=None, batch_size: int = 64) -> str | None:
     """Ask `entry` for every item, appending `make_record(item, reply)` to `log` as each arrives; returns
     the contender's error line, or None."""
     if not items:
@@ -184,7 +187,7 @@ def collect(entry, items: list[dict], s: dict, log: AnswerLog, make_record, devi
     done = 0
     t0 = time.perf_counter()
     try:
-        with asker(entry, device, chat, log_dir, s["max_new_tokens"], server) as ask:
+        with asker(entry, device, chat, log_dir, s["max_new_tokens"], server, batch_size) as ask:
             for item, reply in ask(items, s):
                 log.append(make_record(item, reply))
                 done += 1
@@ -237,7 +240,7 @@ def ask_contenders(cfg, models, prompts: list[dict], log: AnswerLog, device: str
                         "output": reply["output"], "tokens": reply["output_tokens"],
                         **{k: reply.get(k) for k in REPLY_FIELDS}}
 
-            error = collect(m, items, s, log, record, device, cfg.chat, out, servers.get(m.name))
+            error = collect(m, items, s, log, record, device, cfg.chat, out, servers.get(m.name), cfg.batch_size)
             if error:
                 errors[m.name] = error
     finally:
@@ -287,7 +290,7 @@ def ask_judge(cfg, judge, criteria: list[dict], prompts: list[dict], answers: li
                     **{k: reply.get(k) for k in REPLY_FIELDS}}
 
         print(f"[bakeoff] judge {judge.name}: judging {len(items)} answers", flush=True)
-        error = collect(judge, items, s, log, record, device, cfg.chat, out) or error
+        error = collect(judge, items, s, log, record, device, cfg.chat, out, batch_size=cfg.batch_size) or error
     have = log.latest(("criterion", "model", "prompt_id"))
     records = [have[k] for k, fp in expected.items() if k in have and have[k]["fp"] == fp]
     judged: dict = {}

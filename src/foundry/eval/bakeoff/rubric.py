@@ -86,6 +86,8 @@ class BakeoffConfig(StrictModel):
     top_k: int | None = Field(None, gt=0)
     chat: bool = True
     device: str = "auto"
+    batch_size: int = Field(64, gt=0, description="prompts a local model decodes together; each batch's answers "
+                                                  "are on disk before the next starts")
 
 
 # ---- rubric ----------------------------------------------------------------------------------------
