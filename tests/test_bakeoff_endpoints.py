@@ -330,6 +330,11 @@ def test_judge_scores_blind_records_unparseable_and_agrees_with_people(tmp_path,
     assert "Recommendation:" in printed and "| contender |" in printed
     agreement = json.loads((out / "bakeoff.json").read_text())["judge"]["agreement"]["helpful"]
     assert agreement["n"] == 9 and agreement["spearman"] == pytest.approx(1.0) and agreement["alpha"] > 0.8
+    # The report card shows the judge, its prompt and its agreement with people.
+    assert cli(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    card = (tmp_path / "report" / "report.md").read_text()
+    assert "#### The judge" in card and "Reply with one line, exactly: Score: N" in card
+    assert "| helpful | accuracy | 9 |" in card and "**Recommendation.**" in card
 
 
 def test_judge_replies_parsed_strictly():

@@ -304,6 +304,10 @@ def render_report(view: RunView, out_dir: Path, findings: list[dict] = ()) -> st
                 (out_dir / "plots").mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(png, out_dir / "plots" / name)
                 lines += [f"![bake-off: total against cost](plots/{name})", ""]
+            if summary.get("judge"):
+                from foundry.eval.bakeoff.summary import judge_text
+
+                lines += ["#### The judge", "", judge_text(summary["judge"]), ""]
             failed = [m for m in summary.get("models", []) if m.get("error")]
             lines += [f"- contender {m['name']} failed: {m['error']}" for m in failed] + ([""] if failed else [])
     return "\n".join(lines).rstrip() + "\n"
