@@ -219,9 +219,20 @@ def test_bad_rating_sheets_change_nothing(setup, tmp_path, capsys, edit, message
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_regenerating_into_a_full_directory_is_refused(setup, capsys):
+def test_rerunning_asks_only_for_what_is_missing(setup, tmp_path, capsys):
     root, out = setup
-    assert cli(["bakeoff", "--config", str(root / "bakeoff.yaml"), "--out", str(out)]) == 1
+    answers, key = (out / "answers.jsonl").read_text(), json.loads((out / "blind_key.json").read_text())
+    capsys.readouterr()
+    assert cli(["bakeoff", "--config", str(root / "bakeoff.yaml"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "alpha: 3 answers already on disk; asking for 0" in printed and "beta: 3 answers already" in printed
+    assert (out / "answers.jsonl").read_text() == answers  # nothing asked, nothing appended
+    assert json.loads((out / "blind_key.json").read_text()) == key  # ratings stay with their answers
+    # A directory that holds something else is refused.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert cli(["bakeoff", "--config", str(root / "bakeoff.yaml"), "--out", str(other)]) == 1
     assert "already holds a bake-off" in capsys.readouterr().err
 
 

@@ -70,7 +70,12 @@ def test_bundled_bakeoff_rubric_and_prompts():
     prompts = load_prompts(REPO / "data/bakeoff/prompts.jsonl", criteria)
     assert 20 <= len(prompts) <= 50 and all(p["reference"] and p["required"] for p in prompts)
     cfg = yaml.safe_load((REPO / "data/bakeoff/bakeoff.yaml").read_text())
-    assert [m["name"] for m in cfg["models"]] == ["base_sft", "domain_sft"]
+    assert [m["name"] for m in cfg["models"]] == ["base_sft", "domain_sft", "served_dpo"]
+    from foundry.config import load_config
+    from foundry.eval.bakeoff.rubric import BakeoffConfig
+
+    kinds = [m.kind for m in load_config(BakeoffConfig, REPO / "data/bakeoff/bakeoff.yaml").models]
+    assert kinds == ["local", "local", "serve"]  # the quickstart's contender over HTTP
 
 
 def _pydocs_documents():

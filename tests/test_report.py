@@ -104,6 +104,7 @@ def test_report_has_the_runs_figures_and_plots(run):
                    "loss_pretrain.png", "loss_continue.png", "loss_sft.png", "| 1 | sft |", "pending"):
         assert figure in md, figure
     assert md.index("### pretrain") < md.index("### continue") < md.index("### sft")  # pipeline order
+    assert "**Recommendation.** Best: sft" in md and "cost / 1k answers" in md  # the bake-off's decision
     # Curve summary of pretrain: first train loss 5.5 at step 10, last 1 at step 100; val 3.25 -> 2.346.
     assert "| train | 10 | 5.5 | 100 | 1 | 1 |" in md
     assert "| val/loss | 50 | 3.25 | 100 | 2.346 | 2.346 |" in md
@@ -170,4 +171,4 @@ def test_headlines_summarise_the_run(run, tmp_path):
     assert "**pretrain** (pretrain): best val/loss 2.346" in head
     assert "**continue** (continue): best val/domain/loss 1.875" in head
     assert "**pydocs-continuation** accuracy: sft 0.625, base-sft 0.408" in head
-    assert "**bake-off** ranking: sft (human criteria pending)" in head
+    assert "**bake-off** ranking: sft; choose sft (human criteria pending)" in head

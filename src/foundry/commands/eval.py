@@ -113,19 +113,29 @@ def bakeoff_main(argv: list[str]) -> int:
         return bakeoff_rate_main(argv[1:])
     if argv[:1] == ["summary"]:
         return bakeoff_summary_main(argv[1:])
-    p = make_parser("bakeoff", "side-by-side model comparison on a rubric, with cost. Also: 'foundry bakeoff rate "
-                               "OUT --rater NAME' (the rating page) and 'foundry bakeoff summary OUT' (the summary "
-                               "from the ratings store)")
+    p = make_parser("bakeoff", "side-by-side comparison of local models, OpenAI-compatible endpoints and served "
+                               "models on a rubric (automatic, judge and human criteria), with cost, latency and a "
+                               "recommendation (docs/BAKEOFF.md); a re-run into the same --out asks only for missing "
+                               "answers. Also: 'foundry bakeoff rate OUT --rater NAME' (the rating page) and "
+                               "'foundry bakeoff summary OUT' (the decision table from the ratings store)")
     p.add_argument("--config", help="bake-off YAML (models, prompts, rubric, sampling); not needed with --ratings")
     p.add_argument("--out", required=True, help="output directory (outputs, rating sheet, key, summary)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                   help="add a model, or set the path of a model the config names; repeatable")
+                   help="add a local model, or set the path of a contender (local or serve:) or judge the config "
+                        "names; repeatable")
     p.add_argument("--style-model", help="model for style_perplexity criteria (overrides the rubric's)")
     p.add_argument("--ratings", help="a filled rating_sheet.csv: un-blind it and add the human criteria")
-    p.add_argument("--overwrite", action="store_true", help="regenerate into an --out that already has outputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="ask every contender afresh into an --out that already has answers (default: resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the bake-off in --out, asking only for missing answers (what a re-run does "
+                        "anyway; the pipeline passes it to an interrupted stage)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. temperature=0)")
     args = p.parse_args(argv)
     out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ConfigError("foundry bakeoff: --resume keeps the answers in --out and --overwrite discards them; "
+                          "pass one")
     if args.ratings:
         add_ratings(out, args.ratings)
         print(f"summary with ratings -> {out / 'bakeoff.md'}")
@@ -184,8 +194,8 @@ def bakeoff_rate_main(argv: list[str]) -> int:
 def bakeoff_summary_main(argv: list[str]) -> int:
     from foundry.eval.bakeoff.summary import refresh_summary
 
-    p = make_parser("bakeoff summary", "rewrite OUT/bakeoff.json and bakeoff.md from the ratings store, with "
-                                       "the raters' agreement")
+    p = make_parser("bakeoff summary", "print the decision table and recommendation, and rewrite OUT/bakeoff.json "
+                                       "and bakeoff.md from the ratings store, with the raters' agreement")
     p.add_argument("out", metavar="OUT", help="the bake-off directory")
     args = p.parse_args(argv)
     refresh_summary(Path(args.out))

@@ -294,8 +294,22 @@ def render_report(view: RunView, out_dir: Path, findings: list[dict] = ()) -> st
                       f"half-width of the {summary.get('ci', '95% interval')}):", "", markdown_table(summary), ""]
             if summary.get("human_pending"):
                 lines += [f"Human criteria pending: {', '.join(summary['human_pending'])}.", ""]
-            if summary.get("ranking"):
+            if summary.get("recommendation"):
+                lines += [f"**Recommendation.** {summary['recommendation']['text']}", ""]
+            elif summary.get("ranking"):
                 lines += [f"Ranking: {' > '.join(summary['ranking'])}.", ""]
+            png = path.parent / str(summary.get("plot") or "bakeoff.png")
+            if summary.get("plot") and png.is_file():
+                name = f"bakeoff_{re.sub(r'[^A-Za-z0-9_.-]+', '_', _rel(path.parent, view.root))}.png"
+                (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(png, out_dir / "plots" / name)
+                lines += [f"![bake-off: total against cost](plots/{name})", ""]
+            if summary.get("judge"):
+                from foundry.eval.bakeoff.summary import judge_text
+
+                lines += ["#### The judge", "", judge_text(summary["judge"]), ""]
+            failed = [m for m in summary.get("models", []) if m.get("error")]
+            lines += [f"- contender {m['name']} failed: {m['error']}" for m in failed] + ([""] if failed else [])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -360,7 +374,9 @@ def headlines(view: RunView) -> list[str]:
             bullets.append(f"- **{t}** accuracy: " + ", ".join(f"{n} {fmt(a, 3)}" for n, a in scores))
     for _, summary in view.bakeoffs:
         if summary.get("ranking"):
+            rec = summary.get("recommendation") or {}
             bullets.append(f"- **bake-off** ranking: {' > '.join(summary['ranking'])}"
+                           + (f"; choose {rec['choose']}" if rec.get("choose") else "")
                            + (" (human criteria pending)" if summary.get("human_pending") else ""))
     return ["## Headlines", "", *bullets, ""] if bullets else []
 

@@ -21,21 +21,64 @@ CRITERION_KEYS: dict[str, set[str]] = {
     "reference_similarity": {"metric", "from_prompt"},
     "style_perplexity": {"model", "ppl_best", "ppl_worst"},
     "human": {"scale"},
+    "judge": {"scale", "anchors", "compare_with", "max_new_tokens"},
 }
 COMMON_KEYS = {"name", "type", "weight", "description"}
 
 
+class EndpointSpec(StrictModel):
+    """An OpenAI-compatible chat completions endpoint (hosted API, vLLM, TGI, llama.cpp, Ollama, foundry serve)."""
+    base_url: str = Field(pattern=r"^https?://", description="e.g. https://api.example.com/v1; requests go to {base_url}/chat/completions")
+    model: str = Field(description="the model id the endpoint expects")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                    description="environment variable holding the key (never the key itself)")
+    stream: bool = Field(True, description="stream the reply (time to first token); false for endpoints that cannot")
+    timeout_s: float = Field(60.0, gt=0, description="per request: connect, and the longest wait between bytes")
+    total_timeout_s: float = Field(600.0, gt=0, description="the longest one reply may take, streaming included")
+    max_retries: int = Field(4, ge=0, description="retries of a 429, 5xx, timeout or refused connection")
+    backoff_s: float = Field(1.0, ge=0, description="first retry wait; doubles each retry (Retry-After wins)")
+    max_backoff_s: float = Field(30.0, ge=0, description="the longest single wait, Retry-After included")
+    tokenizer: str | None = Field(None, description="tokenizer directory to count tokens when the reply has no usage")
+    concurrency: int = Field(1, gt=0, description="requests in flight at once (latency then includes queueing)")
+
+
+class ServeSpec(StrictModel):
+    """One of our own models served by `foundry serve` in a subprocess on a free 127.0.0.1 port."""
+    model: str = ""  # may be left to --model NAME=PATH
+    start_timeout_s: float = Field(120.0, gt=0, description="how long to wait for /health")
+    max_concurrency: int = Field(4, gt=0)
+
+
 class ModelEntry(StrictModel):
+    """A contender (or the judge): exactly one of `path` (foundry checkpoint, run or HF directory),
+    `endpoint` or `serve`. Sampling settings left out come from the bake-off config."""
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     path: str = ""  # may be left to --model NAME=PATH
-    price_per_1k_tokens: float = Field(0.0, ge=0)
-    price_per_compute_second: float = Field(0.0, ge=0)
+    endpoint: EndpointSpec | None = None
+    serve: ServeSpec | None = None
+    price_per_1k_tokens: float = Field(0.0, ge=0, description="per 1,000 generated tokens")
+    price_per_1m_input_tokens: float = Field(0.0, ge=0)
+    price_per_1m_output_tokens: float = Field(0.0, ge=0)
+    price_per_compute_second: float = Field(0.0, ge=0, description="per second of local generation")
+    max_new_tokens: int | None = Field(None, gt=0)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+
+    @property
+    def kind(self) -> str:
+        return "endpoint" if self.endpoint else "serve" if self.serve else "local"
+
+    def check_kind(self, where: str) -> None:
+        given = [k for k, v in (("path", self.path), ("endpoint", self.endpoint), ("serve", self.serve)) if v]
+        if len(given) > 1:
+            raise ConfigError(f"{where}: contender '{self.name}' has {' and '.join(given)}; give exactly one")
 
 
 class BakeoffConfig(StrictModel):
     prompts: str
     rubric: str
     models: list[ModelEntry] = []
+    judge: ModelEntry | None = Field(None, description="the model that scores 'judge' criteria (any contender kind)")
     seed: int = 0
     max_new_tokens: int = Field(96, gt=0)
     temperature: float = Field(0.7, ge=0)
@@ -43,6 +86,8 @@ class BakeoffConfig(StrictModel):
     top_k: int | None = Field(None, gt=0)
     chat: bool = True
     device: str = "auto"
+    batch_size: int = Field(64, gt=0, description="prompts a local model decodes together; each batch's answers "
+                                                  "are on disk before the next starts")
 
 
 # ---- rubric ----------------------------------------------------------------------------------------
@@ -151,14 +196,38 @@ def load_rubric(path: str | Path, style_model: str | None = None) -> list[dict]:
             c["ppl_best"], c["ppl_worst"] = float(raw.get("ppl_best", 10.0)), float(raw.get("ppl_worst", 1000.0))
             if not 0 < c["ppl_best"] < c["ppl_worst"]:
                 raise ConfigError(f"{where}: criterion '{name}': need 0 < ppl_best < ppl_worst")
+        elif kind == "judge":
+            c.update(_scale(raw, where, name))
+            anchors = raw.get("anchors") or {}
+            if isinstance(anchors, dict):
+                anchors = {k: v for k, v in anchors.items() if k not in ("__line__", "__lines__")}
+            lo, hi = c["scale"]
+            if not isinstance(anchors, dict) or not all(isinstance(k, int) and lo <= k <= hi and isinstance(v, str)
+                                                        for k, v in anchors.items()):
+                raise ConfigError(f"{where}: criterion '{name}': anchors must map scores on {lo}..{hi} to text, "
+                                  "e.g. {1: wrong, 5: exactly right}")
+            if not c["description"]:
+                raise ConfigError(f"{where}: criterion '{name}' (judge) needs a 'description': the judge reads it")
+            c["anchors"] = {int(k): v for k, v in sorted(anchors.items())}
+            c["compare_with"] = raw.get("compare_with")
+            c["max_new_tokens"] = int(raw.get("max_new_tokens", 16))
         else:
-            scale = raw.get("scale", [1, 5])
-            if (not isinstance(scale, list) or len(scale) != 2 or not all(isinstance(s, int) for s in scale)
-                    or scale[0] >= scale[1]):
-                raise ConfigError(f"{where}: criterion '{name}': scale must be [low, high] integers, low < high")
-            c["scale"] = scale
+            c.update(_scale(raw, where, name))
         criteria.append(c)
+    for c in criteria:
+        if c["type"] == "judge" and c["compare_with"] is not None and not any(
+                h["name"] == c["compare_with"] and h["type"] == "human" for h in criteria):
+            raise ConfigError(f"{path}: criterion '{c['name']}': compare_with '{c['compare_with']}' is not a "
+                              "human criterion of this rubric")
     return criteria
+
+
+def _scale(raw: dict, where: str, name: str) -> dict:
+    scale = raw.get("scale", [1, 5])
+    if (not isinstance(scale, list) or len(scale) != 2 or not all(isinstance(s, int) for s in scale)
+            or scale[0] >= scale[1]):
+        raise ConfigError(f"{where}: criterion '{name}': scale must be [low, high] integers, low < high")
+    return {"scale": scale}
 
 
 def resolve_path(p: str | Path, base: Path) -> Path:

@@ -1,13 +1,11 @@
-"""Every model's answers to the prompts, and the automatic criteria scored on them."""
+"""The automatic criteria scored on the answers, and a local model's prompt ids."""
 
 from __future__ import annotations
 
 import math
 import re
-import time
 from collections import Counter
 
-from foundry.eval.bakeoff.rubric import BakeoffConfig, ModelEntry
 from foundry.eval.tasks import contains
 
 
@@ -106,7 +104,7 @@ def score_outputs(criteria: list[dict], outputs: list[dict], prompts: list[dict]
         row = scores.setdefault((o["model"], o["prompt_id"]), {})
         o.setdefault("details", {})
         for c in criteria:
-            if c["type"] == "human":
+            if c["type"] in ("human", "judge"):
                 continue
             score, details = score_automatic(c, o["output"], by_id[o["prompt_id"]], styles.get(c.get("model")))
             row[c["name"]] = score
@@ -115,47 +113,12 @@ def score_outputs(criteria: list[dict], outputs: list[dict], prompts: list[dict]
     return scores
 
 
-# ---- generation ------------------------------------------------------------------------------------
-def generate_outputs(cfg: BakeoffConfig, models: list[ModelEntry], prompts: list[dict], device: str) -> tuple[list, dict]:
-    """Every model's answer to every prompt, and per-model {tokens, seconds}. Seed: cfg.seed + prompt index.
-
-    A model answers all prompts together in batched decoding (the serving engine), so its compute
-    seconds are measured for the whole set, not per answer."""
-    import torch
-
-    from foundry.checkpoints import load_model
-    from foundry.serve.engine import fit_prompt
-    from foundry.serve.generate import generate_many
-
-    outputs, usage = [], {}
-    for m in models:
-        model, tokenizer = load_model(m.path, device=device)
-        ids = [fit_prompt(_prompt_ids(tokenizer, p, cfg.chat), model.config.max_seq_len, tokenizer.eos_id,
-                          cfg.max_new_tokens)
-               for p in prompts]
-        t0 = time.perf_counter()
-        answers = generate_many(model, tokenizer, ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_k=cfg.top_k, top_p=cfg.top_p, seed=[cfg.seed + k for k in range(len(prompts))])
-        if torch.cuda.is_available() and str(device).startswith("cuda"):
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        tokens = sum(len(new) for new in answers)
-        outputs += [{"model": m.name, "prompt_id": p["id"], "output": tokenizer.decode(new, skip_special=True),
-                     "tokens": len(new)} for p, new in zip(prompts, answers)]
-        usage[m.name] = {"tokens": tokens, "seconds": seconds}
-        print(f"[bakeoff] {m.name}: {len(prompts)} answers, {tokens} tokens in {seconds:.1f}s")
-        del model
-    return outputs, usage
-
-
-def _prompt_ids(tokenizer, prompt: dict, chat: bool) -> list[int]:
+# ---- prompts as token ids ---------------------------------------------------------------------------
+def prompt_ids(tokenizer, messages: list[dict], chat: bool) -> list[int]:
+    """A local model's prompt: the chat template (generation prompt added), or the user text after eos."""
     if not chat:
-        return [tokenizer.eos_id] + tokenizer.encode(prompt["prompt"])
+        return [tokenizer.eos_id] + tokenizer.encode(messages[-1]["content"])
     from foundry.data.chat import render_chat
 
-    messages = ([{"role": "system", "content": prompt["system"]}] if prompt.get("system") else [])
-    messages.append({"role": "user", "content": prompt["prompt"]})
     ids, _ = render_chat(tokenizer, messages, add_generation_prompt=True)
     return list(ids)
-
-

@@ -21,19 +21,28 @@ def human_criteria(criteria: list[dict]) -> list[dict]:
 
 
 def blind(outputs: list[dict], prompts: list[dict], criteria: list[dict],
-          secret: str | None = None) -> tuple[str, dict]:
+          secret: str | None = None, previous: dict | None = None) -> tuple[str, dict]:
     """(rating sheet CSV text, key): a random blind id per answer, rows shuffled, no model names.
 
     The ids and the order come from `secret`, drawn fresh from the operating system for each bake-off
-    and stored only in the key, so nobody can rebuild the key from the config (its seed is public)."""
+    and stored only in the key, so nobody can rebuild the key from the config (its seed is public).
+    `previous`: the key of an earlier run into the same directory (a resumed bake-off); its secret is
+    kept, and so is the id of every answer whose text did not change, so ratings already given stay
+    with their answers."""
+    known = {}
+    if previous:
+        secret = previous["secret"]
+        known = {(v["model"], v["prompt_id"], v.get("fp")): bid for bid, v in previous["key"].items()}
     secret = secret if secret is not None else secrets.token_hex(16)
     rng = random.Random(f"bakeoff-blind-{secret}")
     by_id = {p["id"]: p for p in prompts}
-    ids: set[str] = set()
+    ids: set[str] = set(known.values())
     rows = []
     for o in outputs:
-        while (bid := f"R{rng.randrange(16 ** 6):06x}") in ids:
-            pass
+        bid = known.get((o["model"], o["prompt_id"], o.get("fp")))
+        if bid is None:
+            while (bid := f"R{rng.randrange(16 ** 6):06x}") in ids:
+                pass
         ids.add(bid)
         rows.append((bid, o))
     rng.shuffle(rows)
@@ -44,7 +53,8 @@ def blind(outputs: list[dict], prompts: list[dict], criteria: list[dict],
     for bid, o in rows:
         writer.writerow([bid, o["prompt_id"], by_id[o["prompt_id"]]["prompt"], o["output"], *[""] * len(human), ""])
     key = {"secret": secret, "scales": {c["name"]: c["scale"] for c in human_criteria(criteria)},
-           "key": {bid: {"model": o["model"], "prompt_id": o["prompt_id"]} for bid, o in rows}}
+           "key": {bid: {"model": o["model"], "prompt_id": o["prompt_id"], **({"fp": o["fp"]} if "fp" in o else {})}
+                   for bid, o in rows}}
     return buf.getvalue(), key
 
 
