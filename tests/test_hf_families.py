@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from foundry.checkpoints import import_hf
+from foundry.checkpoints import import_hf, load_model, save_checkpoint
 from foundry.errors import CheckpointError
 from foundry.model.hf import export_hf
+from foundry.model.llama import Llama, LlamaConfig, config_from_preset
 from foundry.serve.engine import generate_many
 from foundry.train.objectives import NextTokenObjective
 
@@ -87,7 +88,7 @@ def test_family_import_train_generate_export(tmp_path, name):
     model, tok = import_hf(hf_dir)
     model.eval()
     assert model.config.family == json.loads((hf_dir / "config.json").read_text())["model_type"]
-    ids = torch.randint(0, VOCAB, (3, 41), generator=torch.Generator().manual_seed(1))  # 41 > window and 32
+    ids = torch.randint(0, VOCAB, (3, 37), generator=torch.Generator().manual_seed(1))  # 37 > every window and 32
     with torch.no_grad():
         theirs = hf(input_ids=ids).logits
         logits_diff = _max_diff(model(ids), theirs)
@@ -106,20 +107,25 @@ def test_family_import_train_generate_export(tmp_path, name):
     assert loss_diff < TOL, loss_diff
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = loss.item()
-    for _ in range(4):
+    for _ in range(3):
         optimizer.zero_grad()
         loss = objective.loss(model, batch)[0] / objective.units(batch)
         loss.backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
         optimizer.step()
     assert loss.item() < first
-    model, tok = import_hf(hf_dir)  # fresh weights again for generation and export
+    # a foundry checkpoint keeps every switch (model_config.json) and the weights: reloaded, the same logits
+    model, tok = import_hf(hf_dir)
+    save_checkpoint(tmp_path / "ckpt", model, tok)
+    model, tok = load_model(tmp_path / "ckpt")
     model.eval()
+    with torch.no_grad():
+        assert _max_diff(model(ids), theirs) < TOL
 
     # greedy generation through the batched, ragged engine: prompts of different lengths, past the window
     # (and, for longrope, within the original context, where transformers keeps the short factors)
     prompts = [ids[0, :5].tolist(), ids[1, :11].tolist(), ids[2, :3].tolist()]
-    new = 14
+    new = 10
     mine = generate_many(model, tok, prompts, max_new_tokens=new, temperature=0.0, stop_ids=[], max_batch=3)
     for prompt, ours in zip(prompts, mine):
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=new, do_sample=False, eos_token_id=None,
@@ -150,3 +156,20 @@ def test_unsupported_architecture_is_one_line_listing_supported(tmp_path, model_
                       "Olmo2ForCausalLM", "SmolLM3ForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                       "Qwen3ForCausalLM"):
         assert supported in message
+
+
+def test_config_written_before_the_family_switches_loads_unchanged():
+    """model_config.json from an older foundry lacks every family field: it loads as the plain Llama it was."""
+    current = config_from_preset("test", qk_norm=True)
+    old = {k: v for k, v in current.to_dict().items() if k in (
+        "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "intermediate_size", "head_dim", "max_seq_len",
+        "rope_theta", "norm_eps", "tie_embeddings", "attention_bias", "qk_norm", "mlp_act", "init_std")}
+    loaded = LlamaConfig.from_dict(old)
+    assert loaded == current and loaded.family == "llama" and loaded.sliding_window == 0
+    torch.manual_seed(0)
+    a = Llama(current)
+    b = Llama(loaded)
+    b.load_state_dict(a.state_dict())
+    ids = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(a(ids), b(ids))

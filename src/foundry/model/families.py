@@ -266,6 +266,10 @@ def import_rope(cfg: dict, kw: dict, path, max_positions: int) -> None:
         if cfg.get("original_max_position_embeddings") and cfg["model_type"] == "phi3":
             rest["original_max_position_embeddings"] = cfg["original_max_position_embeddings"]
         rest.setdefault("original_max_position_embeddings", max_positions)
+    if kind == "yarn" and not rest.get("factor"):  # transformers' fallback: the context's growth
+        rest["factor"] = max_positions / rest["original_max_position_embeddings"]
+    if kind in ("linear", "dynamic", "llama3") and not isinstance(rest.get("factor"), (int, float)):
+        raise CheckpointError(f"{path}: rope scaling '{kind}' needs a numeric 'factor'")
     if kind in ("dynamic", "longrope"):
         rest["max_position_embeddings"] = max_positions  # the trained context these two are defined against
     kw["rope_scaling"] = {"rope_type": kind, **rest}

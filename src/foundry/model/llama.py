@@ -537,7 +537,7 @@ class Llama(nn.Module):
             self.register_buffer("rope_cos_long", cos, persistent=False)
             self.register_buffer("rope_sin_long", sin, persistent=False)
         self.embed_scale = config.embed_scale  # forward reads no config: subclasses replace self.config
-        self._uniform_layers = len(set(self.layer_windows)) == 1 and len(set(self.layer_ropes)) == 1
+        self._plain = not any(self.layer_windows) and set(self.layer_ropes) == {"global"} and not self.longrope_from
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -574,37 +574,37 @@ class Llama(nn.Module):
         `logits_at`, logits (n, vocab) of its n True positions in row-major order, so a loss over a few
         positions (DPO's completion tokens) never computes the vocabulary projection of the rest."""
         B, T = input_ids.shape
-        windows = dict.fromkeys(self.layer_windows)  # the distinct windows, each with its mask
-        if isinstance(kv_cache, RaggedKVCache):  # each row at its own length: positions and mask per row
+        ragged = isinstance(kv_cache, RaggedKVCache)
+        if ragged:  # each row at its own length: positions and mask per row
             position_ids, mask = kv_cache.prepare(B, T, input_ids.device)
-            length = max(kv_cache.lengths[:B]) + T
-            for w in windows:
-                windows[w] = kv_cache.window_mask(w) if w else mask
         else:
             past = kv_cache.length if kv_cache is not None else 0
-            length = past + T
             if position_ids is None:
                 position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
-            elif self.longrope_from:
-                length = int(position_ids.max()) + 1  # a sync, paid only by longrope models
-            for w in windows:
-                windows[w] = self._attention_mask(B, T, past, segment_ids, input_ids.device, w)
-        dtype = self.model.embed_tokens.weight.dtype
-        long = "_long" if self.longrope_from and length > self.longrope_from else ""
-        ropes = {None: (None, None)}
-        for kind in dict.fromkeys(self.layer_ropes):
-            if kind is not None:
-                suffix = "_local" if kind == "local" else long
-                cos = getattr(self, "rope_cos" + suffix)[position_ids].unsqueeze(1).to(dtype)  # (B, 1, T, rd)
-                ropes[kind] = cos, getattr(self, "rope_sin" + suffix)[position_ids].unsqueeze(1).to(dtype)
+            mask = self._attention_mask(B, T, past, segment_ids, input_ids.device)
         x = self.model.embed_tokens(input_ids)  # (B, T, d)
         if self.embed_scale != 1.0:  # Gemma: sqrt(n_embd), rounded to the model dtype as transformers does
             x = x * torch.tensor(self.embed_scale).to(x.dtype)
-        if self._uniform_layers:
-            (cos, sin), mask = ropes[self.layer_ropes[0]], windows[self.layer_windows[0]]
+        if self._plain:  # one rope table and one mask for every layer (foundry's own shapes): no per-layer work
+            cos = self.rope_cos[position_ids].unsqueeze(1).to(x.dtype)  # (B, 1, T, rd)
+            sin = self.rope_sin[position_ids].unsqueeze(1).to(x.dtype)
             for block in self.model.layers:
                 x = block(x, cos, sin, mask, kv_cache)
         else:
+            # The step's key count (transformers' longrope switch reads it) and each distinct window's mask.
+            if ragged:
+                length = max(kv_cache.lengths[:B]) + T
+                windows = {w: kv_cache.window_mask(w) if w else mask for w in set(self.layer_windows)}
+            else:
+                length = past + T if past or not self.longrope_from else int(position_ids.max()) + 1
+                windows = {w: self._attention_mask(B, T, past, segment_ids, input_ids.device, w) if w else mask
+                           for w in set(self.layer_windows)}
+            long = "_long" if self.longrope_from and length > self.longrope_from else ""
+            ropes = {None: (None, None)}
+            for kind in set(self.layer_ropes) - {None}:
+                suffix = "_local" if kind == "local" else long
+                ropes[kind] = (getattr(self, "rope_cos" + suffix)[position_ids].unsqueeze(1).to(x.dtype),
+                               getattr(self, "rope_sin" + suffix)[position_ids].unsqueeze(1).to(x.dtype))
             for block, kind, w in zip(self.model.layers, self.layer_ropes, self.layer_windows):
                 x = block(x, *ropes[kind], windows[w], kv_cache)
         x = self.model.norm(x)
