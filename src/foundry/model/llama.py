@@ -281,6 +281,16 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.max_len = max_len
         self.length = 0
+        # longrope models keep each row's token ids too: crossing the original context re-prefills a row
+        longrope = (config.rope_scaling or {}).get("rope_type") == "longrope"
+        self.tokens = torch.zeros((batch_size, max_len), dtype=torch.long, device=device) if longrope else None
+
+    def row_lengths(self, B: int) -> list[int]:
+        """Tokens held by each of the first B rows before the coming step."""
+        return [self.length] * B
+
+    def record_tokens(self, input_ids: torch.Tensor) -> None:
+        self.tokens[:, self.length:self.length + input_ids.shape[1]] = input_ids
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.shape[2]
@@ -330,6 +340,12 @@ class RaggedKVCache(KVCache):
         self._mask = causal_mask(self._positions, longest + T)[:, None]  # (B, 1, T, S)
         return self._positions, self._mask
 
+    def row_lengths(self, B: int) -> list[int]:
+        return self.lengths[:B]
+
+    def record_tokens(self, input_ids: torch.Tensor) -> None:
+        self.tokens[:input_ids.shape[0]].scatter_(1, self._positions, input_ids)
+
     def window_mask(self, window: int) -> torch.Tensor | None:
         """The mask (B, 1, T, S) of a sliding layer for the step `prepare` set up: each row's queries see their own
         last `window` keys (a row's key index is its position). None while no row reaches past the window."""
@@ -360,6 +376,8 @@ class RaggedKVCache(KVCache):
         for layer in range(len(self.k)):
             self.k[layer][row, :, :n] = source.k[layer][source_row, :, :n]
             self.v[layer][row, :, :n] = source.v[layer][source_row, :, :n]
+        if self.tokens is not None:
+            self.tokens[row, :n] = source.tokens[source_row, :n]
         self.lengths[row] = n
 
     def move_row(self, src: int, dst: int) -> None:
@@ -368,6 +386,8 @@ class RaggedKVCache(KVCache):
             for layer in range(len(self.k)):
                 self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
                 self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
+            if self.tokens is not None:
+                self.tokens[dst, :n] = self.tokens[src, :n]
             self.lengths[dst] = n
         self.lengths[src] = 0 if src != dst else n
 
@@ -599,15 +619,15 @@ class Llama(nn.Module):
                 length = past + T if past or not self.longrope_from else int(position_ids.max()) + 1
                 windows = {w: self._attention_mask(B, T, past, segment_ids, input_ids.device, w) if w else mask
                            for w in set(self.layer_windows)}
-            long = "_long" if self.longrope_from and length > self.longrope_from else ""
+            long = self._longrope_rows(B, T, length, kv_cache)
             ropes = {None: (None, None)}
             for kind in set(self.layer_ropes) - {None}:
-                suffix = "_local" if kind == "local" else long
-                ropes[kind] = (getattr(self, "rope_cos" + suffix)[position_ids].unsqueeze(1).to(x.dtype),
-                               getattr(self, "rope_sin" + suffix)[position_ids].unsqueeze(1).to(x.dtype))
+                ropes[kind] = self._rope(kind, position_ids, long, x.dtype)
             for block, kind, w in zip(self.model.layers, self.layer_ropes, self.layer_windows):
                 x = block(x, *ropes[kind], windows[w], kv_cache)
         x = self.model.norm(x)
+        if self.longrope_from and kv_cache is not None:
+            x = self._longrope_reprefill(input_ids, kv_cache, x)
         if kv_cache is not None:
             kv_cache.advance(T)
         if return_hidden:
@@ -615,6 +635,51 @@ class Llama(nn.Module):
         if logits_at is not None:
             x = x[logits_at]  # (n, d)
         return self.project(x)
+
+    def _rope(self, kind: str, position_ids, long, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B, 1, T, rd) of one rope table; `long`: bool or (B,) rows on longrope's long factors."""
+        if kind == "local":
+            suffix = "_local"
+        elif isinstance(long, torch.Tensor):  # rows on either side of the original context
+            pick = long[:, None, None, None]
+            return tuple(torch.where(pick, getattr(self, f"rope_{f}_long")[position_ids].unsqueeze(1),
+                                     getattr(self, f"rope_{f}")[position_ids].unsqueeze(1)).to(dtype)
+                         for f in ("cos", "sin"))
+        else:
+            suffix = "_long" if long else ""
+        return (getattr(self, "rope_cos" + suffix)[position_ids].unsqueeze(1).to(dtype),
+                getattr(self, "rope_sin" + suffix)[position_ids].unsqueeze(1).to(dtype))
+
+    def _longrope_rows(self, B: int, T: int, length: int, kv_cache) -> bool | torch.Tensor:
+        """Longrope's factors, as transformers picks them for a sequence alone: the long ones once it holds more
+        than the original context. One choice per call, or one per row when a ragged cache's rows differ."""
+        if not self.longrope_from:
+            return False
+        if not isinstance(kv_cache, RaggedKVCache):
+            return length > self.longrope_from
+        rows = [n + T > self.longrope_from for n in kv_cache.row_lengths(B)]
+        if all(rows) or not any(rows):
+            return rows[0]
+        return torch.tensor(rows, device=self.rope_cos.device)
+
+    def _longrope_reprefill(self, input_ids: torch.Tensor, kv_cache: KVCache, x: torch.Tensor) -> torch.Tensor:
+        """A cached sequence that grows past longrope's original context is recomputed whole with the long
+        factors, as transformers' Phi-3 does when generating (it drops its cache at that step): each such row's
+        keys, values and final hidden states (T, d) are replaced by those of a fresh forward over its tokens."""
+        B, T = input_ids.shape
+        kv_cache.record_tokens(input_ids)
+        old = self.longrope_from
+        crossing = [(row, n) for row, n in enumerate(kv_cache.row_lengths(B)) if 0 < n <= old < n + T]
+        if crossing:
+            x = x.clone()
+        for row, n in crossing:
+            fresh = KVCache(self.config, 1, n + T, x.device, self.model.embed_tokens.weight.dtype)
+            hidden = self.forward(kv_cache.tokens[row:row + 1, :n + T], kv_cache=fresh, return_hidden=True)
+            for layer in range(len(kv_cache.k)):
+                kv_cache.k[layer][row, :, :n + T] = fresh.k[layer][0]
+                kv_cache.v[layer][row, :, :n + T] = fresh.v[layer][0]
+            x[row] = hidden[0, n:]
+        return x
 
     @staticmethod
     def _attention_mask(B, T, past, segment_ids, device, window: int = 0) -> torch.Tensor | None:
