@@ -175,3 +175,30 @@ def test_config_written_before_the_family_switches_loads_unchanged():
     ids = torch.randint(0, 512, (2, 20))
     with torch.no_grad():
         assert torch.equal(a(ids), b(ids))
+
+
+def _as_transformers_4(cfg: dict) -> dict:
+    """The same model's config.json as transformers 4.x wrote it: rope_theta and rope_scaling at the top
+    (Gemma 3: rope_local_base_freq; Phi-3: partial_rotary_factor), no rope_parameters."""
+    cfg = dict(cfg)
+    params = cfg.pop("rope_parameters")
+    if cfg["model_type"] == "gemma3_text":
+        cfg["rope_local_base_freq"] = params["sliding_attention"]["rope_theta"]
+        params = params["full_attention"]
+    params = dict(params)
+    cfg["rope_theta"] = params.pop("rope_theta")
+    if "partial_rotary_factor" in params:
+        cfg["partial_rotary_factor"] = params.pop("partial_rotary_factor")
+    kind = params.pop("rope_type")
+    cfg["rope_scaling"] = None if kind == "default" else {"type": kind, **params}
+    return cfg
+
+
+@pytest.mark.parametrize("name", ["llama3", "llama-yarn", "gemma3", "phi3-longrope"])
+def test_transformers_4_config_forms_import_alike(tmp_path, name):
+    _, hf_dir = _make(tmp_path, name)
+    model, _ = import_hf(hf_dir)
+    path = hf_dir / "config.json"
+    path.write_text(json.dumps(_as_transformers_4(json.loads(path.read_text()))))
+    again, _ = import_hf(hf_dir)
+    assert again.config == model.config and model.config.rope_scaling is not None
