@@ -16,7 +16,6 @@ Design choices:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -229,7 +228,7 @@ def export_family(config: LlamaConfig) -> Family:
 
 
 # ---- rope ----------------------------------------------------------------------------------------------
-def _rope_block(params: dict | None, path) -> tuple[str, dict]:
+def _rope_block(params: dict | None) -> tuple[str, dict]:
     params = dict(params or {})
     kind = params.pop("rope_type", params.pop("type", "default")) or "default"
     return kind, params
@@ -241,14 +240,14 @@ def import_rope(cfg: dict, kw: dict, path, max_positions: int) -> None:
     params = cfg.get("rope_parameters") or {}
     if cfg["model_type"] == "gemma3_text":
         local = params.get(SLIDING) or {"rope_theta": cfg.get("rope_local_base_freq", 10000.0)}
-        kind, rest = _rope_block(local, path)
+        kind, rest = _rope_block(local)
         if kind != "default":
             raise CheckpointError(f"{path}: rope scaling '{kind}' on sliding layers is not supported")
         kw["_local_theta"] = float(rest.get("rope_theta", 10000.0))
         params = params.get(FULL) or {"rope_theta": cfg.get("rope_theta", 1e6)}
     if cfg.get("rope_scaling"):
         params = {**params, **cfg["rope_scaling"]}
-    kind, rest = _rope_block(params, path)
+    kind, rest = _rope_block(params)
     if cfg["model_type"] == "phi3" and kind in ("su", "yarn"):
         kind = "longrope"  # Phi-3's old names for it, as transformers' Phi3Config reads them
     if kind not in ROPE_TYPES:
@@ -365,5 +364,3 @@ def check_exportable(config: LlamaConfig) -> None:
         raise CheckpointError(f"layers without rope are SmolLM3's; model family '{family}' cannot express them")
     if config.sliding_window and family in ("llama", "olmo2"):
         raise CheckpointError(f"model family '{family}' has no sliding window in transformers")
-    if math.isnan(config.rope_theta):
-        raise CheckpointError("rope_theta is NaN")

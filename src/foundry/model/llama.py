@@ -7,8 +7,16 @@ Design choices, each chosen to match Hugging Face `LlamaForCausalLM` so export i
   picks flash / memory-efficient kernels on CUDA and a fused kernel on CPU.
 - SwiGLU MLP: down(silu(gate(x)) * up(x)); or, with `mlp_act: relu2`, the squared ReLU in the gate (the
   modded-nanogpt speedrun's activation, here gated so it stays a Llama with `hidden_act: relu2`).
-- Optional QK-norm (`qk_norm`): RMSNorm over each head's queries and keys before rotary, as Qwen3 and
-  OLMo 2 do; such a model exports as `Qwen3ForCausalLM`.
+- Optional QK-norm (`qk_norm`): RMSNorm over each head's queries and keys before rotary, as Qwen3 does (OLMo 2:
+  over the whole projection); foundry's own such model exports as `Qwen3ForCausalLM`.
+- Every other open family is a configuration of this one model, never a class of its own (LitGPT's design; the
+  registry is `foundry.model.families`, docs/MODELS.md): norms before, after or around attention and MLP with
+  transformers' names for each placement, (1 + w) norms, an embedding scale, GeGLU, an attention scale and
+  tanh soft-caps (Gemma 2), per-layer sliding windows, per-layer rope base or no rope (Gemma 3, SmolLM3), rope
+  scaling (linear, dynamic, YaRN, Llama 3, longrope) and partial rotary (Phi-3). Each switch defaults off, and
+  with all off the forward pass takes the plain path: one rope table, one mask, SDPA's is_causal.
+- Sliding-window attention is computed, in training and in both caches: a key `window` or more positions back is
+  masked (the caches keep every key; no rolling buffer).
 - Optional tied input/output embeddings (on by default for small models, where the embedding matrix
   is a large share of the parameters).
 - Packed sequences: `segment_ids` confine attention to each packed example (block-diagonal causal
@@ -17,7 +25,7 @@ Design choices, each chosen to match Hugging Face `LlamaForCausalLM` so export i
   "Orca"): each row holds one sequence at its own length, so sequences of different lengths decode in one
   forward pass with their own positions and a key mask, and no padding ever enters a row.
 
-Parameter names are exactly those of `LlamaForCausalLM.state_dict()`.
+Parameter names are exactly those of `LlamaForCausalLM.state_dict()` (of the family's class for the others).
 """
 
 from __future__ import annotations
