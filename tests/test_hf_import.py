@@ -1,4 +1,4 @@
-"""`foundry import`: tiny Llama / Mistral / Qwen2 models built here with transformers become foundry
+"""`foundry import`: tiny Llama / Mistral / Qwen2 models built here (every family: tests/test_hf_families.py) with transformers become foundry
 checkpoints with the same logits and greedy tokens; unsupported inputs are refused by name."""
 
 import json
@@ -73,7 +73,8 @@ def test_import_matches_transformers(tmp_path, arch, tie, sharded):
     assert cli(["import", str(hf_dir), "--out", str(out)]) == 0
     model, tok = load_model(out)
     assert model.config.attention_bias == (arch == "qwen2")
-    assert model.config.max_seq_len == (64 if arch == "mistral" else 128)  # capped to the sliding window
+    assert model.config.max_seq_len == 128  # a sliding window is computed, not avoided by a shorter context
+    assert model.config.sliding_window == (64 if arch == "mistral" else 0)
     ids = torch.randint(0, VOCAB, (2, 41), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         err = (model(ids) - hf_model(input_ids=ids).logits).abs().max().item()
@@ -120,14 +121,14 @@ def test_import_refuses_unsupported_inputs(tmp_path, capsys):
     cfg_path.write_text(json.dumps({**original, "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     assert "unsupported architecture GPT2LMHeadModel" in _refusal(tmp_path, hf_dir, capsys)
 
-    scaled = {**original, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}
+    scaled = {**original, "rope_parameters": {"rope_type": "proportional", "rope_theta": 5e5, "factor": 8.0}}
     cfg_path.write_text(json.dumps(scaled))
-    assert "rope scaling 'llama3'" in _refusal(tmp_path, hf_dir, capsys)
+    assert "rope scaling 'proportional' is not supported" in _refusal(tmp_path, hf_dir, capsys)
 
-    qwen_window = {**original, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"],
-                   "use_sliding_window": True, "sliding_window": 32, "max_window_layers": 1}
-    cfg_path.write_text(json.dumps(qwen_window))
-    assert "sliding window" in _refusal(tmp_path, hf_dir, capsys)
+    partial = {**original, "rope_parameters": {"rope_type": "default", "rope_theta": 5e5,
+                                               "partial_rotary_factor": 0.5}}
+    cfg_path.write_text(json.dumps(partial))
+    assert "partial_rotary_factor 0.5 is supported for Phi-3 only" in _refusal(tmp_path, hf_dir, capsys)
 
     cfg_path.write_text(json.dumps(original))
     taken = tmp_path / "taken"

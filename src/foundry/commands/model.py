@@ -49,7 +49,9 @@ def export_main(argv: list[str]) -> int:
 
     if type(model) is Llama:
         export_hf(model, tokenizer, out, overwrite=args.overwrite)
-        arch = "Qwen3ForCausalLM" if model.config.qk_norm else "LlamaForCausalLM"  # model/hf.py
+        from foundry.model.families import export_family
+
+        arch = export_family(model.config).architecture  # the class the model came from (model/families.py)
     else:  # the encoder (BertForMaskedLM) or a sequence classifier (docs/ENCODERS.md)
         from foundry.model.encoder_hf import export_encoder_hf
 

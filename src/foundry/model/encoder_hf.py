@@ -96,6 +96,9 @@ def export_encoder_hf(model: torch.nn.Module, tokenizer, out_dir: str | Path, ov
             mask_id = cc.base_config.mask_token_id
         else:
             config = hf_config_dict(cc.base_config, tokenizer, dtype)  # Llama's, or Qwen3's with QK-norm
+            if config["model_type"] not in ("llama", "qwen3"):
+                raise CheckpointError(f"export: a classifier on a {config['model_type']} body has no sequence-"
+                                      "classification export yet (Llama and Qwen3 bodies do)")
             arch = "Qwen3ForSequenceClassification" if cc.base_config.qk_norm else "LlamaForSequenceClassification"
             config["architectures"] = [arch]
             config["tie_word_embeddings"] = False  # there is no LM head to tie
