@@ -86,8 +86,8 @@ def token_dir(path: str | Path, tokenizer=None) -> Path:
     sets = token_sets(path)
     dataset = path.parent if path.name == "tokens" else path
     if not sets:
-        raise DataError(f"{path}: no token shards (tokens/<tokenizer>/index.json); run "
-                        f"'foundry data tokenize {dataset} --tokenizer TOK'")
+        raise DataError(f"{path}: no token shards (tokens/<tokenizer>/index.json); run 'foundry data tokenize "
+                        f"{dataset} --tokenizer {'TOK' if sha is None else '<the model>'}'")
     have = ", ".join(s[:12] if s else f"{d.name} (unreadable index)" for d, s in sets)
     if sha is None:
         raise DataError(f"{path}: holds token shards for {len(sets)} tokenizers ({have}); name the model's "
