@@ -50,9 +50,9 @@ def token_sets(path: str | Path) -> list[tuple[Path, str | None]]:
     """Every tokens folder under a dataset (or under its `tokens/`), with the tokenizer sha256 its
     index.json records (None when unreadable): the keyed folders first, then the earlier single layout."""
     path = Path(path)
-    root = path / "tokens" if (path / "tokens").is_dir() and not (path / "index.json").is_file() else path
+    root = path if (path / "index.json").is_file() or path.name == "tokens" else path / "tokens"
     found = [d for d in sorted(root.iterdir()) if not d.name.startswith(".") and (d / "index.json").is_file()] \
-        if root.is_dir() else []
+        if root.is_dir() else []  # dot folders are writes in progress (atomic_directory, the engine's work)
     if (root / "index.json").is_file():
         found.append(root)  # DATASET/tokens/index.json: the layout before keyed folders
     out = []
