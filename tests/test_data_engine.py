@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,13 +160,14 @@ def test_tokenize_on_the_engine_writes_the_single_process_shards(corpus, tmp_pat
     assert len(a["splits"]["train"]["shards"]) > 3  # documents straddle shard boundaries
     assert {k: v for k, v in a.items() if k not in ("seconds", "dir")} == \
         {k: v for k, v in b.items() if k not in ("seconds", "dir")}
-    for shard in (tmp_path / "a" / "tokens").glob("*.bin"):
-        assert (tmp_path / "b" / "tokens" / shard.name).read_bytes() == shard.read_bytes()
+    assert Path(a["dir"]).name == Path(b["dir"]).name  # the tokenizer's keyed folder, DATASET/tokens/<sha256[:16]>
+    for shard in Path(a["dir"]).glob("*.bin"):
+        assert (Path(b["dir"]) / shard.name).read_bytes() == shard.read_bytes()
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     stream = TokenStream(tmp_path / "b", "train")
     eos = int(np.count_nonzero(stream.read(0, stream.num_tokens) == b["eos_id"]))
     assert eos == b["splits"]["train"]["documents"] == manifest["totals"]["documents"]["train"]
-    assert not (tmp_path / "b" / "tokens.work").exists()
+    assert sorted(p.name for p in (tmp_path / "b" / "tokens").iterdir()) == [Path(b["dir"]).name]  # no work dir left
 
 
 def _prepare_on_ray(src, out, *extra):

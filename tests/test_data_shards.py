@@ -2,13 +2,15 @@
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from foundry.cli import main as cli
-from foundry.data.shards import TokenBlocks, TokenStream, check_tokenizer_matches, load_token_index
+from foundry.data.shards import (TokenBlocks, TokenStream, check_tokenizer_matches, load_token_index,
+                                 tokenizer_key)
 from foundry.data.tokenizer import Tokenizer
 from foundry.errors import DataError
 
@@ -132,14 +134,71 @@ def test_tokenizer_mismatch_and_stale_shards_are_refused(built, tmp_path, capsys
     assert cli(["tokenizer", "train", str(tmp_path / "other"), "--out", str(tmp_path / "tok2"),
                 "--vocab-size", "280"]) == 0
     other = Tokenizer.load(tmp_path / "tok2")
-    check_tokenizer_matches(root / "ds", Tokenizer.load(root / "tok"))
-    with pytest.raises(DataError, match="tokenised with tokenizer"):
+    mine = Tokenizer.load(root / "tok")
+    assert check_tokenizer_matches(root / "ds", mine) == root / "ds" / "tokens" / tokenizer_key(mine.sha256)
+    with pytest.raises(DataError, match=rf"ds: tokenised with tokenizer {mine.sha256[:12]} only.*"
+                                        rf"foundry data tokenize .*ds --tokenizer"):
         check_tokenizer_matches(root / "ds", other)
-    # re-tokenising with another tokenizer without --overwrite must not touch the shards
-    before = (root / "ds" / "tokens" / "index.json").read_bytes()
-    assert cli(["data", "tokenize", str(root / "ds"), "--tokenizer", str(tmp_path / "tok2"), "--no-progress"]) == 1
-    assert "--overwrite" in capsys.readouterr().err
-    assert (root / "ds" / "tokens" / "index.json").read_bytes() == before
+    # the same dataset tokenised with this tokenizer again is a no-op, and the shards are not rewritten
+    before = {f: f.read_bytes() for f in (root / "ds" / "tokens").rglob("*") if f.is_file()}
+    assert cli(["data", "tokenize", str(root / "ds"), "--tokenizer", str(root / "tok"), "--no-progress"]) == 0
+    assert "already tokenised" in capsys.readouterr().out
+    assert {f: f.read_bytes() for f in (root / "ds" / "tokens").rglob("*") if f.is_file()} == before
+
+
+def test_two_tokenizers_keep_their_shards_side_by_side(built, tmp_path):
+    import shutil
+
+    root, texts = built
+    shutil.copytree(root / "ds", tmp_path / "ds")
+    assert cli(["tokenizer", "train", str(tmp_path / "ds"), "--out", str(tmp_path / "tok2"),
+                "--vocab-size", "280"]) == 0
+    mine, other = Tokenizer.load(root / "tok"), Tokenizer.load(tmp_path / "tok2")
+    before = {f: f.read_bytes() for f in (tmp_path / "ds" / "tokens").rglob("*") if f.is_file()}
+    assert cli(["data", "tokenize", str(tmp_path / "ds"), "--tokenizer", str(tmp_path / "tok2"),
+                "--workers", "1", "--no-progress"]) == 0
+    folders = sorted(p.name for p in (tmp_path / "ds" / "tokens").iterdir())
+    assert folders == sorted([tokenizer_key(mine.sha256), tokenizer_key(other.sha256)])  # no temp left behind
+    for f, data in before.items():  # the first tokenizer's shards are untouched
+        assert f.read_bytes() == data
+    # each reader picks its own tokenizer's shards; naming none is ambiguous now
+    for tok in (mine, other):
+        stream = TokenStream(tmp_path / "ds", "train", tok)
+        assert stream.index["tokenizer_sha256"] == tok.sha256
+        assert stream.read(0, stream.num_tokens).tolist() == [t for d in texts["train"] for t in tok.encode(d) + [tok.eos_id]]
+    with pytest.raises(DataError, match="holds token shards for 2 tokenizers"):
+        load_token_index(tmp_path / "ds")
+
+
+def test_the_earlier_single_layout_still_loads(built, tmp_path, capsys):
+    """Datasets tokenised before keyed folders (DATASET/tokens/index.json) are read, and a second tokenizer's
+    shards go beside them."""
+    import shutil
+
+    root, texts = built
+    tok = Tokenizer.load(root / "tok")
+    shutil.copytree(root / "ds", tmp_path / "ds")
+    keyed = tmp_path / "ds" / "tokens" / tokenizer_key(tok.sha256)
+    for f in keyed.iterdir():
+        f.rename(tmp_path / "ds" / "tokens" / f.name)
+    keyed.rmdir()
+    assert load_token_index(tmp_path / "ds", tok)["dir"] == str(tmp_path / "ds" / "tokens")
+    blocks = TokenBlocks(tmp_path / "ds", "train", block_size=16, seed=0, tokenizer=tok)
+    assert blocks.next_batch(2)["input_ids"].shape == (2, 16)
+    assert cli(["data", "tokenize", str(tmp_path / "ds"), "--tokenizer", str(root / "tok"), "--no-progress"]) == 0
+    assert "already tokenised" in capsys.readouterr().out and not keyed.exists()
+    assert cli(["tokenizer", "train", str(tmp_path / "ds"), "--out", str(tmp_path / "tok2"), "--vocab-size", "280"]) == 0
+    other = Tokenizer.load(tmp_path / "tok2")
+    assert cli(["data", "tokenize", str(tmp_path / "ds"), "--tokenizer", str(tmp_path / "tok2"), "--workers", "1",
+                "--no-progress"]) == 0
+    assert load_token_index(tmp_path / "ds", other)["dir"] == str(tmp_path / "ds" / "tokens" / tokenizer_key(other.sha256))
+    assert load_token_index(tmp_path / "ds", tok)["dir"] == str(tmp_path / "ds" / "tokens")
+
+
+def test_absent_shards_name_the_command(tmp_path):
+    make_dataset(tmp_path / "ds", n_train=5)
+    with pytest.raises(DataError, match=r"ds: no token shards .*run 'foundry data tokenize .*ds --tokenizer TOK'"):
+        TokenBlocks(tmp_path / "ds", "train", block_size=8, seed=0)
 
 
 def test_truncated_shard_is_detected(tmp_path):
@@ -147,7 +206,7 @@ def test_truncated_shard_is_detected(tmp_path):
     assert cli(["tokenizer", "train", str(tmp_path / "ds"), "--out", str(tmp_path / "tok"), "--vocab-size", "280"]) == 0
     assert cli(["data", "tokenize", str(tmp_path / "ds"), "--tokenizer", str(tmp_path / "tok"), "--workers", "1",
                 "--no-progress"]) == 0
-    shard = tmp_path / "ds" / "tokens" / "train_0000.bin"
+    shard = Path(load_token_index(tmp_path / "ds")["dir"]) / "train_0000.bin"
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(DataError, match="train_0000.bin: holds"):
         TokenBlocks(tmp_path / "ds", "train", block_size=8, seed=0)
@@ -158,12 +217,14 @@ def test_worker_count_does_not_change_the_shards_and_bad_records_are_named(built
     make_dataset(tmp_path / "ds", n_train=120)  # the same texts as `built` (same seed)
     assert cli(["data", "tokenize", str(tmp_path / "ds"), "--tokenizer", str(root / "tok"), "--workers", "1",
                 "--shard-tokens", "997", "--no-progress"]) == 0
-    for shard in (root / "ds" / "tokens").glob("train_0000.bin"):
-        assert (tmp_path / "ds" / "tokens" / shard.name).read_bytes() == shard.read_bytes()
+    mine, theirs = (Path(load_token_index(d)["dir"]) for d in (root / "ds", tmp_path / "ds"))
+    assert mine.name == theirs.name  # the same tokenizer's folder
+    for shard in mine.glob("train_0000.bin"):  # the first 120 documents are the same
+        assert (theirs / shard.name).read_bytes() == shard.read_bytes()
     with open(tmp_path / "ds" / "val.jsonl", "a") as f:
         f.write('{"id": "x", "source": "y"}\n')
     code = cli(["data", "tokenize", str(tmp_path / "ds"), "--tokenizer", str(root / "tok"), "--overwrite",
                 "--no-progress"])
     err = capsys.readouterr().err
     assert code == 1 and "val.jsonl:13: not a dataset record" in err and err.count("\n") == 1
-    assert (tmp_path / "ds" / "tokens" / "index.json").is_file()  # the old shards survive the failed rewrite
+    assert (theirs / "index.json").is_file()  # the old shards survive the failed rewrite

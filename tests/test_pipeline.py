@@ -137,3 +137,42 @@ def test_until_stops_after_the_named_stage(tmp_path, fake_verb):
     assert (tmp_path / "run" / "b" / "value.txt").is_file() and not (tmp_path / "run" / "c").exists()
     with pytest.raises(ConfigError, match="--until 'z' is not a stage"):
         run_recipe(load_recipe(path), path, until="z")
+
+
+def test_recipe_variables_fill_placeholders_keep_their_types_and_are_required(tmp_path, fake_verb):
+    recipe = {"name": "t", "out_dir": str(tmp_path / "run"),
+              "vars": {"model": None, "steps": 3, "where": "{run}/shared"},
+              "stages": [{"name": "a", "verb": "fake", "args": ["--out", "{out}", "--value", "{var:model}-{var:steps}"],
+                          "config": {"train": {"max_steps": "{var:steps}"}, "data": "{var:where}/x"}}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match=r"this recipe needs model=VALUE"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match=r"'modle=m' sets nothing this recipe has.*out_dir, model, steps, where"):
+        load_recipe(path, ["modle=m"])
+    record = run_recipe(load_recipe(path, ["model=m1", "steps=7"]), path)
+    assert (tmp_path / "run" / "a" / "value.txt").read_text() == "m1-7"
+    config = (tmp_path / "run" / "a" / "config.txt").read_text()
+    assert "max_steps: 7\n" in config and f"data: {tmp_path / 'run'}/shared/x" in config  # a number stays a number
+    assert record["vars"]["model"] == "m1"
+    # another value re-runs the stage; the same one skips it
+    assert run_recipe(load_recipe(path, ["model=m1", "steps=7"]), path)["stages"][0]["status"] == "skipped"
+    assert run_recipe(load_recipe(path, ["model=m2", "steps=7"]), path)["stages"][0]["status"] == "ran"
+    recipe["stages"][0]["args"][-1] = "{var:nope}"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match=r"stage 'a' reads \{var:nope\}, which is not in the recipe's vars"):
+        load_recipe(path, ["model=m"])
+
+
+def test_a_kept_output_is_shared_between_runs_not_moved_aside(tmp_path, fake_verb):
+    """Two runs writing one shared folder (a corpus): the second does not move the first's output away."""
+    shared = tmp_path / "shared"
+    for run in ("r1", "r2"):
+        recipe = {"name": "t", "out_dir": str(tmp_path / run), "stages": [
+            {"name": "data", "verb": "fake", "args": ["--out", str(shared / run), "--value", run],
+             "output": str(shared), "keep_output": True}]}
+        path = tmp_path / f"{run}.yaml"
+        path.write_text(json.dumps(recipe))
+        assert run_recipe(load_recipe(path), path)["stages"][0]["status"] == "ran"
+    assert sorted(p.name for p in shared.iterdir()) == ["r1", "r2"]
+    assert not (tmp_path / "r2" / ".pipeline" / "data.previous").exists()

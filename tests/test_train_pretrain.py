@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _train_data import make_dataset, write_recipe  # noqa: E402
 
 from foundry.cli import main  # noqa: E402
+from foundry.data.shards import load_token_index  # noqa: E402
 from foundry.utils.io import read_metrics  # noqa: E402
 
 FOUNDRY = [sys.executable, "-m", "foundry.cli"]
@@ -148,7 +149,7 @@ def test_loss_falls_on_the_bundled_bible(tmp_path, capsys):
                           micro_batch_size=8, lr=5e-3, checkpoint_every=40)
     assert main(["pretrain", "--config", str(recipe)]) == 0
     evals = [r["val/bpb"] for r in read_metrics(tmp_path / "run") if "val/bpb" in r]
-    val = json.loads((data["dataset"] / "tokens" / "index.json").read_text())["splits"]["val"]
+    val = load_token_index(data["dataset"])["splits"]["val"]
     uniform_bpb = math.log2(512) * val["tokens"] / val["bytes"]  # what an untrained model scores
     assert len(evals) == 2 and evals[1] < evals[0] < uniform_bpb, (evals, uniform_bpb)
     assert evals[1] < 0.85 * uniform_bpb  # 40 small steps already learn the corpus's common words

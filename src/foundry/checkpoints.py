@@ -460,6 +460,34 @@ def _import_gguf(path: Path, max_seq_len: int | None):
     return model, tokenizer
 
 
+def load_tokenizer(path):
+    """A model's tokenizer without its weights: a tokenizer directory or tokenizer.json, a foundry checkpoint or
+    run directory (its best checkpoint), or a Hugging Face model directory (its own special tokens mapped to
+    foundry's roles, as `import_hf` maps them, so the hash is the one the imported checkpoint keeps)."""
+    from foundry.data.tokenizer import Tokenizer
+    from foundry.errors import DataError
+    from foundry.utils.io import read_json
+
+    path = Path(path)
+    if path.is_dir() and not (path / "tokenizer.json").is_file() and (path / "checkpoints").is_dir():
+        path = resolve_checkpoint(path)
+    hf_config = path / "config.json" if path.is_dir() else None
+    try:
+        return Tokenizer.load(path)
+    except DataError:
+        if hf_config is None or not hf_config.is_file() or not (path / "tokenizer.json").is_file():
+            raise
+    cfg = read_json(hf_config)
+    text = (path / "tokenizer.json").read_text(encoding="utf-8")
+    if isinstance(cfg, dict) and cfg.get("model_type") == "bert":
+        from foundry.model.encoder_hf import bert_special_tokens
+
+        return Tokenizer.from_foreign(text, bert_special_tokens(path, text))
+    from foundry.model.hf import foreign_special_tokens
+
+    return Tokenizer.from_foreign(text, foreign_special_tokens(path, cfg if isinstance(cfg, dict) else {}, text))
+
+
 def _import_bert(hf_dir: Path, cfg: dict):
     """A BertForMaskedLM directory -> (Encoder, Tokenizer)."""
     from foundry.data.tokenizer import Tokenizer

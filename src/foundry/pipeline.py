@@ -6,6 +6,10 @@ folder holding the bundled `data/` and `recipes/` (the checkout, or the installe
 `foundry.utils.bundled`), so bundled data resolves from anywhere. A training verb's
 `config:` mapping is written to `RUN/.pipeline/NAME.yaml` and passed as `--config`.
 
+Recipe variables: `vars:` maps NAME to a default (null: the run needs one), read as `{var:NAME}` and set on the
+command line as `foundry run RECIPE NAME=VALUE` (recipes/adapt.yaml: `model=HF_DIR`). A value that is the
+whole string keeps its type (`max_steps: "{var:steps}"` stays a number); a default may use `{run}` and `{repo}`.
+
 Each finished stage leaves `RUN/.pipeline/NAME.json` with a fingerprint of its verb, arguments, config
 and its parents' fingerprints. A re-run skips a stage whose fingerprint is unchanged, so after a failure
 the run resumes at the failed stage; a stage with `resume: [--resume]` gets those arguments when a
@@ -32,7 +36,8 @@ from foundry.eval.findings import SPEC_FILE, Claim, check_unique
 from foundry.utils.bundled import bundled_root
 from foundry.utils.io import atomic_write_json, atomic_write_text, code_version, read_json
 
-PLACEHOLDER = re.compile(r"\{(out|run|repo|stage:([A-Za-z0-9_\-]+))\}")
+PLACEHOLDER = re.compile(r"\{(out|run|repo|stage:([A-Za-z0-9_\-]+)|var:([A-Za-z0-9_\-]+))\}")
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 class Stage(StrictModel):
@@ -43,6 +48,10 @@ class Stage(StrictModel):
     resume: list[str] = []
     output: str = Field("{out}", description="what the stage writes, when not its own directory "
                                              "(for example '{stage:data}/tokens')")
+    keep_output: bool = Field(False, description="the verb itself checks what its output already holds ('data "
+                              "prepare' and 'data tokenize' do nothing when it holds the same, and write other "
+                              "tokenizers' shards beside), so the runner never moves it aside: for outputs that "
+                              "several runs share, such as a corpus")
     description: str = ""
 
 
@@ -50,25 +59,55 @@ class Recipe(StrictModel):
     name: str
     out_dir: str
     description: str = ""
+    vars: dict[str, Any] = Field({}, description="recipe variables: NAME: default (null: required), read as "
+                                 "{var:NAME}, set as 'foundry run RECIPE NAME=VALUE'")
     stages: list[Stage]
     findings: list[Claim] = Field([], description="the lessons the run should show, computed by the report "
                                                   "(see foundry.eval.findings)")
 
 
+def _typed(value: str) -> Any:
+    """A command-line value as YAML reads it (30 -> int, true -> bool), numbers like 1e-3 included."""
+    if NUMBER.fullmatch(value):
+        return int(value) if value.lstrip("+-").isdigit() else float(value)
+    parsed = yaml.safe_load(value) if value else value
+    return parsed if isinstance(parsed, (bool, int, float)) else value
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """A recipe with `out_dir=PATH` and `NAME=VALUE` (its `vars:`) set from the command line."""
     data = read_yaml(path)
+    variables = data.get("vars") if isinstance(data.get("vars"), dict) else {}
     for word in overrides or []:
-        key, _, value = word.partition("=")
-        if key != "out_dir" or not value:
-            raise ConfigError(f"{path}: only out_dir=PATH can be overridden for a whole recipe, got '{word}'")
-        data["out_dir"] = value
+        key, eq, value = word.partition("=")
+        if key == "out_dir" and value:
+            data["out_dir"] = value
+        elif eq and key in variables:
+            variables[key] = _typed(value)
+        else:
+            allowed = ", ".join(["out_dir"] + list(variables))
+            raise ConfigError(f"{path}: '{word}' sets nothing this recipe has; set out_dir=PATH or one of its "
+                              f"variables as NAME=VALUE ({allowed})")
+    missing = [k for k, v in variables.items() if v is None]
+    if missing:
+        raise ConfigError(f"{path}: this recipe needs {' '.join(f'{k}=VALUE' for k in missing)} on the command line "
+                          f"(see its vars:)")
     recipe = config_from_dict(Recipe, data, str(path))
+    for name, value in recipe.vars.items():
+        bad = [m.group(0) for m in PLACEHOLDER.finditer(json.dumps(value)) if m.group(1) not in ("run", "repo")]
+        if bad:
+            raise ConfigError(f"{path}: variable '{name}' uses {bad[0]}; a variable may use only {{run}} and {{repo}}")
     seen: set[str] = set()
     for stage in recipe.stages:
         if stage.verb not in VERBS or stage.verb in ("run", "quickstart"):
             raise ConfigError(f"{path}: stage '{stage.name}': unknown verb '{stage.verb}'")
         if stage.name in seen:
             raise ConfigError(f"{path}: stage name '{stage.name}' is used twice")
+        unknown = [m.group(3) for m in PLACEHOLDER.finditer(json.dumps(stage.model_dump()))
+                   if m.group(3) and m.group(3) not in recipe.vars]
+        if unknown:
+            raise ConfigError(f"{path}: stage '{stage.name}' reads {{var:{unknown[0]}}}, which is not in the "
+                              f"recipe's vars:")
         for parent in _references(stage):
             if parent not in seen:
                 raise ConfigError(f"{path}: stage '{stage.name}' reads stage '{parent}', which does not run "
@@ -87,9 +126,12 @@ def _references(stage: Stage) -> list[str]:
     return [m.group(2) for m in PLACEHOLDER.finditer(text) if m.group(2)]
 
 
-def _substitute(value: Any, mapping: dict[str, str]) -> Any:
+def _substitute(value: Any, mapping: dict[str, Any]) -> Any:
     if isinstance(value, str):
-        return PLACEHOLDER.sub(lambda m: mapping[m.group(1)], value)
+        whole = PLACEHOLDER.fullmatch(value)
+        if whole and not isinstance(mapping[whole.group(1)], str):
+            return mapping[whole.group(1)]  # a variable that is the whole value keeps its type
+        return PLACEHOLDER.sub(lambda m: str(mapping[m.group(1)]), value)
     if isinstance(value, list):
         return [_substitute(v, mapping) for v in value]
     if isinstance(value, dict):
@@ -142,7 +184,9 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
     state_dir.mkdir(parents=True, exist_ok=True)
     prints: dict[str, str] = {}
     record: dict[str, Any] = {"recipe": str(recipe_path), "name": recipe.name, "code_version": code_version(),
-                              "stages": []}
+                              "vars": recipe.vars, "stages": []}
+    base = {"run": str(run_dir), "repo": str(bundled_root())}
+    variables = {f"var:{k}": _substitute(v, base) for k, v in recipe.vars.items()}
     findings = yaml.safe_dump({"findings": [c.model_dump() for c in recipe.findings]}, sort_keys=False)
     if recipe.findings:
         atomic_write_text(run_dir / SPEC_FILE, findings)
@@ -155,10 +199,10 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
     print(stage_list([s.name for s in stages], budgets), flush=True)
     for number, stage in enumerate(stages, 1):
         where = f"{number}/{len(stages)} {stage.name}"
-        mapping = {"out": str(run_dir / stage.name), "run": str(run_dir), "repo": str(bundled_root())}
+        mapping = {"out": str(run_dir / stage.name), **base, **variables}
         mapping.update({f"stage:{name}": str(run_dir / name) for name in prints})
         out = Path(_substitute(stage.output, mapping))
-        args = _substitute(stage.args, mapping)
+        args = [str(a) for a in _substitute(stage.args, mapping)]
         config = _substitute(stage.config, mapping) if stage.config is not None else None
         # A stage that reads the whole run directory (a report) depends on every stage before it.
         reads_run = "{run}" in json.dumps([stage.args, stage.config])
@@ -180,7 +224,7 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
             atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
             argv += ["--config", str(config_path)]
         attempt_file = state_dir / f"{stage.name}.attempt"
-        if out.exists():
+        if out.exists() and not stage.keep_output:
             last_attempt = attempt_file.read_text().strip() if attempt_file.is_file() else None
             if stage.resume and last_attempt == fp and not done:
                 argv += stage.resume  # an interrupted attempt of this same stage: continue it

@@ -115,12 +115,13 @@ def _run(cfg, tc, model_config, run_dir: Path, interrupt_after: int | None = Non
     with StageRunner("selftest", run_cfg, resume) as runner:
         torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
         model = Llama(model_config)
-        source = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed)
+        tokenizer = Tokenizer.load(cfg.tokenizer)
+        source = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed, tokenizer=tokenizer)
         if interrupt_after is not None:
             source = _InterruptingSource(source, interrupt_after)
         runner.open_run_dir()
         try:
-            runner.finish(runner.train(model, NextTokenObjective(), source, Tokenizer.load(cfg.tokenizer)))
+            runner.finish(runner.train(model, NextTokenObjective(), source, tokenizer))
         except _Interrupted:
             pass
 

@@ -116,11 +116,14 @@ def prepare_main(argv: list[str]) -> int:
 
 
 def tokenize_main(argv: list[str]) -> int:
-    from foundry.data.shards import DEFAULT_SHARD_TOKENS, tokenize_dataset
+    from foundry.checkpoints import load_tokenizer
+    from foundry.data.shards import DEFAULT_SHARD_TOKENS, tokenize_dataset, tokenizer_key
 
     p = make_parser("data tokenize")
     p.add_argument("dataset", help="dataset directory made by 'foundry data prepare'")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory (or tokenizer.json)")
+    p.add_argument("--tokenizer", required=True,
+                   help="tokenizer directory (or tokenizer.json), or the model whose tokenizer to use: a foundry "
+                        "checkpoint or run directory, or a Hugging Face model directory")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="tokenising tasks at once (default: all cores)")
     p.add_argument("--executor", choices=("local", "slurm", "ray", "inline"), default="local",
                    help="datatrove executor (local: this machine; slurm, ray: many); inline = the single-process "
@@ -128,19 +131,23 @@ def tokenize_main(argv: list[str]) -> int:
     p.add_argument("--executor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to the engine's executor (e.g. partition=cpu for slurm); repeatable")
     p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
-    p.add_argument("--overwrite", action="store_true", help="replace existing shards")
+    p.add_argument("--overwrite", action="store_true", help="replace this tokenizer's existing shards (other "
+                                                            "tokenizers' shards are never touched)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    out = Path(args.dataset) / "tokens"
+    tokenizer = load_tokenizer(args.tokenizer)
+    out = Path(args.dataset) / "tokens" / tokenizer_key(tokenizer.sha256)
     executor = "inline" if args.workers == 0 else args.executor
-    index = tokenize_dataset(args.dataset, args.tokenizer, workers=max(1, args.workers), shard_tokens=args.shard_tokens,
+    index = tokenize_dataset(args.dataset, tokenizer, workers=max(1, args.workers), shard_tokens=args.shard_tokens,
                              overwrite=args.overwrite, progress=not args.no_progress, record_config=vars(args),
-                             executor=executor, options=executor_options(args.executor_option))
+                             executor=executor, options=executor_options(args.executor_option),
+                             tokenizer_source=str(args.tokenizer))
     if index is None and executor not in ("local", "inline"):
         print(f"submitted to {executor}; the shards appear in {out} when the last task finishes")
         return 0
     if index is None:
-        print(f"{out}: already tokenised with this tokenizer; nothing to do (--overwrite to redo)")
+        print(f"{args.dataset}: already tokenised with this tokenizer ({tokenizer.sha256[:12]}); nothing to do "
+              "(--overwrite to redo)")
         return 0
     for split, s in index["splits"].items():
         print(f"{split}: {s['documents']} documents, {s['tokens']} tokens, {s['bytes']} bytes "

@@ -34,7 +34,8 @@ def run_main(argv: list[str]) -> int:
     from foundry.pipeline import load_recipe, run_recipe
     parser = make_parser("run")
     parser.add_argument("recipe", help="recipe YAML (see recipes/)")
-    parser.add_argument("overrides", nargs="*", help="out_dir=PATH to write the run elsewhere")
+    parser.add_argument("overrides", nargs="*", help="out_dir=PATH to write the run elsewhere; NAME=VALUE sets a "
+                                                     "recipe variable (its vars:, e.g. model=HF_DIR)")
     parser.add_argument("--force", action="append", default=[], metavar="STAGE",
                         help="re-run this stage even if unchanged (repeatable)")
     parser.add_argument("--until", metavar="STAGE", help="stop after this stage")

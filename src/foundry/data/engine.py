@@ -269,9 +269,9 @@ class _Step:
         return self.job.work
 
     def output(self) -> str:
-        """What the run writes in the end: the dataset directory, or its tokens/ folder."""
+        """What the run writes in the end: the dataset directory, or its tokenizer's tokens folder."""
         job = self.job
-        return job.out if isinstance(job, PrepareJob) else str(Path(job.dataset) / "tokens")
+        return job.out
 
     def run_task(self, rank: int, world_size: int) -> None:
         raise NotImplementedError
@@ -607,6 +607,8 @@ class TokenizeJob:
     overwrite: bool = False
     record_config: dict = field(default_factory=dict)
     started: float = 0.0
+    out: str = ""  # the keyed tokens folder, DATASET/tokens/<sha256[:16]>
+    tokenizer_source: str = ""  # the tokenizer as the user named it (for run.json)
 
 
 def _line_number(path: Path, offset: int) -> int:
@@ -676,7 +678,7 @@ class ShardStep(_Step):
     stage = "shard"
 
     def where(self, rank):
-        return str(Path(self.job.dataset) / "tokens")
+        return self.job.out
 
     def run_task(self, rank, world_size):
         from foundry.data.shards import ShardWriter, write_token_index
@@ -686,7 +688,7 @@ class ShardStep(_Step):
         index = json.loads(json.dumps(job.index))
         work = Path(job.work)
         dtype = np.dtype(index["dtype"])
-        with atomic_directory(Path(job.dataset) / "tokens", overwrite=job.overwrite) as tmp:
+        with atomic_directory(Path(job.out), overwrite=job.overwrite) as tmp:
             for split in ("train", "val"):
                 info = {"tokens": 0, "documents": 0, "bytes": 0, "shards": []}
                 writer = ShardWriter(tmp, split, job.shard_tokens, info["shards"])
@@ -702,21 +704,27 @@ class ShardStep(_Step):
                         writer.write(np.asarray(tokens[first:first + (1 << 24)]))
                 writer.close()
                 index["splits"][split] = info
-            write_token_index(tmp, index, Path(job.dataset), job.tokenizer, time.time() - job.started,
-                              job.record_config)
+            write_token_index(tmp, index, Path(job.dataset), job.tokenizer_source or job.tokenizer,
+                              time.time() - job.started, job.record_config)
         (work / "index.json").write_text(json.dumps(index))
 
 
 def tokenize_on_engine(dataset: Path, tok_file: str, index: dict, *, shard_tokens: int, workers: int,
                        executor: str = "local", options: dict | None = None, overwrite: bool = False,
-                       record_config: dict | None = None) -> dict | None:
-    """Run the two tokenize stages; returns the index (None when Slurm was only submitted)."""
+                       record_config: dict | None = None, out: Path | None = None,
+                       tokenizer_source: str = "") -> dict | None:
+    """Run the two tokenize stages into `out` (default the keyed folder DATASET/tokens/<sha256[:16]>);
+    returns the index (None when Slurm was only submitted)."""
+    from foundry.data.shards import tokenizer_key
+
+    out = Path(out) if out is not None else dataset / "tokens" / tokenizer_key(index["tokenizer_sha256"])
     parts = []
     for split in ("train", "val"):
         size = (dataset / f"{split}.jsonl").stat().st_size
         n = max(1, min(max(workers, -(-size // PART_BYTES)), size // MIN_PART_BYTES))
         parts += [(split, size * k // n, size * (k + 1) // n) for k in range(n)]
-    work = dataset / "tokens.work"
+    work = out.with_name(f".{out.name}.work")  # one per tokenizer, so two can tokenise the dataset at once
+    work.parent.mkdir(parents=True, exist_ok=True)
     key = {"index": index, "parts": parts, "shard_tokens": shard_tokens}
     stamp = work / "job.json"
     if work.exists():
@@ -730,7 +738,7 @@ def tokenize_on_engine(dataset: Path, tok_file: str, index: dict, *, shard_token
     if not stamp.exists():
         stamp.write_text(json.dumps(key))
     job = TokenizeJob(str(dataset), tok_file, str(work), index, parts, shard_tokens, overwrite,
-                      record_config or {}, started=time.time())
+                      record_config or {}, started=time.time(), out=str(out), tokenizer_source=tokenizer_source)
     options = dict(options or {})
     encode = _executor(executor, [EncodeStep(job)], len(parts), workers, work / "logs" / "encode", None, options)
     shard = _executor(executor, [ShardStep(job)], 1, workers, work / "logs" / "shard", encode, options)

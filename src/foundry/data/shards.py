@@ -1,8 +1,12 @@
 """Packed token shards: `foundry data tokenize` writes them, `TokenBlocks` serves training blocks from them.
 
-Layout (docs/ARCHITECTURE.md): `DIR/tokens/{split}_{k:04d}.bin` are raw little-endian uint16 (uint32 when
-the vocabulary does not fit) token ids, every document followed by `<|endoftext|>`, so a split is one
-long token stream cut into shards; `DIR/tokens/index.json` says which files hold how many tokens.
+Layout (docs/ARCHITECTURE.md, docs/DATA.md): one dataset holds shards for several tokenizers side by side,
+one folder each, named by the tokenizer's hash: `DIR/tokens/<sha256[:16]>/{split}_{k:04d}.bin` are raw
+little-endian uint16 (uint32 when the vocabulary does not fit) token ids, every document followed by
+`<|endoftext|>`, so a split is one long token stream cut into shards; `index.json` beside them says which
+files hold how many tokens and the full `tokenizer_sha256`. The earlier single layout (`DIR/tokens/index.json`
+and its shards directly in `tokens/`) is still read. Readers name the model's tokenizer (`token_dir`), so
+each model reads the shards of its own tokenizer and an absent one is a one-line error naming the command.
 
 Sampling: each epoch the stream is cut into non-overlapping windows of block_size + 1 tokens (start
 phase drawn per epoch from the seed, so block boundaries move between epochs) and the windows are
@@ -29,19 +33,73 @@ from foundry.errors import DataError
 DEFAULT_SHARD_TOKENS = 1 << 27  # 128M tokens: 256 MB per uint16 shard
 
 
-def _tokens_dir(path: str | Path) -> Path:
-    """Accept the dataset directory or its `tokens/` subdirectory."""
+KEY_CHARS = 16  # hex characters of the tokenizer's sha256 that name its shard folder
+
+
+def tokenizer_key(sha256: str) -> str:
+    """The folder name of a tokenizer's shards inside DATASET/tokens/."""
+    return sha256[:KEY_CHARS]
+
+
+def _sha256_of(tokenizer) -> str | None:
+    """A Tokenizer's hash, or a hash given as a string (None: any tokenizer)."""
+    return tokenizer if isinstance(tokenizer, str) or tokenizer is None else tokenizer.sha256
+
+
+def token_sets(path: str | Path) -> list[tuple[Path, str | None]]:
+    """Every tokens folder under a dataset (or under its `tokens/`), with the tokenizer sha256 its
+    index.json records (None when unreadable): the keyed folders first, then the earlier single layout."""
     path = Path(path)
-    if (path / "index.json").is_file():
-        return path
-    if (path / "tokens" / "index.json").is_file():
-        return path / "tokens"
-    raise DataError(f"{path}: no token shards (tokens/index.json); run 'foundry data tokenize {path} --tokenizer TOK'")
+    root = path if (path / "index.json").is_file() or path.name == "tokens" else path / "tokens"
+    found = [d for d in sorted(root.iterdir()) if not d.name.startswith(".") and (d / "index.json").is_file()] \
+        if root.is_dir() else []  # dot folders are writes in progress (atomic_directory, the engine's work)
+    if (root / "index.json").is_file():
+        found.append(root)  # DATASET/tokens/index.json: the layout before keyed folders
+    out = []
+    for d in found:
+        try:
+            sha = json.loads((d / "index.json").read_text(encoding="utf-8")).get("tokenizer_sha256")
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            sha = None
+        out.append((d, sha if isinstance(sha, str) else None))
+    return out
 
 
-def load_token_index(path: str | Path) -> dict:
-    """Read and check `index.json`: every shard exists and holds exactly the tokens the index says."""
-    tdir = _tokens_dir(path)
+def find_token_dir(path: str | Path, tokenizer) -> Path | None:
+    """The tokens folder made with `tokenizer` (a Tokenizer or its sha256), else None."""
+    sha = _sha256_of(tokenizer)
+    sets = token_sets(path)
+    if sha is None:
+        return sets[0][0] if len(sets) == 1 else None
+    return next((d for d, s in sets if s == sha), None)
+
+
+def token_dir(path: str | Path, tokenizer=None) -> Path:
+    """The shards of `path` (a dataset, its `tokens/` or one tokens folder) for `tokenizer` (a Tokenizer or
+    its sha256; None: the only set there is). Absent or other tokenizers' shards: a one-line DataError
+    naming the dataset and the command to run."""
+    path = Path(path)
+    sha = _sha256_of(tokenizer)
+    found = find_token_dir(path, sha)
+    if found is not None:
+        return found
+    sets = token_sets(path)
+    dataset = path.parent if path.name == "tokens" else path
+    if not sets:
+        raise DataError(f"{path}: no token shards (tokens/<tokenizer>/index.json); run 'foundry data tokenize "
+                        f"{dataset} --tokenizer {'TOK' if sha is None else '<the model>'}'")
+    have = ", ".join(s[:12] if s else f"{d.name} (unreadable index)" for d, s in sets)
+    if sha is None:
+        raise DataError(f"{path}: holds token shards for {len(sets)} tokenizers ({have}); name the model's "
+                        "tokenizer to choose")
+    raise DataError(f"{dataset}: tokenised with tokenizer {have} only, but the model's tokenizer is {sha[:12]}; "
+                    f"run 'foundry data tokenize {dataset} --tokenizer <the model>' (its shards go beside the others)")
+
+
+def load_token_index(path: str | Path, tokenizer=None) -> dict:
+    """Read and check the `index.json` of `token_dir(path, tokenizer)`: every shard exists and holds exactly
+    the tokens the index says. `index["dir"]` is the folder read."""
+    tdir = token_dir(path, tokenizer)
     file = tdir / "index.json"
     try:
         index = json.loads(file.read_text(encoding="utf-8"))
@@ -63,20 +121,17 @@ def load_token_index(path: str | Path) -> dict:
     return index
 
 
-def check_tokenizer_matches(shard_dir: str | Path, tokenizer) -> None:
-    """Refuse shards made with a different tokenizer: their ids would mean other tokens to the model."""
-    index = load_token_index(shard_dir)
-    if index["tokenizer_sha256"] != tokenizer.sha256:
-        raise DataError(f"{_tokens_dir(shard_dir)}: tokenised with tokenizer {index['tokenizer_sha256'][:12]}, "
-                        f"but the model's tokenizer is {tokenizer.sha256[:12]}; re-run "
-                        f"'foundry data tokenize {Path(shard_dir)} --tokenizer <the checkpoint> --overwrite'")
+def check_tokenizer_matches(shard_dir: str | Path, tokenizer) -> Path:
+    """The shards of `shard_dir` made with the model's `tokenizer` (their ids mean the model's tokens);
+    a one-line DataError when the dataset has none. Returns the tokens folder to read."""
+    return token_dir(shard_dir, tokenizer)
 
 
 class TokenStream:
     """One split's shards as a single read-only token array (memory-mapped, never loaded whole)."""
 
-    def __init__(self, shard_dir: str | Path, split: str):
-        index = load_token_index(shard_dir)
+    def __init__(self, shard_dir: str | Path, split: str, tokenizer=None):
+        index = load_token_index(shard_dir, tokenizer)
         if split not in index["splits"]:
             raise DataError(f"{index['dir']}: no split '{split}' (have {', '.join(index['splits'])})")
         self.index = index
@@ -106,10 +161,10 @@ class TokenBlocks:
     """Training and validation blocks from packed shards: (input_ids, targets) of block_size tokens."""
 
     def __init__(self, shard_dir: str | Path, split: str, block_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, tokenizer=None):
         if not 0 <= rank < world_size:
             raise DataError(f"TokenBlocks: rank {rank} is not in [0, world_size={world_size})")
-        self.stream = TokenStream(shard_dir, split)
+        self.stream = TokenStream(shard_dir, split, tokenizer)
         self.shard_dir, self.split, self.block_size, self.seed = str(shard_dir), split, block_size, seed
         self.rank, self.world_size = rank, world_size
         self.window = block_size + 1  # inputs are window[:-1], targets window[1:]
@@ -298,7 +353,7 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
 
 
 def write_token_index(tmp: Path, index: dict, dataset: Path, tok_file: str, seconds: float,
-                      record_config: dict) -> None:
+                      record_config: dict) -> None:  # tok_file: the tokenizer as the user named it
     """index.json and run.json beside the shards (the splits' entries already in `index`)."""
     from foundry.utils.io import atomic_write_json, write_run_record
 
@@ -313,47 +368,69 @@ def write_token_index(tmp: Path, index: dict, dataset: Path, tok_file: str, seco
                               "tokens_per_second": round(total / max(seconds, 1e-9))})
 
 
-def tokenize_dataset(dataset: str | Path, tokenizer: str | Path, workers: int = 1,
+def tokenize_dataset(dataset: str | Path, tokenizer, workers: int = 1,
                      shard_tokens: int = DEFAULT_SHARD_TOKENS, overwrite: bool = False, progress: bool = True,
                      record_config: dict | None = None, executor: str = "inline",
-                     options: dict | None = None) -> dict | None:
-    """Tokenise a prepared dataset's splits into `DATASET/tokens` (index.json + shards + run.json); returns
-    the index, or None when the shards already hold this dataset under this tokenizer.
+                     options: dict | None = None, tokenizer_source: str | None = None) -> dict | None:
+    """Tokenise a prepared dataset's splits into `DATASET/tokens/<sha256[:16]>/` (index.json + shards + run.json)
+    beside any other tokenizer's shards; returns the index, or None when this dataset already holds shards of
+    this tokenizer (in its keyed folder, or in the earlier single `tokens/` layout).
 
-    `executor` "inline" is the single-machine path (a process pool of `workers`); "local", "slurm" or
-    "ray" run it on the datatrove engine (foundry.data.engine), with the same shards byte for byte."""
+    `tokenizer` is a path `Tokenizer.load` reads, or a `Tokenizer` (an imported model's: it is written to a
+    temporary folder for the workers); `tokenizer_source` is what run.json names as its origin. `executor`
+    "inline" is the single-machine path (a process pool of `workers`); "local", "slurm" or "ray" run it on the
+    datatrove engine (foundry.data.engine), with the same shards byte for byte."""
+    import shutil
+
     from foundry.data.prepare import dataset_manifest
     from foundry.data.tokenizer import Tokenizer
     from foundry.utils.io import atomic_directory, sha256_file
 
     dataset = Path(dataset)
     manifest = dataset_manifest(dataset)
-    tok = Tokenizer.load(tokenizer)
-    tok_file = str(Path(tokenizer) / "tokenizer.json" if Path(tokenizer).is_dir() else Path(tokenizer))
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
     manifest_sha = sha256_file(manifest)
-    out = dataset / "tokens"
-    if (out / "index.json").is_file() and not overwrite:
-        old = json.loads((out / "index.json").read_text(encoding="utf-8"))
-        if old.get("tokenizer_sha256") == tok.sha256 and old.get("manifest_sha256") == manifest_sha:
+    key = tokenizer_key(tok.sha256)
+    out = dataset / "tokens" / key
+    for existing, sha in token_sets(dataset):
+        if sha != tok.sha256 or (existing != out and overwrite):
+            continue  # another tokenizer's shards are never touched; --overwrite writes the keyed folder
+        old = json.loads((existing / "index.json").read_text(encoding="utf-8"))
+        if old.get("manifest_sha256") == manifest_sha and not overwrite:
             return None
-        raise DataError(f"{out}: holds shards from a different tokenizer or dataset; pass --overwrite to replace them")
+        if not overwrite:
+            raise DataError(f"{existing}: holds this tokenizer's shards of an earlier version of the dataset; "
+                            "pass --overwrite to replace them")
     if shard_tokens < 1:
         raise DataError(f"--shard-tokens must be positive, got {shard_tokens}")
 
+    staged = None
+    if isinstance(tokenizer, Tokenizer):  # the workers load the tokenizer from a path: give them one
+        staged = dataset / "tokens" / f".{key}.tokenizer"
+        shutil.rmtree(staged, ignore_errors=True)
+        tok.save(staged)
+        tok_file = str(staged / "tokenizer.json")
+    else:
+        tok_file = str(Path(tokenizer) / "tokenizer.json" if Path(tokenizer).is_dir() else Path(tokenizer))
+    source = tokenizer_source or tok_file
+    record_config = record_config or {"dataset": str(dataset), "tokenizer": tokenizer_source or str(tokenizer)}
     dtype = "uint16" if tok.vocab_size <= 1 << 16 else "uint32"
     index = {"dtype": dtype, "tokenizer_sha256": tok.sha256, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
              "manifest_sha256": manifest_sha, "splits": {}}
-    if executor != "inline":
-        from foundry.data.engine import tokenize_on_engine
+    try:
+        if executor != "inline":
+            from foundry.data.engine import tokenize_on_engine
 
-        return tokenize_on_engine(dataset, tok_file, index, shard_tokens=shard_tokens, workers=workers,
-                                  executor=executor, options=options, overwrite=overwrite,
-                                  record_config=record_config or {"dataset": str(dataset), "tokenizer": str(tokenizer)})
-    t0 = time.perf_counter()
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        for split in ("train", "val"):
-            index["splits"][split] = tokenize_split(dataset, split, tok_file, tmp, dtype, max(1, workers),
-                                                    shard_tokens, progress=progress)
-        write_token_index(tmp, index, dataset, tok_file, time.perf_counter() - t0,
-                          record_config or {"dataset": str(dataset), "tokenizer": str(tokenizer)})
-    return index
+            return tokenize_on_engine(dataset, tok_file, index, shard_tokens=shard_tokens, workers=workers,
+                                      executor=executor, options=options, overwrite=overwrite,
+                                      record_config=record_config, out=out, tokenizer_source=source)
+        t0 = time.perf_counter()
+        with atomic_directory(out, overwrite=overwrite) as tmp:
+            for split in ("train", "val"):
+                index["splits"][split] = tokenize_split(dataset, split, tok_file, tmp, dtype, max(1, workers),
+                                                        shard_tokens, progress=progress)
+            write_token_index(tmp, index, dataset, source, time.perf_counter() - t0, record_config)
+        return index
+    finally:
+        if staged is not None and executor != "slurm":  # submitted Slurm tasks still read it
+            shutil.rmtree(staged, ignore_errors=True)

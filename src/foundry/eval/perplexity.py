@@ -8,8 +8,9 @@ Bits per byte = total nats / ln 2 / UTF-8 bytes of the scored text. It compares 
 tokenizers fairly (perplexity per token does not). When only the first `max_tokens` of a split are
 scored, the split's bytes are scaled by the scored share of its tokens.
 
-Token source: the dataset's packed shards (`DIR/tokens`) when they were made with this model's
-tokenizer, else `DIR/{split}.jsonl` tokenised on the fly (so any model can be scored on any dataset).
+Token source: the dataset's packed shards of this model's tokenizer (`DIR/tokens/<sha256[:16]>`, or the
+earlier single `DIR/tokens`) when it has them, else `DIR/{split}.jsonl` tokenised on the fly (so any model
+can be scored on any dataset).
 """
 
 from __future__ import annotations
@@ -85,12 +86,13 @@ def dataset_perplexity(model, tokenizer, dataset_dir: str | Path, split: str = "
     """Loss, perplexity and bits per byte on `dataset_dir`'s `split` (see module docstring)."""
     dataset_dir = Path(dataset_dir)
     block_size = block_size or model.config.max_seq_len
-    index_file = dataset_dir / "tokens" / "index.json"
-    index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else None
-    if index and index.get("tokenizer_sha256") == tokenizer.sha256 and split in index.get("splits", {}):
-        from foundry.data.shards import TokenStream
+    from foundry.data.shards import TokenStream, find_token_dir
 
-        stream = TokenStream(dataset_dir, split)
+    tokens_dir = find_token_dir(dataset_dir, tokenizer)
+    index_file = tokens_dir / "index.json" if tokens_dir is not None else None
+    index = json.loads(index_file.read_text(encoding="utf-8")) if index_file is not None else None
+    if index and split in index.get("splits", {}):
+        stream = TokenStream(tokens_dir, split)
         n = stream.num_tokens if max_tokens is None else min(stream.num_tokens, max_tokens)
         if n < 2:
             raise DataError(f"{dataset_dir}: split '{split}' has no tokens to score")

@@ -134,14 +134,15 @@ class MixtureSource:
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
-def dataset_evaluator(dataset: str | Path, block_size: int, batch_size: int, max_batches: int):
-    """fn(model) -> {"loss", "ppl", "bpb"} on the dataset's val shards (the same fixed blocks every call)."""
+def dataset_evaluator(dataset: str | Path, block_size: int, batch_size: int, max_batches: int, tokenizer=None):
+    """fn(model) -> {"loss", "ppl", "bpb"} on the dataset's val shards of `tokenizer` (the same fixed blocks
+    every call)."""
     from foundry.data.shards import TokenBlocks, load_token_index
     from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
 
-    blocks = TokenBlocks(dataset, "val", block_size, seed=0)
-    val = load_token_index(dataset)["splits"]["val"]
+    blocks = TokenBlocks(dataset, "val", block_size, seed=0, tokenizer=tokenizer)
+    val = load_token_index(dataset, tokenizer)["splits"]["val"]
     bytes_per_token = val["bytes"] / val["tokens"] if val.get("bytes") else None
     return loss_evaluator(NextTokenObjective(), lambda: blocks.eval_batches(batch_size, max_batches),
                           bytes_per_token=bytes_per_token)
@@ -218,23 +219,24 @@ def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
         weights = {m.name: m.weight for m in cfg.mixture}
         manifests = {name: sha256_file(dataset_manifest(path)) for name, path in datasets.items()}
         start = runner.load_start(cfg.init)
-        for path in datasets.values():
-            check_tokenizer_matches(path, start.tokenizer)  # one-line DataError naming the shards if they differ
+        # Each dataset's shards of the model's own tokenizer (a dataset may hold several tokenizers' side by
+        # side); none: a one-line DataError naming the dataset and the 'foundry data tokenize' to run.
+        tokens = {name: check_tokenizer_matches(path, start.tokenizer) for name, path in datasets.items()}
         # Each dataset samples with its own seed, so adding a dataset does not reshuffle the others.
-        train_sources = {name: TokenBlocks(path, "train", tc.block_size, tc.seed + k, env.rank, env.world_size)
-                         for k, (name, path) in enumerate(datasets.items()) if weights[name] > 0}
+        train_sources = {name: TokenBlocks(tokens[name], "train", tc.block_size, tc.seed + k, env.rank, env.world_size)
+                         for k, name in enumerate(datasets) if weights[name] > 0}
         source = MixtureSource(train_sources, weights, tc.seed)
         eval_bs = cfg.eval_batch_size or tc.micro_batch_size
-        evaluators = {f"val/{name}": dataset_evaluator(path, tc.block_size, eval_bs, tc.eval_batches)
-                      for name, path in datasets.items()}
+        evaluators = {f"val/{name}": dataset_evaluator(tokens[name], tc.block_size, eval_bs, tc.eval_batches)
+                      for name in datasets}
         objective = NextTokenObjective()
         if is_encoder(start.model):  # domain-adaptive MLM: the same mixture, masked (foundry.train.mlm)
             from foundry.train.mlm import MLMConfig, MLMObjective, Masker, MaskedLMSource, mlm_val_evaluator
 
             masker = Masker(start.tokenizer, start.model.config.mask_token_id, MLMConfig())
             source, objective = MaskedLMSource(source, masker, tc.seed), MLMObjective()
-            evaluators = {f"val/{name}": mlm_val_evaluator(path, tc.block_size, eval_bs, tc.eval_batches, masker)
-                          for name, path in datasets.items()}
+            evaluators = {f"val/{name}": mlm_val_evaluator(tokens[name], tc.block_size, eval_bs, tc.eval_batches, masker)
+                          for name in datasets}
         names = list(datasets)
         primary = max(cfg.mixture, key=lambda m: m.weight).name  # best checkpoint: lowest loss on the main dataset
         parents = {"checkpoint": str(Path(cfg.init).resolve()), "checkpoint_kind": start.kind,

@@ -155,11 +155,11 @@ def mlm_evaluator(batches: Callable[[], Iterable[dict]], masker: Masker, seed: i
     return evaluate
 
 
-def mlm_val_evaluator(dataset, block_size: int, batch_size: int, max_batches: int, masker: Masker):
-    """An MLM evaluator on a dataset's val shards (the same fixed blocks every call)."""
+def mlm_val_evaluator(dataset, block_size: int, batch_size: int, max_batches: int, masker: Masker, tokenizer=None):
+    """An MLM evaluator on a dataset's val shards of `tokenizer` (the same fixed blocks every call)."""
     from foundry.data.shards import TokenBlocks
 
-    blocks = TokenBlocks(dataset, "val", block_size, seed=0)
+    blocks = TokenBlocks(dataset, "val", block_size, seed=0, tokenizer=tokenizer)
     return mlm_evaluator(lambda: blocks.eval_batches(batch_size, max_batches), masker)
 
 
@@ -196,15 +196,15 @@ def run_mlm_pretrain(cfg, resume: bool = False) -> dict:
     with StageRunner("pretrain", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
         tokenizer = Tokenizer.load(cfg.tokenizer)
-        check_tokenizer_matches(cfg.data, tokenizer)
-        index = load_token_index(cfg.data)
+        tokens = check_tokenizer_matches(cfg.data, tokenizer)  # this tokenizer's shards of the dataset
+        index = load_token_index(tokens)
         model_config = encoder_model_config(cfg.model, tokenizer, tc.block_size)
         if "val" not in index["splits"]:
             raise ConfigError(f"{index['dir']}: no 'val' split to evaluate on; re-run 'foundry data prepare'")
         masker = Masker(tokenizer, model_config.mask_token_id, cfg.mlm)
-        blocks = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed, env.rank, env.world_size)
+        blocks = TokenBlocks(tokens, "train", tc.block_size, tc.seed, env.rank, env.world_size)
         source = MaskedLMSource(blocks, masker, tc.seed)
-        val_blocks = TokenBlocks(cfg.data, "val", tc.block_size, tc.seed)
+        val_blocks = TokenBlocks(tokens, "val", tc.block_size, tc.seed)
         evaluator = mlm_evaluator(lambda: val_blocks.eval_batches(tc.micro_batch_size, tc.eval_batches), masker)
         parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve()),
                    "tokenizer_sha256": tokenizer.sha256}

@@ -42,7 +42,8 @@ class ModelSpec(StrictModel):
 
 
 class PretrainConfig(StageConfig):
-    data: str = Field(description="dataset directory holding tokens/ (from 'foundry data tokenize')")
+    data: str = Field(description="dataset directory holding tokens/ (from 'foundry data tokenize'); the shards "
+                      "of the recipe's tokenizer are read")
     tokenizer: str = Field(description="tokenizer directory (or tokenizer.json)")
     model: ModelSpec = Field(ModelSpec(), description="the model to pretrain (below)")
     objective: Literal["next_token", "mlm"] = Field(
@@ -86,13 +87,13 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     with StageRunner("pretrain", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
         tokenizer = Tokenizer.load(cfg.tokenizer)
-        check_tokenizer_matches(cfg.data, tokenizer)
-        index = load_token_index(cfg.data)
+        tokens = check_tokenizer_matches(cfg.data, tokenizer)  # this tokenizer's shards of the dataset
+        index = load_token_index(tokens)
         model_config = build_model_config(cfg.model, tokenizer, tc.block_size)
-        train_blocks = TokenBlocks(cfg.data, "train", tc.block_size, tc.seed, env.rank, env.world_size)
+        train_blocks = TokenBlocks(tokens, "train", tc.block_size, tc.seed, env.rank, env.world_size)
         if "val" not in index["splits"]:
             raise ConfigError(f"{index['dir']}: no 'val' split to evaluate on; re-run 'foundry data prepare'")
-        val_blocks = TokenBlocks(cfg.data, "val", tc.block_size, tc.seed)
+        val_blocks = TokenBlocks(tokens, "val", tc.block_size, tc.seed)
         val_info = index["splits"]["val"]
         bytes_per_token = val_info["bytes"] / max(1, val_info["tokens"]) if val_info.get("bytes") else None
         parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve()),
