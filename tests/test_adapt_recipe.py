@@ -125,8 +125,13 @@ def test_adapt_recipe_on_llama_and_qwen2_sharing_one_corpus(tmp_path, capsys):
         assert "Findings (effect towards improvement" in out  # and printed at the end of the run
         # the export loads in transformers and gives the foundry model's logits
         exported = transformers.AutoModelForCausalLM.from_pretrained(run / "export").eval()
-        # (a Qwen2 model comes back as the one decoder's export: Llama with attention biases, the same logits)
-        assert exported.config.model_type in ("llama", "qwen2")
+        assert exported.config.model_type == family  # the class it came from
+        # the model's own chat template went through every stage unchanged, into the HF and GGUF exports
+        assert json.loads((run / "export" / "tokenizer_config.json").read_text())["chat_template"] == CHATML
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(run / "export_gguf.gguf")).fields["tokenizer.chat_template"]
+        assert bytes(field.parts[field.data[0]]).decode() == CHATML
         from foundry.checkpoints import load_model
 
         mine, tok = load_model(run / "dpo")

@@ -166,6 +166,9 @@ def test_a_base_model_gets_foundry_template_with_real_marker_tokens(tmp_path):
 
     model, tok = import_hf(hf_dir)
     assert tok.chat_template.name == "foundry" and tok.added_tokens
+    from foundry.checkpoints import load_tokenizer
+
+    assert load_tokenizer(hf_dir).sha256 == tok.sha256  # `data tokenize --tokenizer HF_DIR` keys its shards alike
     assert all(tok.token_to_id(m) is not None for m in FOUNDRY_MARKERS)
     assert model.config.vocab_size == tok.vocab_size > base_vocab
     ids = torch.randint(0, base_vocab, (1, 30), generator=torch.Generator().manual_seed(0))

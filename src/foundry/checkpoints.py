@@ -483,9 +483,9 @@ def load_tokenizer(path):
         from foundry.model.encoder_hf import bert_special_tokens
 
         return Tokenizer.from_foreign(text, bert_special_tokens(path, text))
-    from foundry.model.hf import foreign_special_tokens
-
-    return Tokenizer.from_foreign(text, foreign_special_tokens(path, cfg if isinstance(cfg, dict) else {}, text))
+    tokenizer = Tokenizer.from_hf_directory(path, cfg if isinstance(cfg, dict) else {}, text)
+    # a base model's tokenizer gains foundry's markers on import: the same here, so the hashes agree
+    return tokenizer.with_foundry_template() if tokenizer.chat_template.name == "foundry" else tokenizer
 
 
 def _import_bert(hf_dir: Path, cfg: dict):
