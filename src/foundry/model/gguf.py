@@ -217,6 +217,8 @@ def _unfaithful(arch: GGUFArch, config) -> str | None:
     from foundry.model.llama import rope_frequencies
 
     n = config.n_layer
+    if not config.tie_embeddings and not arch.output:
+        return f"an untied lm_head, where llama.cpp's {arch.name} has no output tensor (it always ties)"
     if arch.name in SWA_PATTERN:
         pattern = SWA_PATTERN[arch.name]
         want = [i for i in range(n) if i % pattern < pattern - 1]
@@ -283,9 +285,6 @@ def _gguf_tensors(arch: GGUFArch, state: dict, config, where: Path) -> dict[str,
     names = _tensor_names(arch, config.n_layer)
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)  # llama.cpp reuses token_embd when `output` is absent
-    elif not arch.output:
-        raise CheckpointError(f"{where}: untied lm_head: llama.cpp's {arch.name} has no output tensor "
-                              "(its embeddings are always tied)")
     unknown = sorted(set(state) - set(names))
     if unknown:
         raise CheckpointError(f"{where}: tensor {unknown[0]} has no GGUF name in the {arch.name} table "
