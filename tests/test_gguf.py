@@ -2,6 +2,10 @@
 Qwen2 (q/k/v biases) and Qwen3 (q/k norm) models built with transformers, imported to foundry, written as
 f16 and q8_0 GGUF; gguf's reader sees llama.cpp's metadata, transformers' GGUF loader gets the same logits
 and token ids, `foundry import` reads the file back; bad files are refused in one line with nothing written.
+Then every other family (Llama 3.x / linear / YaRN rope, Gemma 2 and 3, Phi-3 with partial rotary and longrope,
+OLMo 2, SmolLM3, a Qwen3 sliding window) with its own llama.cpp architecture, tensor names and metadata, read back
+by `foundry import` and, where it has the architecture, transformers' loader; and the switches llama.cpp hard-codes
+otherwise are refused on export. docs/GGUF.md quotes the measured differences.
 
 Measured on these models (max |logit difference| against the foundry checkpoint, logits up to ~4):
 f16 0.0024-0.0046 (bound 1e-2), q8_0 0.057-0.103 (bound 0.25); foundry's own import of the file gives

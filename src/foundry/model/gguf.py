@@ -3,16 +3,29 @@ directory and one `.gguf` file, so GGUF follows whatever families the Hugging Fa
 
 Design choices:
 - Export is `foundry checkpoint -> export_hf (a temporary directory) -> hf_to_gguf`; import is
-  `gguf_to_hf (a temporary directory) -> foundry.checkpoints.import_hf`. Neither side knows foundry's model
-  config or tokenizer class: only `config.json`, `model.safetensors`, `tokenizer.json`,
-  `tokenizer_config.json` and `generation_config.json`, which are transformers' formats.
-- A family is one entry of `ARCHS` (its GGUF architecture name, its per-layer tensor names and whether
-  llama.cpp permutes the q/k rows) plus a `MODEL_TYPES` line naming the transformers `model_type`s written
-  as it. Mistral is written as llama (as llama.cpp does); a Llama with q/k/v biases (foundry's export of a
-  Qwen2 import) as qwen2; a model with QK-norm is Qwen3 already.
-- llama.cpp's `llama` architecture applies rotary embeddings to interleaved pairs, transformers' to two
-  halves, so its converter permutes the rows of q and k (convert_hf_to_gguf.py, `LlamaModel.permute`);
-  transformers' GGUF loader and our import undo it. qwen2/qwen3 use llama.cpp's NEOX rope: no permutation.
+  `gguf_to_hf (a temporary directory) -> foundry.checkpoints.import_hf`. Both sides read and write transformers'
+  files only (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
+  `generation_config.json`); export interprets config.json with the family registry, nothing else of foundry's.
+- A family is one entry of `ARCHS` (its llama.cpp architecture, transformers class, per-layer tensor names, and
+  how llama.cpp's graph for it differs: q/k permutation, Gemma's norm shift, whether it has an `output` tensor,
+  computes sliding windows, reads rope tables) plus a `MODEL_TYPES` line naming the transformers `model_type`s
+  written as it. Mistral is written as llama (as llama.cpp does); a Llama with q/k/v biases (foundry's export of a
+  Qwen2 import) as qwen2; a model with QK-norm is Qwen3 already. The switches are read from config.json by the
+  family registry (`foundry.model.families`, through `config_from_hf`), so GGUF and the Hugging Face import agree
+  on what a config means.
+- What llama.cpp hard-codes instead of reading (llama-model.cpp's load_hparams: Gemma's sliding-layer pattern and
+  attention scale, Gemma 3's local rope base, SmolLM3's no-rope step) must hold, or the export is refused in one
+  line naming the family and the switch (`_unfaithful`), never written silently wrong. Where llama.cpp attends
+  fully (llama, qwen2, qwen3, smollm3; phi3, whose window llama.cpp disables) a sliding window caps the context
+  to it, within which full attention is exact.
+- Rope as llama.cpp's converter writes it: linear and YaRN as `rope.scaling.*`; Llama 3's bands as the
+  `rope_freqs` tensor of per-dimension divisors (import reads it back as the longrope of one factor list, which
+  computes the same frequencies: the bands' parameters are not recoverable); Phi-3's longrope as
+  `rope_factors_long/short` + `rope.scaling.attn_factor`; dynamic NTK as plain rope (the two agree within the
+  trained context, the file's context length).
+- Gemma's norms scale by (1 + w): llama.cpp stores 1 + w (convert_hf_to_gguf `Gemma2Model.modify_tensors`), and
+  transformers' GGUF loader subtracts the 1 again; so do we. Phi-3's fused `qkv_proj` / `gate_up_proj` stay fused
+  (`attn_qkv`, `ffn_up`), as llama.cpp's phi3 reads them.
 - Weights: `--quant f16` stores every matrix in float16, `q8_0` in 8-bit blocks of 32 (a matrix whose rows
   are not a multiple of 32 stays float16); vectors (norms, biases) stay float32, as llama.cpp's converter
   does. Import dequantises every tensor to float32 with `gguf.quants.dequantize`.
@@ -415,7 +428,7 @@ def _token_id(value, tokens: list[str]) -> int | None:
 
 def hf_to_gguf(hf_dir: str | Path, out: str | Path, quant: str = "f16", overwrite: bool = False,
                name: str | None = None) -> Path:
-    """A transformers model directory (Llama, Mistral, Qwen2, Qwen3; safetensors) -> one GGUF file."""
+    """A transformers model directory (safetensors; a family of `MODEL_TYPES`) -> one GGUF file."""
     from foundry.model.hf import load_hf_state
 
     gguf = _gguf()
@@ -676,7 +689,7 @@ def _rope_scaling_of(meta: dict, name: str, tables: dict, context: int, path: Pa
         if kind not in ("none", None):
             raise CheckpointError(f"{path}: rope_freqs together with rope scaling '{kind}' is not supported")
         return {"rope_type": "longrope", "long_factor": tables["rope_freqs"], "short_factor": tables["rope_freqs"],
-                "attention_factor": 1.0, "original_max_position_embeddings": context}
+                "factor": 1.0, "attention_factor": 1.0, "original_max_position_embeddings": context}
     if kind in ("none", None):
         return None
     if kind not in ("linear", "yarn") or not isinstance(factor, (int, float)):
