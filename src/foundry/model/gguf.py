@@ -89,8 +89,9 @@ POST_NORMS = {"post_attention_layernorm.weight": "post_attention_norm.weight",
               "post_feedforward_layernorm.weight": "post_ffw_norm.weight"}
 GEMMA_LAYER = {"input_layernorm.weight": "attn_norm.weight", "pre_feedforward_layernorm.weight": "ffn_norm.weight",
                **POST_NORMS, **ATTENTION, **MLP}
-PHI3_LAYER = {**PRE_NORMS, "self_attn.qkv_proj.weight": "attn_qkv.weight", "self_attn.o_proj.weight":
-              "attn_output.weight", "mlp.gate_up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+PHI3_LAYER = {**PRE_NORMS, "self_attn.qkv_proj.weight": "attn_qkv.weight",  # fused, as llama.cpp's phi3 reads them
+              "self_attn.o_proj.weight": "attn_output.weight", "mlp.gate_up_proj.weight": "ffn_up.weight",
+              "mlp.down_proj.weight": "ffn_down.weight"}
 
 ARCHS = {a.name: a for a in (
     GGUFArch("llama", "llama", "LlamaForCausalLM", LLAMA_LAYER, permute_qk=True, rope_tensor="rope_freqs"),
@@ -201,11 +202,9 @@ def _rope_kind(config) -> str:
     return (config.rope_scaling or {}).get("rope_type", "default")
 
 
-def _gemma_attn_scalar(arch: GGUFArch, config) -> float:
+def _gemma_attn_scalar(arch: str, n_layer: int, n_embd: int, n_head: int, head_dim: int) -> float:
     """The query_pre_attn_scalar llama.cpp's Gemma graphs use: head_dim, or n_embd / n_head at the 27B depth."""
-    if config.n_layer == GEMMA_27B_LAYERS[arch.name]:
-        return config.n_embd / config.n_head
-    return float(config.head_dim)
+    return n_embd / n_head if n_layer == GEMMA_27B_LAYERS[arch] else float(head_dim)
 
 
 def _rope_divisors(config) -> np.ndarray | None:
@@ -239,7 +238,8 @@ def _unfaithful(arch: GGUFArch, config) -> str | None:
         if have != want:
             return (f"sliding-window layers {have}, where llama.cpp slides on every layer but each {pattern}th "
                     f"({want})")
-        scalar, want_scalar = (config.attn_scale or config.head_dim ** -0.5) ** -2, _gemma_attn_scalar(arch, config)
+        scalar, want_scalar = (config.attn_scale or config.head_dim ** -0.5) ** -2, _gemma_attn_scalar(
+            arch.name, n, config.n_embd, config.n_head, config.head_dim)
         if abs(scalar - want_scalar) > 1e-3 * want_scalar:
             return f"query_pre_attn_scalar {scalar:g}, where llama.cpp fixes {want_scalar:g} for this shape"
     if arch.name == "gemma2" and not (config.attn_softcap and config.final_softcap):
@@ -328,7 +328,7 @@ def _gguf_tensors(arch: GGUFArch, state: dict, config, where: Path) -> dict[str,
     return out
 
 
-def _write_arch_metadata(w, gguf, arch: GGUFArch, config, cfg: dict) -> None:
+def _write_arch_metadata(w, gguf, arch: GGUFArch, config) -> None:
     """The hyperparameters of `arch` as llama.cpp's converter writes them (convert_hf_to_gguf.py)."""
     from foundry.model.llama import rope_frequencies
 
@@ -457,7 +457,7 @@ def hf_to_gguf(hf_dir: str | Path, out: str | Path, quant: str = "f16", overwrit
         w.add_name(name or hf_dir.name)
         w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_arch_metadata(w, gguf, arch, config, cfg)
+        _write_arch_metadata(w, gguf, arch, config)
         w.add_vocab_size(n_vocab)
 
         w.add_tokenizer_model("gpt2")
@@ -647,7 +647,7 @@ def gguf_to_hf(path: str | Path, hf_dir: str | Path) -> Path:
         "pad_token_id": pad,
         "torch_dtype": "float32",
     }
-    _arch_config(arch, config, meta, head_dim, path)
+    _arch_config(arch, config, meta, head_dim)
     hf_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
     atomic_write_json(hf_dir / "config.json", config)
@@ -699,7 +699,7 @@ def _rope_scaling_of(meta: dict, name: str, tables: dict, context: int, path: Pa
     return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original}
 
 
-def _arch_config(arch: GGUFArch, config: dict, meta: dict, head_dim: int, path: Path) -> None:
+def _arch_config(arch: GGUFArch, config: dict, meta: dict, head_dim: int) -> None:
     """The family's own config.json keys, from what llama.cpp reads or hard-codes for the architecture."""
     name, n = arch.name, config["num_hidden_layers"]
 
@@ -708,7 +708,7 @@ def _arch_config(arch: GGUFArch, config: dict, meta: dict, head_dim: int, path: 
 
     if name in SWA_PATTERN:
         pattern = SWA_PATTERN[name]
-        scalar = _gemma_attn_scalar(arch, _Shape(n, config["hidden_size"], config["num_attention_heads"], head_dim))
+        scalar = _gemma_attn_scalar(name, n, config["hidden_size"], config["num_attention_heads"], head_dim)
         config.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=scalar,
                       sliding_window=window(4096 if name == "gemma2" else None),
                       layer_types=["sliding_attention" if i % pattern < pattern - 1 else "full_attention"
@@ -729,14 +729,6 @@ def _arch_config(arch: GGUFArch, config: dict, meta: dict, head_dim: int, path: 
     elif name == "smollm3":
         config.update(no_rope_layers=[int((i + 1) % SMOLLM3_NO_ROPE_STEP != 0) for i in range(n)],
                       no_rope_layer_interval=SMOLLM3_NO_ROPE_STEP, use_sliding_window=False, sliding_window=None)
-
-
-@dataclass(frozen=True)
-class _Shape:  # the fields _gemma_attn_scalar reads, on import where there is no LlamaConfig yet
-    n_layer: int
-    n_embd: int
-    n_head: int
-    head_dim: int
 
 
 def _tokenizer_json(tokens: list[str], types: list[int], merges: list[str], pre: str, path: Path) -> str:
