@@ -521,6 +521,8 @@ def test_family_has_its_own_architecture_and_reads_back(tmp_path, name):
      "sliding layers' rope base 1000, where llama.cpp fixes 10000"),
     ("smollm3", dict(no_rope_layers=[1, 0, 1, 0]),
      "layers without rope [1, 3], where llama.cpp's smollm3 skips rope on [3]"),
+    ("smollm3", dict(no_rope_layers=[1, 1, 1, 0], rope_parameters=LLAMA3_ROPE),
+     "Llama 3 rope scaling, whose rope_freqs llama.cpp's smollm3 graph does not apply"),
     ("gemma2", dict(tie_word_embeddings=False), "an untied lm_head, where llama.cpp's gemma2 has no output tensor"),
     ("llama-yarn", dict(rope_parameters=dict(rope_type="yarn", factor=4.0, rope_theta=10000.0, beta_fast=16.0,
                                              original_max_position_embeddings=32)),

@@ -72,7 +72,9 @@ class GGUFArch:
     norm_shift: float = 0.0  # added to every norm weight: llama.cpp stores Gemma's (1 + w) scales with the 1 in
     output: bool = True  # an untied `output` tensor exists (Gemma 2 has none: always tied)
     swa: bool = False  # llama.cpp computes sliding windows (else it attends fully: the context is capped to them)
-    rope_tensor: str = ""  # per-dimension rope divisors: "rope_freqs" (Llama 3) or "rope_factors" (Phi-3's pair)
+    # per-dimension rope divisors its graph applies: "rope_freqs" (llama's only: qwen2, qwen3 and smollm3 list the
+    # tensor but pass no factors to ggml_rope_ext) or "rope_factors" (Phi-3's long / short pair)
+    rope_tensor: str = ""
     scaled_rope: bool = True  # llama.cpp reads rope.scaling.type (linear / yarn) for it (the converter writes it)
 
 
@@ -95,14 +97,14 @@ PHI3_LAYER = {**PRE_NORMS, "self_attn.qkv_proj.weight": "attn_qkv.weight",  # fu
 
 ARCHS = {a.name: a for a in (
     GGUFArch("llama", "llama", "LlamaForCausalLM", LLAMA_LAYER, permute_qk=True, rope_tensor="rope_freqs"),
-    GGUFArch("qwen2", "qwen2", "Qwen2ForCausalLM", {**LLAMA_LAYER, **QKV_BIAS}, rope_tensor="rope_freqs"),
-    GGUFArch("qwen3", "qwen3", "Qwen3ForCausalLM", {**LLAMA_LAYER, **QK_NORM}, rope_tensor="rope_freqs"),
+    GGUFArch("qwen2", "qwen2", "Qwen2ForCausalLM", {**LLAMA_LAYER, **QKV_BIAS}),
+    GGUFArch("qwen3", "qwen3", "Qwen3ForCausalLM", {**LLAMA_LAYER, **QK_NORM}),
     GGUFArch("gemma2", "gemma2", "Gemma2ForCausalLM", GEMMA_LAYER, norm_shift=1.0, output=False, swa=True,
              scaled_rope=False),
     GGUFArch("gemma3", "gemma3_text", "Gemma3ForCausalLM", {**GEMMA_LAYER, **QK_NORM}, norm_shift=1.0, swa=True),
     GGUFArch("phi3", "phi3", "Phi3ForCausalLM", PHI3_LAYER, rope_tensor="rope_factors", scaled_rope=False),
     GGUFArch("olmo2", "olmo2", "Olmo2ForCausalLM", {**POST_NORMS, **ATTENTION, **QK_NORM, **MLP}),
-    GGUFArch("smollm3", "smollm3", "SmolLM3ForCausalLM", LLAMA_LAYER, permute_qk=True, rope_tensor="rope_freqs"),
+    GGUFArch("smollm3", "smollm3", "SmolLM3ForCausalLM", LLAMA_LAYER, permute_qk=True),
 )}
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
                "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "smollm3": "smollm3"}  # model_type -> ARCHS
@@ -264,9 +266,10 @@ def _unfaithful(arch: GGUFArch, config) -> str | None:
                 (scaling.get("beta_slow") or 1) != 1 or scaling.get("truncate", True) is False:
             return "YaRN with a non-default attention factor, beta or truncation, which llama.cpp does not read"
     if kind == "llama3" and arch.rope_tensor != "rope_freqs":
-        return f"Llama 3 rope scaling, for which llama.cpp's {arch.name} has no rope_freqs tensor"
+        return f"Llama 3 rope scaling, whose rope_freqs llama.cpp's {arch.name} graph does not apply (llama's does)"
     if kind == "longrope" and arch.rope_tensor != "rope_factors" and _rope_divisors(config) is None:
-        return f"longrope with distinct short and long factors or an attention factor ({arch.name} has one table)"
+        return ("longrope, which llama.cpp computes for phi3 only (and llama, as rope_freqs, when its short and long "
+                "factors agree with no attention factor)")
     if kind == "longrope" and arch.rope_tensor == "rope_factors" and \
             len(scaling["long_factor"]) != config.rotary_dim // 2:
         return f"longrope factors of length {len(scaling['long_factor'])}, not rotary dims / 2"
