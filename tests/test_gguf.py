@@ -420,7 +420,7 @@ FAMILY_CASES = {
     "phi3-longrope": ("Phi3Config", "Phi3ForCausalLM", dict(original_max_position_embeddings=32,
                                                             rope_parameters=PHI3_LONGROPE), "phi3",
                       {"phi3.rope.scaling.original_context_length": 32, "phi3.rope.dimension_count": 8}, None),
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {}, "olmo2", {}, None),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(tie_word_embeddings=True), "olmo2", {}, None),
     "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(no_rope_layers=[1, 1, 1, 0]), "smollm3", {}, None),
     "qwen3-window": ("Qwen3Config", "Qwen3ForCausalLM", dict(
         head_dim=16, use_sliding_window=True, sliding_window=64,
@@ -499,6 +499,8 @@ def test_family_has_its_own_architecture_and_reads_back(tmp_path, name):
     if name == "phi3-longrope":
         assert tensors["rope_factors_long.weight"].data.tolist() == PHI3_LONGROPE["long_factor"]
         assert tensors["rope_factors_short.weight"].data.tolist() == pytest.approx(PHI3_LONGROPE["short_factor"])
+    if name == "olmo2":  # llama.cpp's olmo2 requires `output`: a tied model writes the embedding as it
+        assert np.array_equal(tensors["output.weight"].data, tensors["token_embd.weight"].data)
     if hf_kwargs is not None:
         with _gguf_loading_without_accelerate():
             theirs = transformers.AutoModelForCausalLM.from_pretrained(
@@ -519,6 +521,8 @@ def test_family_has_its_own_architecture_and_reads_back(tmp_path, name):
     ("gemma3", dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 50000.0},
                                      "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}),
      "sliding layers' rope base 1000, where llama.cpp fixes 10000"),
+    ("gemma3", dict(final_logit_softcapping=3.0),
+     "a final soft-cap, which llama.cpp's gemma3 sliding-window graph does not apply"),
     ("smollm3", dict(no_rope_layers=[1, 0, 1, 0]),
      "layers without rope [1, 3], where llama.cpp's smollm3 skips rope on [3]"),
     ("smollm3", dict(no_rope_layers=[1, 1, 1, 0], rope_parameters=LLAMA3_ROPE),

@@ -71,6 +71,7 @@ class GGUFArch:
     permute_qk: bool = False  # llama.cpp's `llama` rope works on interleaved pairs (see the docstring)
     norm_shift: float = 0.0  # added to every norm weight: llama.cpp stores Gemma's (1 + w) scales with the 1 in
     output: bool = True  # an untied `output` tensor exists (Gemma 2 has none: always tied)
+    output_required: bool = False  # llama.cpp loads no file without `output` (OLMo 2): a tied model writes a copy
     swa: bool = False  # llama.cpp computes sliding windows (else it attends fully: the context is capped to them)
     # per-dimension rope divisors its graph applies: "rope_freqs" (llama's only: qwen2, qwen3 and smollm3 list the
     # tensor but pass no factors to ggml_rope_ext) or "rope_factors" (Phi-3's long / short pair)
@@ -103,7 +104,8 @@ ARCHS = {a.name: a for a in (
              scaled_rope=False),
     GGUFArch("gemma3", "gemma3_text", "Gemma3ForCausalLM", {**GEMMA_LAYER, **QK_NORM}, norm_shift=1.0, swa=True),
     GGUFArch("phi3", "phi3", "Phi3ForCausalLM", PHI3_LAYER, rope_tensor="rope_factors", scaled_rope=False),
-    GGUFArch("olmo2", "olmo2", "Olmo2ForCausalLM", {**POST_NORMS, **ATTENTION, **QK_NORM, **MLP}),
+    GGUFArch("olmo2", "olmo2", "Olmo2ForCausalLM", {**POST_NORMS, **ATTENTION, **QK_NORM, **MLP},
+             output_required=True),
     GGUFArch("smollm3", "smollm3", "SmolLM3ForCausalLM", LLAMA_LAYER, permute_qk=True),
 )}
 MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
@@ -246,6 +248,8 @@ def _unfaithful(arch: GGUFArch, config) -> str | None:
             return f"query_pre_attn_scalar {scalar:g}, where llama.cpp fixes {want_scalar:g} for this shape"
     if arch.name == "gemma2" and not (config.attn_softcap and config.final_softcap):
         return "no attention or final soft-cap, which llama.cpp's gemma2 always applies"
+    if arch.name == "gemma3" and config.final_softcap:
+        return "a final soft-cap, which llama.cpp's gemma3 sliding-window graph does not apply"
     if arch.name == "gemma3" and config.sliding_window and \
             (config.local_rope_theta or config.rope_theta) != GEMMA3_LOCAL_ROPE_THETA:
         return (f"sliding layers' rope base {config.local_rope_theta or config.rope_theta:g}, where llama.cpp fixes "
@@ -322,6 +326,8 @@ def _gguf_tensors(arch: GGUFArch, state: dict, config, where: Path) -> dict[str,
         if arch.norm_shift and gg_name.endswith("norm.weight"):
             w = w + np.float32(arch.norm_shift)
         out[gg_name] = np.ascontiguousarray(w)
+    if arch.output_required and "output.weight" not in out:  # the tied matrix twice: the same logits
+        out["output.weight"] = out["token_embd.weight"]
     divisors = _rope_divisors(config) if arch.rope_tensor == "rope_freqs" else None
     if divisors is not None:
         out["rope_freqs.weight"] = divisors
@@ -361,7 +367,6 @@ def _write_arch_metadata(w, gguf, arch: GGUFArch, config) -> None:
         w.add_sliding_window(config.sliding_window)
     if arch.name == "gemma2":
         w.add_attn_logit_softcapping(float(config.attn_softcap))
-    if arch.name in ("gemma2", "gemma3") and config.final_softcap:
         w.add_final_logit_softcapping(float(config.final_softcap))
     if arch.name == "phi3":  # Phi-3's converter writes its window (0: none) and the original context always
         w.add_sliding_window(config.sliding_window)
@@ -716,8 +721,8 @@ def _arch_config(arch: GGUFArch, config: dict, meta: dict, head_dim: int) -> Non
                       sliding_window=window(4096 if name == "gemma2" else None),
                       layer_types=["sliding_attention" if i % pattern < pattern - 1 else "full_attention"
                                    for i in range(n)],
-                      final_logit_softcapping=meta.get(f"{name}.final_logit_softcapping",
-                                                       30.0 if name == "gemma2" else None))
+                      final_logit_softcapping=meta.get(f"{name}.final_logit_softcapping", 30.0)
+                      if name == "gemma2" else None)
         del config["hidden_act"]
         if name == "gemma2":
             config["attn_logit_softcapping"] = meta.get(f"{name}.attn_logit_softcapping", 50.0)
