@@ -2,6 +2,10 @@
 Qwen2 (q/k/v biases) and Qwen3 (q/k norm) models built with transformers, imported to foundry, written as
 f16 and q8_0 GGUF; gguf's reader sees llama.cpp's metadata, transformers' GGUF loader gets the same logits
 and token ids, `foundry import` reads the file back; bad files are refused in one line with nothing written.
+Then every other family (Llama 3.x / linear / YaRN rope, Gemma 2 and 3, Phi-3 with partial rotary and longrope,
+OLMo 2, SmolLM3, a Qwen3 sliding window) with its own llama.cpp architecture, tensor names and metadata, read back
+by `foundry import` and, where it has the architecture, transformers' loader; and the switches llama.cpp hard-codes
+otherwise are refused on export. docs/GGUF.md quotes the measured differences.
 
 Measured on these models (max |logit difference| against the foundry checkpoint, logits up to ~4):
 f16 0.0024-0.0046 (bound 1e-2), q8_0 0.057-0.103 (bound 0.25); foundry's own import of the file gives
@@ -10,6 +14,7 @@ the same numbers as transformers' loader.
 
 import contextlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -312,7 +317,7 @@ def test_bad_gguf_files_are_refused_in_one_line(tmp_path, capsys):
         (cut, "truncated"),
         (cut_data, "truncated"),
         (_minimal_gguf(tmp_path / "gpt2.gguf", arch="gpt2"),
-         "unsupported GGUF architecture 'gpt2'; supported: llama, qwen2, qwen3"),
+         "unsupported GGUF architecture 'gpt2'; supported: llama, qwen2, qwen3, gemma2, gemma3, phi3, olmo2, smollm3"),
         (_minimal_gguf(tmp_path / "spm.gguf", tokenizer_model="llama"), "SentencePiece ('llama')"),
         (q8_1, "tensor token_embd.weight has quantisation type Q8_1, which the gguf package cannot dequantise"),
         (_minimal_gguf(tmp_path / "nokey.gguf", skip=("block_count",)), "missing metadata key llama.block_count"),
@@ -371,3 +376,168 @@ def test_a_stage_starts_from_a_gguf_file(tmp_path):
     assert runs["base.gguf"]["parents"]["checkpoint_kind"] == "gguf"
     assert runs["base.gguf"]["results"]["step"] == 2
     assert runs["base.gguf"]["results"]["val/loss"] == pytest.approx(runs["base"]["results"]["val/loss"], rel=1e-3)
+
+
+# ---- the other families: their own llama.cpp architecture and metadata ----------------------------------------
+FAMILY_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=128, bos_token_id=0, eos_token_id=1,
+                     pad_token_id=1)
+SWA = 8  # shorter than the test sequences (29), so the windows matter where llama.cpp computes them
+LLAMA3_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, rope_theta=10000.0,
+                   original_max_position_embeddings=32)
+PHI3_LONGROPE = dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+                     short_factor=[1.0, 1.1, 1.3, 1.7], long_factor=[1.0, 2.0, 3.5, 6.0])
+# name -> (config class, model class, config kwargs, GGUF architecture, metadata the file must hold, what
+# transformers' GGUF loader must be told that it does not read from the file (None: it has no such architecture,
+# or ignores a tensor the model needs: rope_freqs, rope_factors_*))
+FAMILY_CASES = {
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", dict(rope_parameters=LLAMA3_ROPE), "llama", {}, None),
+    "llama-linear": ("LlamaConfig", "LlamaForCausalLM", dict(rope_parameters=dict(
+        rope_type="linear", factor=4.0, rope_theta=10000.0)), "llama",
+        {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}, None),
+    "llama-yarn": ("LlamaConfig", "LlamaForCausalLM", dict(rope_parameters=dict(
+        rope_type="yarn", factor=4.0, rope_theta=10000.0, original_max_position_embeddings=32),
+        tie_word_embeddings=True),
+        "llama", {"llama.rope.scaling.type": "yarn", "llama.rope.scaling.original_context_length": 32}, None),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(
+        head_dim=16, sliding_window=SWA, query_pre_attn_scalar=16, attn_logit_softcapping=5.0,
+        final_logit_softcapping=3.0), "gemma2",
+        {"gemma2.attention.sliding_window": SWA, "gemma2.attn_logit_softcapping": 5.0,
+         "gemma2.final_logit_softcapping": 3.0, "gemma2.attention.key_length": 16},
+        dict(query_pre_attn_scalar=16, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(
+        head_dim=16, sliding_window=SWA, query_pre_attn_scalar=16, tie_word_embeddings=False, num_hidden_layers=6,
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 50000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}), "gemma3",
+        {"gemma3.attention.sliding_window": SWA, "gemma3.rope.freq_base": 50000.0},
+        dict(query_pre_attn_scalar=16, rope_parameters={
+            "full_attention": {"rope_type": "default", "rope_theta": 50000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(rope_parameters=dict(
+        rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.75)), "phi3",
+        {"phi3.rope.dimension_count": 12, "phi3.attention.sliding_window": 0},
+        dict(rope_parameters=dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.75))),
+    "phi3-longrope": ("Phi3Config", "Phi3ForCausalLM", dict(original_max_position_embeddings=32,
+                                                            rope_parameters=PHI3_LONGROPE), "phi3",
+                      {"phi3.rope.scaling.original_context_length": 32, "phi3.rope.dimension_count": 8}, None),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(tie_word_embeddings=True), "olmo2", {}, None),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(no_rope_layers=[1, 1, 1, 0]), "smollm3", {}, None),
+    "qwen3-window": ("Qwen3Config", "Qwen3ForCausalLM", dict(
+        head_dim=16, use_sliding_window=True, sliding_window=64,
+        layer_types=["full_attention", "sliding_attention"] * 2),
+        "qwen3", {"qwen3.context_length": 64}, None),
+}
+FAMILY_Q8_BOUND = 0.5  # q8_0 measured 0.067-0.200 on these 4-6-layer models: bound at ~2.5x the largest
+MEASURED_FAMILIES: dict[str, dict[str, float]] = {}  # filled by the test; docs/GGUF.md quotes a run of it
+
+
+def _family_model(name, **override):
+    cfg_name, cls_name, extra = FAMILY_CASES[name][:3]
+    hf = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**{**FAMILY_COMMON, **extra, **override}))
+    torch.manual_seed(0)
+    offset = name.startswith("gemma")  # (1 + w) norms store w around 0
+    with torch.no_grad():
+        for key, p in hf.named_parameters():
+            if "norm" in key:  # non-trivial norms and no zero biases, so a wrong switch or shift shows
+                p.copy_((0.0 if offset else 1.0) + 0.3 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    return hf.eval()
+
+
+@pytest.mark.parametrize("name", list(FAMILY_CASES))
+def test_family_has_its_own_architecture_and_reads_back(tmp_path, name):
+    """Each family's file: llama.cpp's architecture, tensor names and metadata for it (gguf's reader); `foundry
+    import` of it gives the checkpoint's logits (f16 within 1e-2, q8_0 within its bound), and so does transformers'
+    GGUF loader where it has the architecture."""
+    from foundry.model.gguf import ARCHS
+
+    arch_name, keys, hf_kwargs = FAMILY_CASES[name][3:]
+    hf = _family_model(name)
+    hf.save_pretrained(tmp_path / "hf")
+    _tokenizer(tmp_path / "hf")
+    model, tok = import_hf(tmp_path / "hf")
+    model.eval()
+    save_checkpoint(tmp_path / "ckpt", model, tok, meta={"stage": "test", "step": 0})
+    ids = torch.randint(0, VOCAB, (2, 29), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(ids)
+        assert (logits - hf(input_ids=ids).logits).abs().max().item() < 1e-4
+    errors = {}
+    for quant in ("f16", "q8_0"):
+        out = tmp_path / f"model-{quant}.gguf"
+        assert cli(["export", str(tmp_path / "ckpt"), "--out", str(out), "--format", "gguf", "--quant", quant]) == 0
+        back, back_tok = import_hf(out)
+        with torch.no_grad():
+            errors[quant] = (back(ids) - logits).abs().max().item()
+    assert errors["f16"] < F16_BOUND and errors["f16"] < errors["q8_0"] < FAMILY_Q8_BOUND, errors
+    assert back.config.family == ARCHS[arch_name].model_type and back_tok.encode(TEXT) == tok.encode(TEXT)
+
+    reader = gguf.GGUFReader(str(tmp_path / "model-f16.gguf"))
+    assert _field(reader, "general.architecture") == arch_name
+    for key, value in keys.items():
+        assert _field(reader, key) == pytest.approx(value), key
+    tensors = {t.name: t for t in reader.tensors}
+    expected = set(gguf.TENSOR_NAMES[t].format(bid=0) + ".weight" for t in gguf.MODEL_TENSORS[
+        next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)])
+    # every tensor is one llama.cpp's architecture lists (gguf.constants), each layer's the same set
+    names = {re.sub(r"^blk\.\d+\.", "blk.0.", n) for n in tensors}
+    layer_names = {n for n in names if n.startswith("blk.")}
+    assert names <= expected, sorted(names - expected)
+    assert len(tensors) == len(names - layer_names) + _field(reader, f"{arch_name}.block_count") * len(layer_names)
+    if arch_name.startswith("gemma"):  # llama.cpp stores (1 + w): the file's norm is the checkpoint's plus one
+        norm = model.state_dict()["model.layers.0.post_attention_layernorm.weight"]
+        stored = gguf.quants.dequantize(tensors["blk.0.post_attention_norm.weight"].data, tensors[
+            "blk.0.post_attention_norm.weight"].tensor_type)
+        assert np.allclose(stored, norm.numpy() + 1.0)
+    if name == "llama3":  # Llama 3's bands as per-dimension divisors of the frequencies: 1 (short) .. factor (long)
+        freqs = tensors["rope_freqs.weight"].data
+        assert freqs.shape == (8,) and freqs[0] == 1.0 and freqs[-1] == pytest.approx(8.0)
+    if name == "phi3":  # the fused projections stay fused, as llama.cpp's phi3 reads them
+        assert tensors["blk.0.attn_qkv.weight"].shape.tolist() == [64, 64 + 2 * 32]
+        assert tensors["blk.0.ffn_up.weight"].shape.tolist() == [64, 2 * 96]
+    if name == "phi3-longrope":
+        assert tensors["rope_factors_long.weight"].data.tolist() == PHI3_LONGROPE["long_factor"]
+        assert tensors["rope_factors_short.weight"].data.tolist() == pytest.approx(PHI3_LONGROPE["short_factor"])
+    if name == "olmo2":  # llama.cpp's olmo2 requires `output`: a tied model writes the embedding as it
+        assert np.array_equal(tensors["output.weight"].data, tensors["token_embd.weight"].data)
+    if hf_kwargs is not None:
+        with _gguf_loading_without_accelerate():
+            theirs = transformers.AutoModelForCausalLM.from_pretrained(
+                str(tmp_path), gguf_file="model-f16.gguf", dtype=torch.float32, **hf_kwargs).eval()
+        assert type(theirs).__name__ == type(hf).__name__
+        with torch.no_grad():
+            errors["transformers"] = (theirs(input_ids=ids).logits - logits).abs().max().item()
+        assert errors["transformers"] < F16_BOUND, errors
+    MEASURED_FAMILIES[name] = errors
+    print(f"\n{name}: {arch_name} " + " ".join(f"{k} {v:.4f}" for k, v in errors.items()))
+
+
+
+@pytest.mark.parametrize("name,override,message", [
+    ("gemma2", dict(query_pre_attn_scalar=24), "query_pre_attn_scalar 24, where llama.cpp fixes 16"),
+    ("gemma2", dict(layer_types=["full_attention", "sliding_attention"] * 2),
+     "sliding-window layers [1, 3], where llama.cpp slides on every layer but each 2th ([0, 2])"),
+    ("gemma3", dict(rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 50000.0},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 1000.0}}),
+     "sliding layers' rope base 1000, where llama.cpp fixes 10000"),
+    ("gemma3", dict(final_logit_softcapping=3.0),
+     "a final soft-cap, which llama.cpp's gemma3 sliding-window graph does not apply"),
+    ("smollm3", dict(no_rope_layers=[1, 0, 1, 0]),
+     "layers without rope [1, 3], where llama.cpp's smollm3 skips rope on [3]"),
+    ("smollm3", dict(no_rope_layers=[1, 1, 1, 0], rope_parameters=LLAMA3_ROPE),
+     "Llama 3 rope scaling, whose rope_freqs llama.cpp's smollm3 graph does not apply"),
+    ("gemma2", dict(tie_word_embeddings=False), "an untied lm_head, where llama.cpp's gemma2 has no output tensor"),
+    ("llama-yarn", dict(rope_parameters=dict(rope_type="yarn", factor=4.0, rope_theta=10000.0, beta_fast=16.0,
+                                             original_max_position_embeddings=32)),
+     "YaRN with a non-default attention factor, beta or truncation"),
+])
+def test_a_family_llama_cpp_cannot_compute_is_refused(tmp_path, capsys, name, override, message):
+    _family_model(name, **override).save_pretrained(tmp_path / "hf")
+    _tokenizer(tmp_path / "hf")
+    model, tok = import_hf(tmp_path / "hf")
+    save_checkpoint(tmp_path / "ckpt", model, tok, meta={"stage": "test", "step": 0})
+    out = tmp_path / "m.gguf"
+    err = _refused(capsys, ["export", str(tmp_path / "ckpt"), "--out", str(out), "--format", "gguf"], out)
+    model_type = json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"]
+    assert f"{model_type} has no faithful GGUF form" in err and message in err, err

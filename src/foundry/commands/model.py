@@ -32,7 +32,7 @@ def export_main(argv: list[str]) -> int:
         from foundry.model.llama import Llama
 
         if type(model) is not Llama:
-            raise ConfigError(f"{args.checkpoint}: GGUF export is for the decoder (Llama, Qwen2, Qwen3) only")
+            raise ConfigError(f"{args.checkpoint}: GGUF export is for the decoder models only (docs/GGUF.md: families)")
         export_gguf(model, tokenizer, out, quant=args.quant or "f16", overwrite=args.overwrite)
         print(f"exported {args.checkpoint} -> {out} (GGUF {args.quant or 'f16'}, "
               f"{sum(p.numel() for p in model.parameters()):,} parameters)")

@@ -3,16 +3,29 @@ directory and one `.gguf` file, so GGUF follows whatever families the Hugging Fa
 
 Design choices:
 - Export is `foundry checkpoint -> export_hf (a temporary directory) -> hf_to_gguf`; import is
-  `gguf_to_hf (a temporary directory) -> foundry.checkpoints.import_hf`. Neither side knows foundry's model
-  config or tokenizer class: only `config.json`, `model.safetensors`, `tokenizer.json`,
-  `tokenizer_config.json` and `generation_config.json`, which are transformers' formats.
-- A family is one entry of `ARCHS` (its GGUF architecture name, its per-layer tensor names and whether
-  llama.cpp permutes the q/k rows) plus a `MODEL_TYPES` line naming the transformers `model_type`s written
-  as it. Mistral is written as llama (as llama.cpp does); a Llama with q/k/v biases (foundry's export of a
-  Qwen2 import) as qwen2; a model with QK-norm is Qwen3 already.
-- llama.cpp's `llama` architecture applies rotary embeddings to interleaved pairs, transformers' to two
-  halves, so its converter permutes the rows of q and k (convert_hf_to_gguf.py, `LlamaModel.permute`);
-  transformers' GGUF loader and our import undo it. qwen2/qwen3 use llama.cpp's NEOX rope: no permutation.
+  `gguf_to_hf (a temporary directory) -> foundry.checkpoints.import_hf`. Both sides read and write transformers'
+  files only (`config.json`, `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`,
+  `generation_config.json`); export interprets config.json with the family registry, nothing else of foundry's.
+- A family is one entry of `ARCHS` (its llama.cpp architecture, transformers class, per-layer tensor names, and
+  how llama.cpp's graph for it differs: q/k permutation, Gemma's norm shift, whether it has an `output` tensor,
+  computes sliding windows, reads rope tables) plus a `MODEL_TYPES` line naming the transformers `model_type`s
+  written as it. Mistral is written as llama (as llama.cpp does); a Llama with q/k/v biases (foundry's export of a
+  Qwen2 import) as qwen2; a model with QK-norm is Qwen3 already. The switches are read from config.json by the
+  family registry (`foundry.model.families`, through `config_from_hf`), so GGUF and the Hugging Face import agree
+  on what a config means.
+- What llama.cpp hard-codes instead of reading (llama-model.cpp's load_hparams: Gemma's sliding-layer pattern and
+  attention scale, Gemma 3's local rope base, SmolLM3's no-rope step) must hold, or the export is refused in one
+  line naming the family and the switch (`_unfaithful`), never written silently wrong. Where llama.cpp attends
+  fully (llama, qwen2, qwen3, smollm3; phi3, whose window llama.cpp disables) a sliding window caps the context
+  to it, within which full attention is exact.
+- Rope as llama.cpp's converter writes it: linear and YaRN as `rope.scaling.*`; Llama 3's bands as the
+  `rope_freqs` tensor of per-dimension divisors (import reads it back as the longrope of one factor list, which
+  computes the same frequencies: the bands' parameters are not recoverable); Phi-3's longrope as
+  `rope_factors_long/short` + `rope.scaling.attn_factor`; dynamic NTK as plain rope (the two agree within the
+  trained context, the file's context length).
+- Gemma's norms scale by (1 + w): llama.cpp stores 1 + w (convert_hf_to_gguf `Gemma2Model.modify_tensors`), and
+  transformers' GGUF loader subtracts the 1 again; so do we. Phi-3's fused `qkv_proj` / `gate_up_proj` stay fused
+  (`attn_qkv`, `ffn_up`), as llama.cpp's phi3 reads them.
 - Weights: `--quant f16` stores every matrix in float16, `q8_0` in 8-bit blocks of 32 (a matrix whose rows
   are not a multiple of 32 stays float16); vectors (norms, biases) stay float32, as llama.cpp's converter
   does. Import dequantises every tensor to float32 with `gguf.quants.dequantize`.
@@ -31,6 +44,7 @@ Design choices:
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -47,36 +61,62 @@ QUANTS = ("f16", "q8_0")
 
 @dataclass(frozen=True)
 class GGUFArch:
-    """One family: its llama.cpp architecture name and transformers' per-layer tensor names -> llama.cpp's."""
+    """One llama.cpp architecture: its name, the transformers class a file of it imports as, transformers'
+    per-layer tensor names -> llama.cpp's, and how llama.cpp's graph for it differs from transformers'."""
 
     name: str
     model_type: str  # the transformers model_type a file of this architecture imports as
+    architecture: str  # ... and its class
     layer_tensors: dict[str, str]
     permute_qk: bool = False  # llama.cpp's `llama` rope works on interleaved pairs (see the docstring)
+    norm_shift: float = 0.0  # added to every norm weight: llama.cpp stores Gemma's (1 + w) scales with the 1 in
+    output: bool = True  # an untied `output` tensor exists (Gemma 2 has none: always tied)
+    output_required: bool = False  # llama.cpp loads no file without `output` (OLMo 2): a tied model writes a copy
+    swa: bool = False  # llama.cpp computes sliding windows (else it attends fully: the context is capped to them)
+    # per-dimension rope divisors its graph applies: "rope_freqs" (llama's only: qwen2, qwen3 and smollm3 list the
+    # tensor but pass no factors to ggml_rope_ext) or "rope_factors" (Phi-3's long / short pair)
+    rope_tensor: str = ""
+    scaled_rope: bool = True  # llama.cpp reads rope.scaling.type (linear / yarn) for it (the converter writes it)
 
 
 GLOBAL_TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
                   "lm_head.weight": "output.weight"}
-LLAMA_LAYER = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-}
+ATTENTION = {f"self_attn.{p}_proj.weight": f"attn_{g}.weight"
+             for p, g in (("q", "q"), ("k", "k"), ("v", "v"), ("o", "output"))}
+MLP = {f"mlp.{p}_proj.weight": f"ffn_{p}.weight" for p in ("gate", "up", "down")}
+PRE_NORMS = {"input_layernorm.weight": "attn_norm.weight", "post_attention_layernorm.weight": "ffn_norm.weight"}
+LLAMA_LAYER = {**PRE_NORMS, **ATTENTION, **MLP}
 QKV_BIAS = {f"self_attn.{p}_proj.bias": f"attn_{p}.bias" for p in "qkv"}
 QK_NORM = {"self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight"}
+POST_NORMS = {"post_attention_layernorm.weight": "post_attention_norm.weight",
+              "post_feedforward_layernorm.weight": "post_ffw_norm.weight"}
+GEMMA_LAYER = {"input_layernorm.weight": "attn_norm.weight", "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+               **POST_NORMS, **ATTENTION, **MLP}
+PHI3_LAYER = {**PRE_NORMS, "self_attn.qkv_proj.weight": "attn_qkv.weight",  # fused, as llama.cpp's phi3 reads them
+              "self_attn.o_proj.weight": "attn_output.weight", "mlp.gate_up_proj.weight": "ffn_up.weight",
+              "mlp.down_proj.weight": "ffn_down.weight"}
 
-ARCHS = {
-    "llama": GGUFArch("llama", "llama", LLAMA_LAYER, permute_qk=True),
-    "qwen2": GGUFArch("qwen2", "qwen2", {**LLAMA_LAYER, **QKV_BIAS}),
-    "qwen3": GGUFArch("qwen3", "qwen3", {**LLAMA_LAYER, **QK_NORM}),
-}
-MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # model_type -> ARCHS
+ARCHS = {a.name: a for a in (
+    GGUFArch("llama", "llama", "LlamaForCausalLM", LLAMA_LAYER, permute_qk=True, rope_tensor="rope_freqs"),
+    GGUFArch("qwen2", "qwen2", "Qwen2ForCausalLM", {**LLAMA_LAYER, **QKV_BIAS}),
+    GGUFArch("qwen3", "qwen3", "Qwen3ForCausalLM", {**LLAMA_LAYER, **QK_NORM}),
+    GGUFArch("gemma2", "gemma2", "Gemma2ForCausalLM", GEMMA_LAYER, norm_shift=1.0, output=False, swa=True,
+             scaled_rope=False),
+    GGUFArch("gemma3", "gemma3_text", "Gemma3ForCausalLM", {**GEMMA_LAYER, **QK_NORM}, norm_shift=1.0, swa=True),
+    GGUFArch("phi3", "phi3", "Phi3ForCausalLM", PHI3_LAYER, rope_tensor="rope_factors", scaled_rope=False),
+    GGUFArch("olmo2", "olmo2", "Olmo2ForCausalLM", {**POST_NORMS, **ATTENTION, **QK_NORM, **MLP},
+             output_required=True),
+    GGUFArch("smollm3", "smollm3", "SmolLM3ForCausalLM", LLAMA_LAYER, permute_qk=True),
+)}
+MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+               "gemma3_text": "gemma3", "phi3": "phi3", "olmo2": "olmo2", "smollm3": "smollm3"}  # model_type -> ARCHS
+# What llama.cpp hard-codes rather than reads (llama-model.cpp, load_hparams): Gemma 2 / 3 slide on every layer but
+# each `pattern`th, Gemma 3's sliding layers use rope base 10000, SmolLM3 skips rope on every 4th layer
+# (n_no_rope_layer_step), and Gemma's attention scale is head_dim ** -0.5 (n_embd / n_head for the 27B sizes).
+SWA_PATTERN = {"gemma2": 2, "gemma3": 6}
+GEMMA3_LOCAL_ROPE_THETA = 10000.0
+GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
+SMOLLM3_NO_ROPE_STEP = 4
 
 # llama.cpp's pre-tokenizer names (`tokenizer.ggml.pre`) -> the split regex before byte-level mapping (None:
 # GPT-2's own, i.e. `ByteLevel(use_regex=True)`) and whether whole words skip the merges (Llama 3's BPE).
@@ -130,20 +170,24 @@ def _config_int(cfg: dict, key: str, where: Path) -> int:
     return value
 
 
-def _arch_for(cfg: dict, state: dict, where: Path) -> GGUFArch:
+def _arch_for(cfg: dict, state: dict, where: Path):
+    """The GGUF architecture of a config.json, and its switches as foundry reads them (`LlamaConfig`), or a
+    one-line refusal naming the family and what llama.cpp's form of it lacks."""
+    from foundry.model.hf import config_from_hf
+
     model_type = cfg.get("model_type")
     if model_type not in MODEL_TYPES:
         raise CheckpointError(f"{where}: model_type '{model_type}' has no GGUF architecture here; supported: "
                               f"{', '.join(MODEL_TYPES)}")
-    if cfg.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{where}: hidden_act '{cfg.get('hidden_act')}' has no GGUF equivalent "
-                              "(llama.cpp's llama, qwen2 and qwen3 use silu)")
+    gemma = model_type.startswith("gemma")
+    act, expected = (cfg.get("hidden_activation"), "gelu_pytorch_tanh") if gemma else (cfg.get("hidden_act"), "silu")
+    if (act or expected) != expected:
+        raise CheckpointError(f"{where}: hidden_act '{act}' has no GGUF equivalent "
+                              f"(llama.cpp's {MODEL_TYPES[model_type]} uses {expected})")
     if cfg.get("mlp_bias"):
-        raise CheckpointError(f"{where}: mlp_bias has no GGUF equivalent in llama, qwen2 or qwen3")
-    for block in (cfg.get("rope_scaling") or {}, cfg.get("rope_parameters") or {}):
-        kind = block.get("rope_type", block.get("type", "default"))
-        if kind not in (None, "default"):
-            raise CheckpointError(f"{where}: rope scaling '{kind}' is not written to GGUF (plain rotary only)")
+        raise CheckpointError(f"{where}: mlp_bias has no GGUF equivalent in llama.cpp's {MODEL_TYPES[model_type]}")
+    positions = cfg.get("max_position_embeddings")
+    config = config_from_hf(cfg, where, positions if isinstance(positions, int) and positions > 0 else 1 << 20)
     arch = MODEL_TYPES[model_type]
     if arch == "llama" and any(k.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) for k in state):
         arch = "qwen2"  # foundry's export of a Qwen2 import: Llama with q/k/v biases and a zero o_proj bias
@@ -152,7 +196,88 @@ def _arch_for(cfg: dict, state: dict, where: Path) -> GGUFArch:
         raise CheckpointError(f"{where}: non-zero o_proj biases have no GGUF equivalent")
     for k in o_bias:
         del state[k]
-    return ARCHS[arch]
+    reason = _unfaithful(ARCHS[arch], config)
+    if reason:
+        raise CheckpointError(f"{where}: {model_type} has no faithful GGUF form (llama.cpp's {arch}): {reason}")
+    return ARCHS[arch], config
+
+
+def _rope_kind(config) -> str:
+    return (config.rope_scaling or {}).get("rope_type", "default")
+
+
+def _gemma_attn_scalar(arch: str, n_layer: int, n_embd: int, n_head: int, head_dim: int) -> float:
+    """The query_pre_attn_scalar llama.cpp's Gemma graphs use: head_dim, or n_embd / n_head at the 27B depth."""
+    return n_embd / n_head if n_layer == GEMMA_27B_LAYERS[arch] else float(head_dim)
+
+
+def _rope_divisors(config) -> np.ndarray | None:
+    """Per-dimension divisors of the rope frequencies (llama.cpp's `rope_freqs`) for Llama 3's bands, or a longrope
+    with one factor list and no attention scaling; None when the rope is not of that form."""
+    from foundry.model.llama import rope_frequencies
+
+    scaling, kind = config.rope_scaling or {}, _rope_kind(config)
+    if kind == "llama3":
+        plain, _ = rope_frequencies(config.rotary_dim, config.rope_theta, None)
+        scaled, _ = rope_frequencies(config.rotary_dim, config.rope_theta, scaling)
+        return (plain / scaled).numpy().astype(np.float32)
+    if kind == "longrope" and list(scaling["short_factor"]) == list(scaling["long_factor"]):
+        _, attention = rope_frequencies(config.rotary_dim, config.rope_theta, scaling)
+        if attention == 1.0:
+            return np.asarray(scaling["short_factor"], dtype=np.float32)
+    return None
+
+
+def _unfaithful(arch: GGUFArch, config) -> str | None:
+    """What of `config` llama.cpp's `arch` cannot compute (it hard-codes it or has no switch for it), or None."""
+    from foundry.model.llama import rope_frequencies
+
+    n = config.n_layer
+    if not config.tie_embeddings and not arch.output:
+        return f"an untied lm_head, where llama.cpp's {arch.name} has no output tensor (it always ties)"
+    if arch.name in SWA_PATTERN:
+        pattern = SWA_PATTERN[arch.name]
+        want = [i for i in range(n) if i % pattern < pattern - 1]
+        have = [i for i in range(n) if config.layer_window(i)]
+        if have != want:
+            return (f"sliding-window layers {have}, where llama.cpp slides on every layer but each {pattern}th "
+                    f"({want})")
+        scalar, want_scalar = (config.attn_scale or config.head_dim ** -0.5) ** -2, _gemma_attn_scalar(
+            arch.name, n, config.n_embd, config.n_head, config.head_dim)
+        if abs(scalar - want_scalar) > 1e-3 * want_scalar:
+            return f"query_pre_attn_scalar {scalar:g}, where llama.cpp fixes {want_scalar:g} for this shape"
+    if arch.name == "gemma2" and not (config.attn_softcap and config.final_softcap):
+        return "no attention or final soft-cap, which llama.cpp's gemma2 always applies"
+    if arch.name == "gemma3" and config.final_softcap:
+        return "a final soft-cap, which llama.cpp's gemma3 sliding-window graph does not apply"
+    if arch.name == "gemma3" and config.sliding_window and \
+            (config.local_rope_theta or config.rope_theta) != GEMMA3_LOCAL_ROPE_THETA:
+        return (f"sliding layers' rope base {config.local_rope_theta or config.rope_theta:g}, where llama.cpp fixes "
+                f"{GEMMA3_LOCAL_ROPE_THETA:g}")
+    want_nope = [i for i in range(n) if (i + 1) % SMOLLM3_NO_ROPE_STEP == 0] if arch.name == "smollm3" else []
+    if list(config.nope_layers) != want_nope:
+        return (f"layers without rope {list(config.nope_layers)}, where llama.cpp's {arch.name} skips rope on "
+                f"{want_nope or 'none'}")
+    if config.partial_rotary != 1.0 and arch.name != "phi3":
+        return "partial rotary (Phi-3's only)"
+    kind, scaling = _rope_kind(config), config.rope_scaling or {}
+    if kind in ("linear", "yarn") and not arch.scaled_rope:
+        return f"rope scaling '{kind}', which llama.cpp's converter does not write for {arch.name}"
+    if kind == "yarn":
+        _, attention = rope_frequencies(config.rotary_dim, config.rope_theta, scaling)
+        default = 0.1 * math.log(scaling["factor"]) + 1.0 if scaling["factor"] > 1 else 1.0
+        if abs(attention - default) > 1e-6 or (scaling.get("beta_fast") or 32) != 32 or \
+                (scaling.get("beta_slow") or 1) != 1 or scaling.get("truncate", True) is False:
+            return "YaRN with a non-default attention factor, beta or truncation, which llama.cpp does not read"
+    if kind == "llama3" and arch.rope_tensor != "rope_freqs":
+        return f"Llama 3 rope scaling, whose rope_freqs llama.cpp's {arch.name} graph does not apply (llama's does)"
+    if kind == "longrope" and arch.rope_tensor != "rope_factors" and _rope_divisors(config) is None:
+        return ("longrope, which llama.cpp computes for phi3 only (and llama, as rope_freqs, when its short and long "
+                "factors agree with no attention factor)")
+    if kind == "longrope" and arch.rope_tensor == "rope_factors" and \
+            len(scaling["long_factor"]) != config.rotary_dim // 2:
+        return f"longrope factors of length {len(scaling['long_factor'])}, not rotary dims / 2"
+    return None
 
 
 def _permute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -164,20 +289,27 @@ def _unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _gguf_tensors(arch: GGUFArch, state: dict, cfg: dict, where: Path) -> dict[str, np.ndarray]:
-    """transformers names -> llama.cpp names, float32 numpy, q/k rows permuted for the llama architecture."""
-    n_head, n_layer = _config_int(cfg, "num_attention_heads", where), _config_int(cfg, "num_hidden_layers", where)
-    n_kv = cfg.get("num_key_value_heads") or n_head
+def _tensor_names(arch: GGUFArch, n_layer: int) -> dict[str, str]:
     names = dict(GLOBAL_TENSORS)
+    if not arch.output:
+        names.pop("lm_head.weight")
     for i in range(n_layer):
         names.update({f"model.layers.{i}.{hf}": f"blk.{i}.{gg}" for hf, gg in arch.layer_tensors.items()})
-    if cfg.get("tie_word_embeddings"):
+    return names
+
+
+def _gguf_tensors(arch: GGUFArch, state: dict, config, where: Path) -> dict[str, np.ndarray]:
+    """transformers names -> llama.cpp names, float32 numpy, q/k rows permuted for the llama-rope architectures,
+    Gemma's norms shifted by 1, and the rope tables llama.cpp reads as tensors (rope_freqs, rope_factors_*)."""
+    n_head, n_kv = config.n_head, config.n_kv_head
+    names = _tensor_names(arch, config.n_layer)
+    if config.tie_embeddings:
         state.pop("lm_head.weight", None)  # llama.cpp reuses token_embd when `output` is absent
     unknown = sorted(set(state) - set(names))
     if unknown:
         raise CheckpointError(f"{where}: tensor {unknown[0]} has no GGUF name in the {arch.name} table "
                               f"({len(unknown)} unmapped)")
-    required = set(names) - ({"lm_head.weight"} if cfg.get("tie_word_embeddings") else set())
+    required = set(names) - ({"lm_head.weight"} if config.tie_embeddings else set())
     missing = sorted(required - set(state))
     if missing:
         raise CheckpointError(f"{where}: missing tensor {missing[0]} for GGUF architecture {arch.name} "
@@ -191,8 +323,56 @@ def _gguf_tensors(arch: GGUFArch, state: dict, cfg: dict, where: Path) -> dict[s
             w = _permute_rows(w, n_head)
         elif arch.permute_qk and hf_name.endswith("self_attn.k_proj.weight"):
             w = _permute_rows(w, n_kv)
+        if arch.norm_shift and gg_name.endswith("norm.weight"):
+            w = w + np.float32(arch.norm_shift)
         out[gg_name] = np.ascontiguousarray(w)
+    if arch.output_required and "output.weight" not in out:  # the tied matrix twice: the same logits
+        out["output.weight"] = out["token_embd.weight"]
+    divisors = _rope_divisors(config) if arch.rope_tensor == "rope_freqs" else None
+    if divisors is not None:
+        out["rope_freqs.weight"] = divisors
+    if arch.rope_tensor == "rope_factors" and _rope_kind(config) == "longrope":
+        for which in ("long", "short"):
+            out[f"rope_factors_{which}.weight"] = np.asarray(config.rope_scaling[f"{which}_factor"], np.float32)
     return out
+
+
+def _write_arch_metadata(w, gguf, arch: GGUFArch, config) -> None:
+    """The hyperparameters of `arch` as llama.cpp's converter writes them (convert_hf_to_gguf.py)."""
+    from foundry.model.llama import rope_frequencies
+
+    context = config.max_seq_len
+    if config.sliding_window and not arch.swa:  # llama.cpp attends fully here: exact within the window
+        context = min(context, config.sliding_window)
+    w.add_context_length(context)
+    w.add_embedding_length(config.n_embd)
+    w.add_block_count(config.n_layer)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.n_head)
+    w.add_head_count_kv(config.n_kv_head)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
+    w.add_rope_dimension_count(config.rotary_dim)
+    w.add_rope_freq_base(float(config.rope_theta))
+    w.add_layer_norm_rms_eps(float(config.norm_eps))
+    scaling, kind = config.rope_scaling or {}, _rope_kind(config)
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+        w.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    if arch.swa:
+        w.add_sliding_window(config.sliding_window)
+    if arch.name == "gemma2":
+        w.add_attn_logit_softcapping(float(config.attn_softcap))
+        w.add_final_logit_softcapping(float(config.final_softcap))
+    if arch.name == "phi3":  # Phi-3's converter writes its window (0: none) and the original context always
+        w.add_sliding_window(config.sliding_window)
+        w.add_rope_scaling_orig_ctx_len(int(scaling.get("original_max_position_embeddings", config.max_seq_len)))
+        if kind == "longrope":
+            w.add_rope_scaling_attn_factors(float(rope_frequencies(config.rotary_dim, config.rope_theta, scaling)[1]))
 
 
 def _stop_ids(hf_dir: Path, cfg: dict) -> list[int]:
@@ -256,7 +436,7 @@ def _token_id(value, tokens: list[str]) -> int | None:
 
 def hf_to_gguf(hf_dir: str | Path, out: str | Path, quant: str = "f16", overwrite: bool = False,
                name: str | None = None) -> Path:
-    """A transformers model directory (Llama, Mistral, Qwen2, Qwen3; safetensors) -> one GGUF file."""
+    """A transformers model directory (safetensors; a family of `MODEL_TYPES`) -> one GGUF file."""
     from foundry.model.hf import load_hf_state
 
     gguf = _gguf()
@@ -267,10 +447,8 @@ def hf_to_gguf(hf_dir: str | Path, out: str | Path, quant: str = "f16", overwrit
     cfg_path = hf_dir / "config.json"
     cfg = read_json(cfg_path)
     state = load_hf_state(hf_dir)
-    arch = _arch_for(cfg, state, cfg_path)
-    tensors = _gguf_tensors(arch, state, cfg, hf_dir)
-    n_embd, n_head = _config_int(cfg, "hidden_size", cfg_path), _config_int(cfg, "num_attention_heads", cfg_path)
-    head_dim = cfg.get("head_dim") or n_embd // n_head
+    arch, config = _arch_for(cfg, state, cfg_path)
+    tensors = _gguf_tensors(arch, state, config, hf_dir)
     n_vocab = tensors["token_embd.weight"].shape[0]
     vocab = _vocabulary(hf_dir, n_vocab)
     tok_cfg = read_tokenizer_config(hf_dir)
@@ -287,21 +465,7 @@ def hf_to_gguf(hf_dir: str | Path, out: str | Path, quant: str = "f16", overwrit
         w.add_name(name or hf_dir.name)
         w.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        context = _config_int(cfg, "max_position_embeddings", cfg_path)
-        if cfg.get("model_type") == "mistral" and cfg.get("sliding_window"):
-            context = min(context, int(cfg["sliding_window"]))  # llama.cpp's llama attends fully: exact within it
-        w.add_context_length(context)
-        w.add_embedding_length(n_embd)
-        w.add_block_count(_config_int(cfg, "num_hidden_layers", cfg_path))
-        w.add_feed_forward_length(_config_int(cfg, "intermediate_size", cfg_path))
-        w.add_head_count(n_head)
-        w.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
-        w.add_rope_dimension_count(head_dim)
-        rope = cfg.get("rope_parameters") or {}
-        w.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
-        w.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
+        _write_arch_metadata(w, gguf, arch, config)
         w.add_vocab_size(n_vocab)
 
         w.add_tokenizer_model("gpt2")
@@ -437,18 +601,18 @@ def gguf_to_hf(path: str | Path, hf_dir: str | Path) -> Path:
     if pre not in PRE_TOKENIZERS:
         raise CheckpointError(f"{path}: pre-tokenizer '{pre}' is not supported (supported: "
                               f"{', '.join(PRE_TOKENIZERS)})")
-    scaling = meta.get(f"{name}.rope.scaling.type", "none")
     n_layer, n_embd, n_head = key("block_count"), key("embedding_length"), key("attention.head_count")
     n_kv = key("attention.head_count_kv", n_head)
     head_dim = meta.get(f"{name}.attention.key_length") or meta.get(f"{name}.rope.dimension_count") \
         or n_embd // n_head
 
-    names = dict(GLOBAL_TENSORS)
-    for i in range(n_layer):
-        names.update({f"model.layers.{i}.{hf}": f"blk.{i}.{gg}" for hf, gg in arch.layer_tensors.items()})
-    to_hf = {gg: hf for hf, gg in names.items()}
-    state = {}
+    to_hf = {gg: hf for hf, gg in _tensor_names(arch, n_layer).items()}
+    rope_tables = {f"{t}.weight" for t in ("rope_freqs", "rope_factors_long", "rope_factors_short")}
+    state, tables = {}, {}
     for t in reader.tensors:
+        if t.name in rope_tables and arch.rope_tensor and t.name.startswith(arch.rope_tensor):
+            tables[t.name.removesuffix(".weight")] = [float(x) for x in _dequantised(t, path).reshape(-1)]
+            continue
         if t.name not in to_hf:
             raise CheckpointError(f"{path}: tensor {t.name} is not in the {name} table")
         w = _dequantised(t, path)
@@ -456,6 +620,8 @@ def gguf_to_hf(path: str | Path, hf_dir: str | Path) -> Path:
             w = _unpermute_rows(w, n_head)
         elif arch.permute_qk and t.name.endswith("attn_k.weight"):
             w = _unpermute_rows(w, n_kv)
+        if arch.norm_shift and t.name.endswith("norm.weight"):
+            w = w - np.float32(arch.norm_shift)
         state[to_hf[t.name]] = torch.from_numpy(np.array(w, dtype=np.float32, order="C"))
     if "model.embed_tokens.weight" not in state:
         raise CheckpointError(f"{path}: missing tensor token_embd.weight")
@@ -469,8 +635,7 @@ def gguf_to_hf(path: str | Path, hf_dir: str | Path) -> Path:
         raise CheckpointError(f"{path}: a special token id is outside the {len(tokens)}-token vocabulary")
     tied = "output.weight" not in {t.name for t in reader.tensors}
     config = {
-        "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                           "qwen3": "Qwen3ForCausalLM"}[arch.model_type]],
+        "architectures": [arch.architecture],
         "model_type": arch.model_type,
         "vocab_size": n_vocab,
         "hidden_size": n_embd,
@@ -483,13 +648,14 @@ def gguf_to_hf(path: str | Path, hf_dir: str | Path) -> Path:
         "max_position_embeddings": key("context_length"),
         "rms_norm_eps": key("attention.layer_norm_rms_epsilon"),
         "rope_theta": key("rope.freq_base", 10000.0),
-        "rope_scaling": None if scaling in ("none", None) else {"rope_type": scaling},
+        "rope_scaling": _rope_scaling_of(meta, name, tables, key("context_length"), path),
         "tie_word_embeddings": tied,
         "bos_token_id": bos,
         "eos_token_id": eos,
         "pad_token_id": pad,
         "torch_dtype": "float32",
     }
+    _arch_config(arch, config, meta, head_dim)
     hf_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
     atomic_write_json(hf_dir / "config.json", config)
@@ -511,6 +677,66 @@ def gguf_to_hf(path: str | Path, hf_dir: str | Path) -> Path:
         tok_cfg["chat_template"] = meta["tokenizer.chat_template"]
     atomic_write_json(hf_dir / "tokenizer_config.json", tok_cfg)
     return hf_dir
+
+
+def _rope_scaling_of(meta: dict, name: str, tables: dict, context: int, path: Path) -> dict | None:
+    """transformers' rope_scaling of a file's rope metadata and tables: linear and YaRN from rope.scaling.*,
+    Llama 3's per-dimension divisors (rope_freqs) as the longrope of one factor list with no attention scaling
+    (the same frequencies: the bands' parameters are not recoverable from them), Phi-3's pair as longrope."""
+    kind = meta.get(f"{name}.rope.scaling.type", "none")
+    factor = meta.get(f"{name}.rope.scaling.factor")
+    original = meta.get(f"{name}.rope.scaling.original_context_length") or context
+    if "rope_factors_long" in tables or "rope_factors_short" in tables:
+        long, short = tables.get("rope_factors_long"), tables.get("rope_factors_short")
+        if long is None or short is None:
+            raise CheckpointError(f"{path}: rope_factors_long and rope_factors_short come as a pair")
+        attention = meta.get(f"{name}.rope.scaling.attn_factor", 1.0)
+        return {"rope_type": "longrope", "long_factor": long, "short_factor": short, "attention_factor": attention,
+                "original_max_position_embeddings": original}
+    if "rope_freqs" in tables:
+        if kind not in ("none", None):
+            raise CheckpointError(f"{path}: rope_freqs together with rope scaling '{kind}' is not supported")
+        return {"rope_type": "longrope", "long_factor": tables["rope_freqs"], "short_factor": tables["rope_freqs"],
+                "factor": 1.0, "attention_factor": 1.0, "original_max_position_embeddings": context}
+    if kind in ("none", None):
+        return None
+    if kind not in ("linear", "yarn") or not isinstance(factor, (int, float)):
+        raise CheckpointError(f"{path}: rope scaling '{kind}' is not supported (linear, yarn with a factor)")
+    if kind == "linear":
+        return {"rope_type": "linear", "factor": factor}
+    return {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original}
+
+
+def _arch_config(arch: GGUFArch, config: dict, meta: dict, head_dim: int) -> None:
+    """The family's own config.json keys, from what llama.cpp reads or hard-codes for the architecture."""
+    name, n = arch.name, config["num_hidden_layers"]
+
+    def window(default=None):
+        return meta.get(f"{name}.attention.sliding_window", default) or None
+
+    if name in SWA_PATTERN:
+        pattern = SWA_PATTERN[name]
+        scalar = _gemma_attn_scalar(name, n, config["hidden_size"], config["num_attention_heads"], head_dim)
+        config.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=scalar,
+                      sliding_window=window(4096 if name == "gemma2" else None),
+                      layer_types=["sliding_attention" if i % pattern < pattern - 1 else "full_attention"
+                                   for i in range(n)],
+                      final_logit_softcapping=meta.get(f"{name}.final_logit_softcapping", 30.0)
+                      if name == "gemma2" else None)
+        del config["hidden_act"]
+        if name == "gemma2":
+            config["attn_logit_softcapping"] = meta.get(f"{name}.attn_logit_softcapping", 50.0)
+        else:
+            config.update(attn_logit_softcapping=None,
+                          rope_local_base_freq=meta.get(f"{name}.rope.freq_base_swa", GEMMA3_LOCAL_ROPE_THETA))
+    elif name == "phi3":
+        rope_dims = meta.get(f"{name}.rope.dimension_count", head_dim)
+        config.update(partial_rotary_factor=rope_dims / head_dim, sliding_window=window(),
+                      original_max_position_embeddings=meta.get(f"{name}.rope.scaling.original_context_length",
+                                                                config["max_position_embeddings"]))
+    elif name == "smollm3":
+        config.update(no_rope_layers=[int((i + 1) % SMOLLM3_NO_ROPE_STEP != 0) for i in range(n)],
+                      no_rope_layer_interval=SMOLLM3_NO_ROPE_STEP, use_sliding_window=False, sliding_window=None)
 
 
 def _tokenizer_json(tokens: list[str], types: list[int], merges: list[str], pre: str, path: Path) -> str:
