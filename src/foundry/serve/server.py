@@ -32,7 +32,7 @@ from fastapi import Request  # module level: FastAPI resolves the string annotat
 from foundry.errors import DataError
 from foundry.serve.app import api_app, check_body_size, check_key, log, off_loop
 from foundry.serve.engine import Engine, QueueFull, Sequence
-from foundry.serve.protocol import (DEFAULT_COMPLETION_TOKENS, MAX_BODY_BYTES, APIError, ChatRequest,
+from foundry.serve.protocol import (DEFAULT_COMPLETION_TOKENS, APIError, ChatRequest,
                                     CompletionRequest, Limits, Reply, TextStream, _Request, message_text,
                                     parse_body, request_sampling, stop_strings, usage)
 
