@@ -148,17 +148,23 @@ def test_no_module_imports_one_that_imports_it_back():
     assert [" -> ".join(cycle) for cycle in import_cycles()] == []
 
 
+def _fake_package(tmp_path, monkeypatch, files: dict[str, str]) -> None:
+    """Point the checker at a planted foundry package of `files` ({"data/leaky.py": source})."""
+    for name, source in {"__init__.py": "", **files}.items():
+        path = tmp_path / "foundry" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "__init__.py").touch()
+        path.write_text(source)
+    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
+
+
 def test_the_checker_sees_cycles_through_function_level_imports(tmp_path, monkeypatch):
     """The checker itself: a cycle inside one layer, closed by an import hidden inside a function, is seen."""
-    fake = tmp_path / "foundry" / "serve"
-    fake.mkdir(parents=True)
-    (tmp_path / "foundry" / "__init__.py").write_text("")
-    (fake / "__init__.py").write_text("")
-    (fake / "server.py").write_text("from foundry.serve.embeddings import create_embeddings_app\n")
-    (fake / "embeddings.py").write_text("from foundry.serve.protocol import APIError\n")
-    (fake / "protocol.py").write_text("def f():\n    from foundry.serve import server\n")
-    (fake / "web.py").write_text("from foundry.serve.protocol import APIError\n")  # on no cycle
-    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
+    _fake_package(tmp_path, monkeypatch, {
+        "serve/server.py": "from foundry.serve.embeddings import create_embeddings_app\n",
+        "serve/embeddings.py": "from foundry.serve.protocol import APIError\n",
+        "serve/protocol.py": "def f():\n    from foundry.serve import server\n",
+        "serve/web.py": "from foundry.serve.protocol import APIError\n"})  # imports into the cycle, is on none
     assert import_cycles() == [["foundry.serve.embeddings", "foundry.serve.protocol", "foundry.serve.server",
                                 "foundry.serve.embeddings"]]
 
@@ -169,12 +175,7 @@ def test_the_layering_holds():
 
 def test_the_checker_sees_function_level_imports(tmp_path, monkeypatch):
     """The checker itself: an import hidden inside a function is still an import."""
-    fake = tmp_path / "foundry" / "data"
-    fake.mkdir(parents=True)
-    (tmp_path / "foundry" / "__init__.py").write_text("")
-    (fake / "__init__.py").write_text("")
-    (fake / "leaky.py").write_text("def f():\n    from foundry.train.loop import train\n")
-    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
+    _fake_package(tmp_path, monkeypatch, {"data/leaky.py": "def f():\n    from foundry.train.loop import train\n"})
     assert violations() == ["foundry/data/leaky.py:2: data imports foundry.train.loop (train)"]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundry.data.engine.steps import Step, make_executor, run_logged, save_npy, task_dir
+from foundry.data.engine.steps import FinalStep, Step, make_executor, run_logged, save_npy, task_dir
 
 ORDER_SHIFT = 40  # documents per file < 2**40; files < 2**23
 EXACT_DTYPE = np.dtype([("key", "S16"), ("order", "<i8")])
@@ -288,11 +288,8 @@ class WriteStep(_PerSourceStep):
 
 
 # ---- stage 5: concatenate in source order, manifest, rename into place --------------------------------
-class MergeStep(Step):
+class MergeStep(FinalStep):
     stage = "merge"
-
-    def where(self, rank):
-        return self.job.out
 
     def run_task(self, rank, world_size):
         from foundry.data.prepare import finish_dataset, source_record

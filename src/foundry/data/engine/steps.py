@@ -176,6 +176,13 @@ class Step:
         raise NotImplementedError
 
 
+class FinalStep(Step):
+    """The one task that writes the output (merge, shard): a failure names the output."""
+
+    def where(self, rank):
+        return self.output()
+
+
 EXECUTORS = ("local", "slurm", "ray")
 
 

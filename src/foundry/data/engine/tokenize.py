@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from foundry.data.engine.steps import Step, make_executor, run_logged, task_dir
+from foundry.data.engine.steps import FinalStep, Step, make_executor, run_logged, task_dir
 from foundry.data.shard_files import ShardWriter, tokenizer_key, write_token_index
 
 # 1 encode (task = a byte range of train.jsonl or val.jsonl, cut at line starts): tokens, <|endoftext|>
@@ -103,11 +103,8 @@ class EncodeStep(Step):
             (tmp / "counts.json").write_text(json.dumps(counts))
 
 
-class ShardStep(Step):
+class ShardStep(FinalStep):
     stage = "shard"
-
-    def where(self, rank):
-        return self.job.out
 
     def run_task(self, rank, world_size):
         from foundry.utils.io import atomic_directory
