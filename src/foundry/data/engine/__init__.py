@@ -2,8 +2,9 @@
 
 The engine (datatrove's executors) schedules tasks on local processes, a Slurm array or a Ray cluster,
 records each finished task in `completions/` (a re-run skips those: that is the resume) and logs per
-task. The steps are foundry's own rules (clean.py, dedup.py, decontam.py, the split in prepare.py), so
-the output is the single-process path's, document for document and line for line:
+task. The steps are foundry's own rules (each document judged by `foundry.data.prepare.clean_document`, as
+the single-process path judges it; dedup.py, decontam.py), so the output is the single-process path's,
+document for document and line for line:
 
   1 read    (task = source file)  read, clean, drop too_short; content hash, split, contamination;
                                   MinHash signature; exact keys and LSH band keys into B hash buckets

@@ -17,6 +17,8 @@ import numpy as np
 from foundry.errors import DataError
 
 FAULT_ENV = "FOUNDRY_DATA_FAULT"  # "STAGE:RANK": SIGKILL this process as that task starts (tests kill a run)
+
+
 # ---- helpers ----------------------------------------------------------------------------------------
 _forking_parent: list[int] = []  # while the engine runs: the pid that forks (each child dies with its parent)
 

@@ -167,6 +167,7 @@ def recommend(rows: list[dict]) -> dict:
 
 
 def money(x: float | None) -> str:
+    """A cost as the recommendation and the tables write it."""
     if x is None:
         return "-"
     return f"${x:.4f}" if x < 1 else f"${x:,.2f}"
