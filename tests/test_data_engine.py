@@ -146,7 +146,7 @@ def test_tokenize_on_the_engine_writes_the_single_process_shards(corpus, tmp_pat
 
     import numpy as np
 
-    from foundry.data import engine
+    from foundry.data.engine import tokenize as engine
     from foundry.data.shards import TokenStream, load_token_index
 
     prepare(corpus, tmp_path / "a", "--executor", "inline")

@@ -9,12 +9,15 @@ function), so that it stays true (docs/ARCHITECTURE.md, "Layers"):
 - training, evaluation and serving may use data, the model and the checkpoint store; evaluation also
   generates with the serving engine; serving never needs training or evaluation;
 - only the commands layer (foundry.commands, foundry.cli) and the pipeline know the command line; the
-  pipeline also reads a recipe's findings claims (foundry.eval.findings).
+  pipeline also reads a recipe's findings claims (foundry.eval.findings);
+- no module imports one that imports it back, directly or through others, inside a layer too: the shared piece
+  belongs in a module below both.
 """
 
 from __future__ import annotations
 
 import ast
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -89,22 +92,95 @@ def violations() -> list[str]:
     return problems
 
 
+def import_graph() -> dict[str, set[str]]:
+    """Each foundry module -> the foundry modules it imports, at module level or inside a function. An import
+    names the module it binds (`from foundry.data import engine` -> foundry.data.engine); the packages
+    above it, which Python runs first, are not counted, or every package door would cycle with its parts."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted((SRC / "foundry").rglob("*.py")):
+        importer = module_name(path)
+        graph.setdefault(importer, set()).update(m for _, m in foundry_imports(path) if m != importer)
+    return graph
+
+
+def _shortest_path(graph: dict[str, set[str]], start: str, goal: str) -> list[str] | None:
+    """The shortest import chain start -> ... -> goal (breadth first), or None."""
+    came_from: dict[str, str] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == goal:
+                path = [node]
+                while path[-1] != start:
+                    path.append(came_from[path[-1]])
+                return path[::-1] + [goal]
+            if nxt not in came_from and nxt != start:
+                came_from[nxt] = node
+                queue.append(nxt)
+    return None
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    found, queue = set(), deque([start])
+    while queue:
+        for nxt in graph.get(queue.popleft(), ()):
+            if nxt not in found:
+                found.add(nxt)
+                queue.append(nxt)
+    return found
+
+
+def import_cycles() -> list[list[str]]:
+    """One shortest cycle (a -> b -> ... -> a) for every group of modules that import each other."""
+    graph = import_graph()
+    reach = {m: _reachable(graph, m) for m in graph}
+    cycles, seen = [], set()
+    for module in sorted(graph):
+        if module in seen or module not in reach[module]:
+            continue
+        cycles.append(_shortest_path(graph, module, module))
+        seen.update(m for m in reach[module] if module in reach.get(m, ()))  # its group: one cycle says it
+    return cycles
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    assert [" -> ".join(cycle) for cycle in import_cycles()] == []
+
+
+def _fake_package(tmp_path, monkeypatch, files: dict[str, str]) -> None:
+    """Point the checker at a planted foundry package of `files` ({"data/leaky.py": source})."""
+    for name, source in {"__init__.py": "", **files}.items():
+        path = tmp_path / "foundry" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "__init__.py").touch()
+        path.write_text(source)
+    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
+
+
+def test_the_checker_sees_cycles_through_function_level_imports(tmp_path, monkeypatch):
+    """The checker itself: a cycle inside one layer, closed by an import hidden inside a function, is seen."""
+    _fake_package(tmp_path, monkeypatch, {
+        "serve/server.py": "from foundry.serve.embeddings import create_embeddings_app\n",
+        "serve/embeddings.py": "from foundry.serve.protocol import APIError\n",
+        "serve/protocol.py": "def f():\n    from foundry.serve import server\n",
+        "serve/web.py": "from foundry.serve.protocol import APIError\n"})  # imports into the cycle, is on none
+    assert import_cycles() == [["foundry.serve.embeddings", "foundry.serve.protocol", "foundry.serve.server",
+                                "foundry.serve.embeddings"]]
+
+
 def test_the_layering_holds():
     assert violations() == []
 
 
 def test_the_checker_sees_function_level_imports(tmp_path, monkeypatch):
     """The checker itself: an import hidden inside a function is still an import."""
-    fake = tmp_path / "foundry" / "data"
-    fake.mkdir(parents=True)
-    (tmp_path / "foundry" / "__init__.py").write_text("")
-    (fake / "__init__.py").write_text("")
-    (fake / "leaky.py").write_text("def f():\n    from foundry.train.loop import train\n")
-    monkeypatch.setattr(__import__(__name__), "SRC", tmp_path)
+    _fake_package(tmp_path, monkeypatch, {"data/leaky.py": "def f():\n    from foundry.train.loop import train\n"})
     assert violations() == ["foundry/data/leaky.py:2: data imports foundry.train.loop (train)"]
 
 
 @pytest.mark.parametrize("module, layer", [("foundry.train.stage", "train"), ("foundry.checkpoints", "store"),
-                                           ("foundry.utils.io", "base"), ("foundry.cli", "commands")])
+                                           ("foundry.utils.io", "base"), ("foundry.cli", "commands"),
+                                           ("foundry.checkpoints.files", "store")])
 def test_layer_names(module, layer):
     assert layer_of(module) == layer

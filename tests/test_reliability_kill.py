@@ -40,7 +40,8 @@ import json, os, re, shutil, signal, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)  # before any op: no thread pool exists when we fork
-import foundry.cli, foundry.train.pretrain, foundry.train.sft, foundry.train.dpo, foundry.checkpoints as ck
+import foundry.cli, foundry.train.pretrain, foundry.train.sft, foundry.train.dpo
+import foundry.checkpoints.files as ck  # the checkpoint format: the writes a kill lands between
 import foundry.train.loop, foundry.data.shards, foundry.data.tokenizer, foundry.data.chat, foundry.data.prefs
 import safetensors.torch, tokenizers, yaml, tqdm.auto, numpy
 import torch._dynamo, torch.distributed.fsdp  # the optimiser imports these lazily (seconds)

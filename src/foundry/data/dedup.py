@@ -56,6 +56,16 @@ class NearDeduplicator:
         self._template = MinHash(num_perm=num_perm, seed=seed, hashfunc=zlib.crc32)  # permutations made once
         self._kept: dict[str, MinHash] = {}
 
+    @property
+    def bands(self) -> tuple[int, int]:
+        """(bands, rows per band) of the LSH index: a distributed run keys its buckets the same way."""
+        return self._lsh.b, self._lsh.r
+
+    @property
+    def num_perm(self) -> int:
+        """Values per signature."""
+        return self._template.num_perm
+
     def signature(self, text: str | list[str]) -> MinHash:
         t = self._template
         m = MinHash(num_perm=t.num_perm, seed=t.seed, hashfunc=zlib.crc32, permutations=t.permutations,

@@ -22,6 +22,8 @@ import os
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from foundry.data.clean import clean_text, content_hash, words
@@ -48,6 +50,34 @@ def dataset_manifest(dataset: str | Path) -> Path:
 def in_validation(digest: bytes, val_fraction: float) -> bool:
     """The split rule: the first 8 bytes of the content hash as a number in [0, 1)."""
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
+
+
+@dataclass
+class Document:
+    """A cleaned document long enough to keep, and what the rules after too_short read of it."""
+    text: str
+    digest: bytes  # clean.content_hash: the exact-duplicate key, the id and the split
+    split: str  # "train" or "val"
+
+    @cached_property
+    def words(self) -> list[str]:
+        """Split once, shared by decontamination and near-dedup."""
+        return words(self.text)
+
+    def is_contaminated(self, decon: Decontaminator | None) -> bool:
+        """Only training text must not contain eval items; held-out text may (the bundled tasks are built
+        from the validation split on purpose)."""
+        return self.split == "train" and bool(decon) and decon.is_contaminated(self.words)
+
+
+def clean_document(raw: str, min_chars: int, val_fraction: float) -> Document | None:
+    """The per-document rules before deduplication, for the single-process path and the engine alike: clean
+    the text, None when it is too short, else its content hash and split."""
+    text = clean_text(raw)
+    if len(text) < min_chars:
+        return None
+    digest = content_hash(text)
+    return Document(text, digest, "val" if in_validation(digest, val_fraction) else "train")
 
 
 def dataset_fingerprint(sources: list[dict], settings: dict, evals: list[dict]) -> str:
@@ -107,29 +137,24 @@ def prepare(sources: list[SourceFile], out: Path, *, text_field: str = "text", t
             for raw in read_documents(src, text_field, layout, on_bad_utf8, stats):
                 counts["read"] += 1
                 text_bytes += len(raw.encode("utf-8"))
-                text = clean_text(raw)
-                if len(text) < min_chars:
+                doc = clean_document(raw, min_chars, val_fraction)
+                if doc is None:
                     dropped["too_short"] += 1
                     continue
-                digest = content_hash(text)
-                if exact.seen(digest):
+                if exact.seen(doc.digest):
                     dropped["exact_duplicate"] += 1
                     continue
-                toks = words(text)  # split once, shared by decontamination and near-dedup
-                split = "val" if in_validation(digest, val_fraction) else "train"
-                # Only training text must not contain eval items; held-out text may (the bundled tasks
-                # are built from the validation split on purpose).
-                if split == "train" and decon and decon.is_contaminated(toks):
+                if doc.is_contaminated(decon):
                     dropped["contaminated"] += 1
                     continue
-                doc_id = digest.hex()
-                if near is not None and near.is_near_duplicate(doc_id, toks) is not None:
+                doc_id = doc.digest.hex()
+                if near is not None and near.is_near_duplicate(doc_id, doc.words) is not None:
                     dropped["near_duplicate"] += 1
                     continue
-                line = json.dumps({"id": doc_id, "source": str(src.path), "text": text}, ensure_ascii=False)
-                (val_f if split == "val" else train_f).write(line + "\n")
-                counts[split] += 1
-                chars += len(text)
+                line = json.dumps({"id": doc_id, "source": str(src.path), "text": doc.text}, ensure_ascii=False)
+                (val_f if doc.split == "val" else train_f).write(line + "\n")
+                counts[doc.split] += 1
+                chars += len(doc.text)
             bar.update(src.path.stat().st_size)
             records.append(source_record(src, layout, sha256_file(src.path), text_bytes, stats.undecodable_lines,
                                          counts, dropped, chars))

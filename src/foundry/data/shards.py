@@ -27,18 +27,11 @@ from typing import Iterator
 
 import numpy as np
 
+from foundry.data.shard_files import ShardWriter, tokenizer_key, write_token_index
 from foundry.data.tokenizer import record_text
 from foundry.errors import DataError
 
 DEFAULT_SHARD_TOKENS = 1 << 27  # 128M tokens: 256 MB per uint16 shard
-
-
-KEY_CHARS = 16  # hex characters of the tokenizer's sha256 that name its shard folder
-
-
-def tokenizer_key(sha256: str) -> str:
-    """The folder name of a tokenizer's shards inside DATASET/tokens/."""
-    return sha256[:KEY_CHARS]
 
 
 def _sha256_of(tokenizer) -> str | None:
@@ -285,39 +278,6 @@ def _read_chunks(path: Path, dtype: str, chunk_docs: int) -> Iterator[tuple[list
         yield chunk, dtype, raw
 
 
-class ShardWriter:
-    """Cuts one split's token stream into `{split}_NNNN.bin` files of `shard_tokens` tokens (the last shorter),
-    listing each in `shards` ({"file", "tokens"}) as the index records them."""
-
-    def __init__(self, out_dir: Path, split: str, shard_tokens: int, shards: list[dict]):
-        self.out_dir, self.split, self.shard_tokens, self.shards = out_dir, split, shard_tokens, shards
-        self.file, self.count = None, 0
-
-    def _close_file(self):
-        self.file.flush()
-        os.fsync(self.file.fileno())  # on disk before the tokens/ directory is renamed into place
-        self.file.close()
-        self.file = None
-
-    def write(self, tokens: np.ndarray) -> None:
-        while len(tokens):
-            if self.file is None or self.count == self.shard_tokens:
-                if self.file is not None:
-                    self._close_file()
-                name = f"{self.split}_{len(self.shards):04d}.bin"
-                self.shards.append({"file": name, "tokens": 0})
-                self.file, self.count = open(self.out_dir / name, "wb"), 0
-            take = min(len(tokens), self.shard_tokens - self.count)
-            tokens[:take].tofile(self.file)
-            self.count += take
-            self.shards[-1]["tokens"] += take
-            tokens = tokens[take:]
-
-    def close(self) -> None:
-        if self.file is not None:
-            self._close_file()
-
-
 def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path, dtype: str, workers: int,
                    shard_tokens: int, progress: bool = True) -> dict:
     """Tokenise DATASET/{split}.jsonl into out_dir/{split}_NNNN.bin with `workers` processes."""
@@ -350,22 +310,6 @@ def tokenize_split(dataset: Path, split: str, tokenizer_path: str, out_dir: Path
         shards.close()
         bar.close()
     return info
-
-
-def write_token_index(tmp: Path, index: dict, dataset: Path, tok_file: str, seconds: float,
-                      record_config: dict) -> None:  # tok_file: the tokenizer as the user named it
-    """index.json and run.json beside the shards (the splits' entries already in `index`)."""
-    from foundry.utils.io import atomic_write_json, write_run_record
-
-    total = sum(s["tokens"] for s in index["splits"].values())
-    index["seconds"] = round(seconds, 3)
-    atomic_write_json(tmp / "index.json", index)
-    write_run_record(tmp, "tokenize", record_config,
-                     parents={"dataset": str(dataset.resolve()), "tokenizer": str(Path(tok_file).resolve()),
-                              "tokenizer_sha256": index["tokenizer_sha256"]},
-                     data_manifests={dataset.name: index["manifest_sha256"]},
-                     results={"tokens": total, "seconds": round(seconds, 3),
-                              "tokens_per_second": round(total / max(seconds, 1e-9))})
 
 
 def tokenize_dataset(dataset: str | Path, tokenizer, workers: int = 1,
@@ -419,7 +363,7 @@ def tokenize_dataset(dataset: str | Path, tokenizer, workers: int = 1,
              "manifest_sha256": manifest_sha, "splits": {}}
     try:
         if executor != "inline":
-            from foundry.data.engine import tokenize_on_engine
+            from foundry.data.engine.tokenize import tokenize_on_engine
 
             return tokenize_on_engine(dataset, tok_file, index, shard_tokens=shard_tokens, workers=workers,
                                       executor=executor, options=options, overwrite=overwrite,

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from foundry.errors import ConfigError
-from foundry.eval.report import RunView, Stage, _read_json, fmt, md_table
+from foundry.eval.run_view import RunView, Stage
+from foundry.utils.io import read_json_or_none
+from foundry.utils.tables import fmt, md_table
 
 TRAINING_KINDS = ("pretrain", "continue", "sft", "dpo")
 PRETRAINING_KINDS = ("pretrain", "continue")
@@ -40,7 +42,7 @@ def _owner_record(path: Path, view: RunView) -> tuple[str, Path, dict] | None:
     for d in [path, *path.parents]:
         f = d / "run.json"
         if f.is_file():
-            record = _read_json(f)
+            record = read_json_or_none(f)
             if isinstance(record, dict):
                 try:
                     name = d.relative_to(view.root.resolve()).as_posix() or d.name
@@ -96,7 +98,7 @@ def datasets_of(record: dict) -> list[tuple[Path, dict]]:
         key = str(d.resolve())
         if manifest.is_file() and key not in seen and key not in eval_only:
             seen.add(key)
-            data = _read_json(manifest)
+            data = read_json_or_none(manifest)
             if isinstance(data, dict):
                 found.append((d, data))
     return found
@@ -212,7 +214,7 @@ def _chat_facts(ckpt: Path) -> dict:
 
     from foundry.data.chat import CHAT_TEMPLATE
 
-    config = _read_json(ckpt / "tokenizer_config.json")
+    config = read_json_or_none(ckpt / "tokenizer_config.json")
     template = config.get("chat_template") if isinstance(config, dict) else None
     if not isinstance(template, str):
         return {}

@@ -22,7 +22,7 @@ def create_classify_app(model, tokenizer, settings):
 
 
     from foundry.model.classifier import classify
-    from foundry.serve.server import api_app, check_key
+    from foundry.serve.app import api_app, check_key
 
     model.eval()
     labels = list(model.config.labels)

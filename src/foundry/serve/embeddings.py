@@ -11,7 +11,7 @@ OpenAI's body, as the rest of the server: 400 (an image that does not decode, an
 404 (model), 413 (a body over 4 MiB, or an image over `MAX_IMAGE_PIXELS`, judged from its header before it
 is decoded), 422.
 
-Images are decoded and preprocessed one by one in the server's small thread pool (`server.off_loop`), so
+Images are decoded and preprocessed one by one in the server's small thread pool (`app.off_loop`), so
 the event loop (and `/health`) stays responsive and only the preprocessed pixels are held, never all the
 decoded images of a request at once.
 """
@@ -28,6 +28,7 @@ import torch
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from foundry.serve.app import api_app, check_body_size, check_key, off_loop
 from foundry.serve.protocol import APIError, parse_body
 
 MAX_INPUTS = 256
@@ -72,8 +73,6 @@ def create_embeddings_app(model, tokenizer, settings):
     """The FastAPI app answering /health, /v1/models and /v1/embeddings for a CLIP `model`."""
 
     from foundry.data.images import preprocess
-    from foundry.serve.protocol import MAX_BODY_BYTES
-    from foundry.serve.server import api_app, check_key, off_loop
 
     def image_pixels(item: ImageInput, index: int) -> np.ndarray:  # runs in the thread pool
         return preprocess(decode_image_input(item, index), model.config.image_size)
@@ -96,9 +95,7 @@ def create_embeddings_app(model, tokenizer, settings):
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         check_key(request, settings.api_key)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+        check_body_size(request)
         req = await off_loop(parse_body, await request.body(), EmbeddingRequest)
         if req.model != settings.model_name:
             raise APIError(404, f"model '{req.model}' does not exist; this server serves '{settings.model_name}'",

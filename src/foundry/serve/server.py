@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -32,13 +30,12 @@ from typing import Literal
 from fastapi import Request  # module level: FastAPI resolves the string annotations of handlers here
 
 from foundry.errors import DataError
+from foundry.serve.app import api_app, check_body_size, check_key, log, off_loop
 from foundry.serve.engine import Engine, QueueFull, Sequence
-from foundry.serve.protocol import (DEFAULT_COMPLETION_TOKENS, MAX_BODY_BYTES, APIError, ChatRequest,
+from foundry.serve.protocol import (DEFAULT_COMPLETION_TOKENS, APIError, ChatRequest,
                                     CompletionRequest, Limits, Reply, TextStream, _Request, message_text,
                                     parse_body, request_sampling, stop_strings, usage)
 
-log = logging.getLogger("foundry.serve")
-CPU_WORKERS = 2  # threads for tokenising prompts and decoding images, off the event loop
 RETRY_AFTER_S = 1  # what a refused client is told to wait: a few decode steps free a place
 DISCONNECT_POLL_S = 0.25  # how often a plain (non-streamed) request checks that its client is still there
 
@@ -54,35 +51,10 @@ class ServerSettings:
     max_queue: int = 256  # requests waiting for a row; one more is refused with 429
 
 
-_cpu_pool = None
-
-
-async def off_loop(fn, *args):
-    """`fn(*args)` in a small bounded thread pool, so a large prompt or image never blocks other clients
-    (or /health) on the event loop; at most `CPU_WORKERS` such jobs run at once, the rest wait their turn."""
-    global _cpu_pool
-    if _cpu_pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _cpu_pool = ThreadPoolExecutor(CPU_WORKERS, thread_name_prefix="foundry-cpu")
-    return await asyncio.get_running_loop().run_in_executor(_cpu_pool, fn, *args)
-
-
-def check_key(request: Request, api_key: str | None) -> None:
-    if api_key is None:
-        return
-    given = request.headers.get("authorization", "")
-    token = given[7:] if given.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(token.encode(), api_key.encode()):
-        raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
-
-
 async def read_request(request: Request, cls, settings: ServerSettings) -> _Request:
     """The checked request body: key, size, JSON, types, then the model name."""
     check_key(request, settings.api_key)
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
+    check_body_size(request)
     raw = await request.body()
     req = await off_loop(parse_body, raw, cls) if len(raw) > 1 << 16 else parse_body(raw, cls)
     if req.model != settings.model_name:
@@ -168,37 +140,6 @@ def streamed_reply(engine: Engine, seq: Sequence, reply: Reply, text: TextStream
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-def api_app(title: str, lifespan=None):
-    """A FastAPI app whose errors, ours (APIError) and the framework's (404, 405), are OpenAI-style JSON bodies."""
-    from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.requests import ClientDisconnect
-
-    app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-
-    @app.exception_handler(APIError)
-    async def _api_error(_request, exc: APIError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request, exc):
-        code = "not_found" if exc.status_code == 404 else None
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
-
-    @app.exception_handler(ClientDisconnect)
-    async def _client_gone(request, _exc):  # the client hung up while sending its body: one line, no traceback
-        log.info("%s %s: client disconnected before its request body arrived", request.method, request.url.path)
-        return Response(status_code=499)
-
-    @app.exception_handler(Exception)
-    async def _server_error(_request, exc):  # a bug, not the client's: an OpenAI body (the log keeps the traceback)
-        return JSONResponse(APIError(500, f"internal error ({type(exc).__name__})", "server_error").body(),
-                            status_code=500)
-
-    return app
 
 
 def create_app(model, tokenizer, settings: ServerSettings, index=None):

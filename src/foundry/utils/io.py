@@ -79,6 +79,14 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FoundryError(f"{path}{':' + str(line) if line else ''}: not valid JSON ({exc})") from None
 
 
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """The JSON in `path`, or None when it is missing, unreadable or not valid JSON (a report reads what it can)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces `final` in one rename.

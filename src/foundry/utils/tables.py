@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 
@@ -17,3 +18,16 @@ def md_table(header: list[str], rows: Iterable[Iterable], right: Iterable[int] =
              "|" + "".join("---:|" if i in right else "---|" for i in range(len(header)))]
     lines += ["| " + " | ".join(map(md_escape, row)) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def fmt(x, digits: int = 4) -> str:
+    """A number as a table cell: integers with thousands separators, floats to `digits` significant digits."""
+    if isinstance(x, bool) or x is None:
+        return "-" if x is None else str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return str(x)
+        return f"{x:.{digits}g}" if abs(x) < 1e5 else f"{x:,.0f}"
+    return str(x)

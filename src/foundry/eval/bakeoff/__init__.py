@@ -49,7 +49,7 @@ A criterion whose prompt field is absent for a prompt does not apply to it (it i
 Statistics: per contender and criterion the mean over prompts with a 95% Student-t interval
 (`foundry.eval.stats.mean_ci`), on the criterion's own scale. The weighted total: per prompt the weighted
 mean of the criteria mapped to [0, 1] (human and judge: (score - lo) / (hi - lo)), then its mean and
-interval over prompts. The recommendation (`summary.recommend`): the best total, the paired difference of
+interval over prompts. The recommendation (`decision.recommend`): the best total, the paired difference of
 every other contender to it, and the cheapest contender whose paired interval includes 0; when any does, it
 says "not distinguishable at n = ..." rather than crowning a winner. Cost = every price the contender has on
 its usage (per 1k generated tokens, per 1M input / output tokens, per compute second), reported per 1,000
@@ -62,6 +62,7 @@ only for the missing ones (module `collect`); endpoint faults are retried or rep
 Modules: `rubric` (the config, the rubric and the prompts), `collect` (asking every contender and the judge,
 the answer log, resume), `endpoint` (the HTTP client and `foundry serve` in a subprocess), `judge` (its
 prompt, parsing, agreement with people), `scoring` (automatic criteria), `sheet` (the blinded rating
-sheet and reading it back), `store` (the ratings store and the agreement between raters), `rate` (the
-rating page), `summary` (statistics, the recommendation, the tables and plot, and a whole bake-off run).
+sheet, reading it back and un-blinding ratings), `store` (the ratings store and the agreement between raters),
+`rate` (the rating page), `decision` (statistics, cost and the recommendation), `tables` (the tables and plot),
+`summary` (a whole bake-off run and rewriting its summary).
 """

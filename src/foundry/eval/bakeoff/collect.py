@@ -256,7 +256,7 @@ def ask_judge(cfg, judge, criteria: list[dict], prompts: list[dict], answers: li
     """The judge's score of every answer on every judge criterion, those on disk reused; returns
     ({(model, prompt_id): {criterion: score or None}}, the judge's summary block, its error line or None)."""
     from foundry.eval.bakeoff.judge import JUDGE_TEMPLATE, judge_order, judge_prompt, parse_score
-    from foundry.eval.bakeoff.summary import cost_of, usage_of
+    from foundry.eval.bakeoff.decision import cost_of, usage_of
 
     judged_criteria = [c for c in criteria if c["type"] == "judge"]
     if judge is None or not judged_criteria:

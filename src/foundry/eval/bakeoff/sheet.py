@@ -1,4 +1,4 @@
-"""The blinded rating sheet for human raters, its key, and reading a filled sheet back."""
+"""The blinded rating sheet for human raters, its key, reading a filled sheet back, and un-blinding ratings."""
 
 from __future__ import annotations
 
@@ -60,9 +60,21 @@ def blind(outputs: list[dict], prompts: list[dict], criteria: list[dict],
 
 def read_ratings(path: str | Path, key: dict, criteria: list[dict]) -> dict:
     """Validate a filled sheet and un-blind it: {(model, prompt_id): {criterion: mean over raters}}."""
-    from foundry.eval.bakeoff.store import per_answer_means
-
     return per_answer_means(read_sheet(path, key, criteria), key)
+
+
+def per_answer_means(raters: dict, key: dict) -> dict:
+    """{(model, prompt_id): {criterion: mean over the raters who scored it}}, as `summarise` reads it."""
+    collected: dict = {}
+    for items in raters.values():
+        for bid, rating in items.items():
+            owner = key["key"].get(bid)
+            if owner is None:
+                continue
+            cell = collected.setdefault((owner["model"], owner["prompt_id"]), {})
+            for name, value in rating.get("scores", {}).items():
+                cell.setdefault(name, []).append(value)
+    return {k: {c: sum(v) / len(v) for c, v in crit.items()} for k, crit in collected.items()}
 
 
 def read_sheet(path: str | Path, key: dict, criteria: list[dict]) -> dict:

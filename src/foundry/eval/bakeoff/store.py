@@ -152,20 +152,6 @@ class RatingStore:
             self._write(raters)
 
 
-def per_answer_means(raters: dict, key: dict) -> dict:
-    """{(model, prompt_id): {criterion: mean over the raters who scored it}}, as `summarise` reads it."""
-    collected: dict = {}
-    for items in raters.values():
-        for bid, rating in items.items():
-            owner = key["key"].get(bid)
-            if owner is None:
-                continue
-            cell = collected.setdefault((owner["model"], owner["prompt_id"]), {})
-            for name, value in rating.get("scores", {}).items():
-                cell.setdefault(name, []).append(value)
-    return {k: {c: sum(v) / len(v) for c, v in crit.items()} for k, crit in collected.items()}
-
-
 def agreement(raters: dict, key: dict, criteria: list[dict], flag: int = 5) -> dict:
     """Per human criterion Krippendorff's alpha (ordinal) over the answers, and the answers the raters
     disagree on most: spread = (highest - lowest score) / (scale width), averaged over the criteria
