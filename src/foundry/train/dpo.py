@@ -28,7 +28,7 @@ from pydantic import Field
 from foundry.config import TrainConfig
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.train.preference import preference_loss, scored_logps
+from foundry.train.preference import preference_loss, row_sums
 from foundry.train.stage import FineTuneConfig, StageRunner
 
 REFERENCE_FILE = "reference_logps.safetensors"
@@ -139,10 +139,12 @@ class PairBatches(ShuffledRows):
 
 def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Policy log-probs of the chosen and rejected completions: one forward over all 2B rows, projecting
-    only the completion positions to the vocabulary (prompt logits are never materialised)."""
-    scored = batch["targets"] != IGNORE_INDEX  # (2B, T)
-    logits = model(batch["input_ids"], logits_at=scored)  # (n, V), n = completion tokens in the batch
-    logps = scored_logps(logits, batch["targets"], average=average)  # (2B,)
+    only the completion positions to the vocabulary, a chunk at a time (prompt logits never exist)."""
+    from foundry.train.chunked_ce import scored_token_logps
+
+    targets = batch["targets"]
+    token_logps = scored_token_logps(model, batch["input_ids"], targets)  # (n,), n = completion tokens
+    logps = row_sums(token_logps, targets, average=average)  # (2B,)
     B = logps.shape[0] // 2
     return logps[:B], logps[B:]
 

@@ -189,11 +189,11 @@ def sample_completions(model, prompts: list[list[int]], n: int, max_new_tokens: 
 
 def token_logps(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target_t | prefix) per position (B, T), 0 where the target is -100; computed in float32."""
-    logits = model(input_ids)  # (B, T, V)
+    from foundry.train.chunked_ce import scored_token_logps
+
     mask = targets != IGNORE_INDEX
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.clamp_min(0).reshape(-1),
-                          reduction="none").view(targets.shape)
-    return -nll * mask
+    scored = scored_token_logps(model, input_ids, targets)  # (n,): completion positions only, chunked
+    return torch.zeros(targets.shape, dtype=scored.dtype, device=scored.device).masked_scatter(mask, scored)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:

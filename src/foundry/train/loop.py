@@ -38,7 +38,7 @@ from foundry.checkpoints import (
 )
 from foundry.errors import CheckpointError, ConfigError, TrainingError
 from foundry.hardware import peak_flops
-from foundry.lm_metrics import lm_scores
+from foundry.lm_metrics import IGNORE_INDEX, lm_scores
 from foundry.train import distributed as dist_utils
 from foundry.train.objectives import BatchSource, Objective
 from foundry.train.optim import build_optimizer, lr_at
@@ -77,10 +77,26 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def batch_tokens(batch: dict) -> int:
-    """Tokens the model processes for this batch (for tokens/s), whatever the objective's units are."""
-    ids = [v for k, v in batch.items() if k.endswith("input_ids") and isinstance(v, torch.Tensor)]
-    return sum(int(t.numel()) for t in ids)
+def batch_tokens(batch: dict, pad_id: int | None = None) -> tuple[int, int]:
+    """(real tokens, supervised tokens) of a batch, for tokens/s, whatever the objective's units are.
+
+    Real tokens are the non-padding ones: a row's padding is the run after its last non-pad token (so a
+    pad id used inside a text still counts), or, without a pad id, nothing. Supervised: targets != -100.
+    """
+    real = 0
+    for key, ids in batch.items():
+        if not (key.endswith("input_ids") and isinstance(ids, torch.Tensor)):
+            continue
+        if pad_id is None or ids.dim() != 2:
+            real += int(ids.numel())
+            continue
+        not_pad = ids != pad_id  # (B, T)
+        T = ids.shape[1]
+        last = torch.where(not_pad.any(1), T - not_pad.flip(1).int().argmax(1), torch.zeros_like(not_pad[:, 0], dtype=torch.long))
+        real += int(last.sum())
+    targets = batch.get("targets")
+    supervised = int((targets != IGNORE_INDEX).sum()) if isinstance(targets, torch.Tensor) else 0
+    return real, supervised
 
 
 def loss_evaluator(objective, batches: Callable[[], Iterable[dict]], device: torch.device | str | None = None,
@@ -313,7 +329,8 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
     profiler = StepProfiler(getattr(cfg, "profile_steps", 0), run_dir, enabled=is_main)
     final: dict = {}
     bad_in_a_row = 0
-    window_tokens, window_start = 0, time.perf_counter()
+    window_tokens, window_supervised, window_start = 0, 0, time.perf_counter()
+    pad_id = getattr(tokenizer, "pad_id", None)  # tokens/s counts real tokens, never padding
     window_optimise_s, window_steps = 0.0, 0  # forward, backward and update time since the last log record
     started = time.perf_counter()
     last_eval: dict = {}
@@ -349,7 +366,9 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                 loss_total = torch.zeros((), device=device, dtype=torch.float64)
                 metric_totals: dict[str, torch.Tensor] = {}
                 for i, batch in enumerate(batches):
-                    window_tokens += batch_tokens(batch) * env.world_size
+                    real, supervised = batch_tokens(batch, pad_id)
+                    window_tokens += real * env.world_size
+                    window_supervised += supervised * env.world_size
                     batch = to_device(batch, device)
                     with dist_utils.sync_context(model, sync=i == len(batches) - 1):
                         with autocast_context(device, amp_dtype):
@@ -391,6 +410,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
                     record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                               "tokens_per_s": round(tokens_per_s, 1),
+                              "supervised_tokens_per_s": round(window_supervised / max(now - window_start, 1e-9), 1),
                               "mfu": round(tokens_per_s * flops_per_token / peak, 4) if peak else None,
                               "elapsed_s": round(elapsed_before + now - started, 2)}
                     for key, value in metric_totals.items():
@@ -402,7 +422,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                     if progress is not None:
                         progress.update(step, record["elapsed_s"], loss=loss, tokens_per_s=tokens_per_s,
                                         mfu=record["mfu"])
-                    window_tokens, window_start = 0, now
+                    window_tokens, window_supervised, window_start = 0, 0, now
                     final.update(record)
                 if progress is not None:
                     progress.update(step, elapsed_before + time.perf_counter() - started)

@@ -89,9 +89,11 @@ def pack_rows(lengths: list[int], order: list[int], block_size: int) -> list[lis
 def collate_rows(examples, rows: list[list[int]], block_size: int, pad_id: int, packed: bool) -> dict:
     """Rows of examples -> {"input_ids", "targets"} (B, T), plus "position_ids" and "segment_ids" if packed.
 
-    Padding has target -100; in packed rows it forms its own segment (id 0) so no example attends to it.
+    T is the batch's longest row (at most block_size), so no step computes on padding beyond it. Padding
+    has target -100; in packed rows it forms its own segment (id 0) so no example attends to it.
     """
-    B, T = len(rows), block_size
+    lengths = [sum(len(examples[i][0]) for i in row) for row in rows]
+    B, T = len(rows), min(block_size, max(lengths, default=1))
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((B, T), dtype=torch.long)
@@ -115,7 +117,7 @@ def collate_rows(examples, rows: list[list[int]], block_size: int, pad_id: int, 
 
 class ChatBatches(ShuffledRows):
     """SFT rows: with `pack`, whole conversations concatenated into block_size rows (per-epoch order),
-    otherwise one conversation per row, right-padded."""
+    otherwise one conversation per row; either way right-padded to the batch's longest row only."""
 
     def __init__(self, examples, block_size: int, seed: int, pad_id: int, pack: bool = True,
                  rank: int = 0, world_size: int = 1):
