@@ -237,6 +237,10 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
             load_weights(base, resume_ckpt)
             state = load_train_state(resume_ckpt)
     base.to(device)
+    if getattr(cfg, "activation_checkpointing", False):
+        from foundry.train.checkpointing import checkpoint_blocks
+
+        checkpoint_blocks(base)  # each block keeps only its input; backward recomputes the rest
     model = dist_utils.wrap_model(base, cfg, env)
     optimizer = build_optimizer(dist_utils.unwrap(model), cfg)
     forward_model = torch.compile(model) if cfg.compile else model
