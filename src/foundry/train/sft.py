@@ -26,14 +26,7 @@ from foundry.config import StrictModel, TrainConfig
 from foundry.errors import DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.train.stage import FineTuneConfig, StageRunner
-
-
-class LoRASpec(StrictModel):
-    rank: int = Field(8, gt=0, description="rank of each low-rank adapter")
-    alpha: float = Field(16.0, gt=0, description="adapter scale: the update is multiplied by alpha / rank")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
-    targets: list[str] = Field(["q_proj", "v_proj"], description="linear layers that get adapters")
+from foundry.train.stage import FineTuneConfig, LoRASpec, StageRunner, save_merged_lora  # noqa: F401 (re-exported)
 
 
 class SFTTrainConfig(TrainConfig):
@@ -139,28 +132,10 @@ class ChatBatches(ShuffledRows):
 
 # ---- the verb --------------------------------------------------------------------------------------------
 
-def save_merged_lora(model, tokenizer, out_dir: Path, stage: str, step: int) -> Path:
-    """Merge the adapters into `model` (in place); `checkpoints/best` becomes a plain foundry checkpoint.
-
-    With a validation set, the best-by-validation adapters are merged, else the final ones.
-    """
-    from foundry.model.lora import merge_lora
-    from foundry.checkpoints import load_weights, read_meta, save_checkpoint, verify_checkpoint
-
-    best = out_dir / "checkpoints" / "best"
-    meta = {"step": step, "stage": stage, "val_loss": None}
-    if best.is_dir() and verify_checkpoint(best) is None:
-        load_weights(model, best)  # still LoRA-shaped: the loop saved the wrapped model
-        meta = {k: v for k, v in read_meta(best).items() if k != "sha256"}
-    merge_lora(model)
-    meta["lora_merged"] = True
-    return save_checkpoint(best, model, tokenizer, None, meta)
-
-
 def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
     """Fine-tune as `cfg` says; returns the final metrics plus the truncation counts."""
     from foundry.data.chat import read_chat_jsonl
-    from foundry.model.lora import apply_lora, lora_parameter_count
+    from foundry.model.lora import lora_parameter_count
     from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
     from foundry.utils.io import sha256_file
@@ -179,8 +154,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
             val_source = ChatBatches(val_examples, tc.block_size, tc.seed, tokenizer.pad_id, cfg.pack)
             evaluators["val"] = loss_evaluator(objective, lambda: val_source.eval_batches(tc.micro_batch_size,
                                                                                           tc.eval_batches))
-        if cfg.lora is not None:
-            apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+        runner.apply_lora(model, cfg.lora)
 
         parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
                    "tokenizer_sha256": tokenizer.sha256}
@@ -194,8 +168,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
         model.train()
         results = runner.train(model, objective, source, tokenizer, evaluators=evaluators,
                                best_metric="val/loss" if evaluators else None)
-        if cfg.lora is not None and runner.is_main:
-            save_merged_lora(model, tokenizer, out_dir, "sft", results["step"])
+        runner.save_merged_lora(model, tokenizer, cfg.lora, results)
         results["truncation"] = stats.as_dict()
         if val_stats is not None:
             results["val_truncation"] = val_stats.as_dict()
