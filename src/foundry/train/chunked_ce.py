@@ -53,8 +53,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for rows in _chunks(hidden.shape[0], chunk_size):
             with torch.enable_grad():
                 h = hidden[rows].detach().requires_grad_(want_hidden)
-                logits = project(h).float()  # (c, V)
-                loss = F.cross_entropy(logits, targets[rows], ignore_index=IGNORE_INDEX, reduction="sum")
+                # (c, V) logits referenced by nothing but the graph: freed once log-softmax has read them
+                loss = F.cross_entropy(project(h).float(), targets[rows], ignore_index=IGNORE_INDEX, reduction="sum")
                 inputs = ([h] if want_hidden else []) + wrt_params
                 grads = torch.autograd.grad(loss, inputs) if inputs else ()
             total += loss.detach()
