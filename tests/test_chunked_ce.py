@@ -93,3 +93,10 @@ def test_no_full_logits_tensor_is_built(monkeypatch):
     loss, _ = NextTokenObjective().loss(model, batch)
     loss.backward()
     assert sum(rows) == n and max(rows) <= 4  # scored positions only, chunk by chunk, none recomputed
+
+
+def test_chunks_shrink_for_large_vocabularies():
+    from foundry.train.chunked_ce import chunk_rows
+
+    assert chunk_rows(512) == 1024  # small vocabularies: the token cap
+    assert chunk_rows(49152) == 341 and chunk_rows(128256) == 130  # at most 64 MiB of fp32 logits per chunk

@@ -3,8 +3,9 @@ logits never exist whole.
 
 At 49,152 words of vocabulary, 1,400 scored tokens' fp32 logits are 275 MB, and autograd keeps them, their
 log-softmax and the gradient of each alive together (about 3x that); a block of 1,024 tokens x 8 rows is
-4.8 GB. Here each chunk of `chunk_size` tokens is projected, scored and differentiated on its own, so the
-peak holds one chunk's logits (Liger kernel's fused linear cross-entropy, Hsu et al. 2024, sec. 3.2, does
+4.8 GB. Here each chunk of tokens (`chunk_rows`: at most 1,024, and at most 64 MiB of fp32 logits, so 130
+tokens at Llama 3's 128,256 words) is projected, scored and differentiated on its own, so the peak holds
+one chunk's logits (Liger kernel's fused linear cross-entropy, Hsu et al. 2024, sec. 3.2, does
 the same on GPU with Triton):
 
 - `linear_cross_entropy(hidden, targets, project, params)`: the SUM of -log p(target) over the tokens. Its
@@ -32,7 +33,14 @@ import torch.nn.functional as F
 
 from foundry.lm_metrics import IGNORE_INDEX
 
-DEFAULT_CHUNK = 1024  # tokens per chunk: 1024 x 49,152 fp32 logits = 192 MB alive at a time
+DEFAULT_CHUNK = 1024  # at most this many tokens per chunk ...
+CHUNK_BYTES = 64 * 2**20  # ... and at most 64 MiB of fp32 logits per chunk: 341 tokens at 49,152 words, 130 at 128,256
+
+
+def chunk_rows(vocab_size: int) -> int:
+    """Tokens per chunk for a vocabulary: DEFAULT_CHUNK, fewer when one chunk's fp32 logits would pass
+    CHUNK_BYTES (a chunk's logits, log-softmax and gradient are alive together: 3x that at the peak)."""
+    return min(DEFAULT_CHUNK, max(64, CHUNK_BYTES // (4 * vocab_size)))
 
 
 def _chunks(n: int, size: int):
@@ -158,6 +166,10 @@ def projection_of(model: torch.nn.Module) -> tuple[Callable[[torch.Tensor], torc
     return project, params
 
 
+def _vocab(base: torch.nn.Module) -> int:
+    return int(getattr(base.lm_head, "out_features", 0) or base.lm_head.weight.shape[0])
+
+
 def _chunkable(model: torch.nn.Module) -> torch.nn.Module | None:
     """The Llama inside `model` when its projection can run outside its forward (not FSDP-sharded)."""
     from foundry.checkpoints import is_sharded, unwrap
@@ -192,7 +204,7 @@ def scored_token_logps(model: torch.nn.Module, input_ids: torch.Tensor, targets:
         return -F.cross_entropy(logits.float(), targets[scored], reduction="none")
     hidden = model(input_ids, return_hidden=True, **kwargs)  # (B, T, d)
     project, params = projection_of(base)
-    return linear_token_logps(hidden[scored], targets[scored], project, params)
+    return linear_token_logps(hidden[scored], targets[scored], project, params, chunk_rows(_vocab(base)))
 
 
 def scored_cross_entropy_sum(model: torch.nn.Module, input_ids: torch.Tensor, targets: torch.Tensor,
@@ -205,4 +217,4 @@ def scored_cross_entropy_sum(model: torch.nn.Module, input_ids: torch.Tensor, ta
         return F.cross_entropy(logits.float(), targets[scored], reduction="sum")
     hidden = model(input_ids, return_hidden=True, **kwargs)  # (B, T, d)
     project, params = projection_of(base)
-    return linear_cross_entropy(hidden[scored], targets[scored], project, params)
+    return linear_cross_entropy(hidden[scored], targets[scored], project, params, chunk_rows(_vocab(base)))

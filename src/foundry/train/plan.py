@@ -326,7 +326,7 @@ class FinetuneMemoryEstimate(MemoryEstimate):
 def estimate_finetune_memory(cfg: LlamaConfig, micro_batch: int, context: int, method: str = "full",
                              activation_checkpointing: bool = False, lora_rank: int = 8,
                              lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), scored_fraction: float = 1.0,
-                             fused_optimizer: bool = True, chunk: int = 1024) -> MemoryEstimate:
+                             fused_optimizer: bool = True, chunk: int | None = None) -> MemoryEstimate:
     """Peak bytes of one fp32 training step of foundry's loop on one device (CPU, or GPU in fp32):
 
     - weights 4 bytes per parameter (LoRA: plus the adapters); gradients and AdamW's two moments (4 + 8
@@ -336,7 +336,7 @@ def estimate_finetune_memory(cfg: LlamaConfig, micro_batch: int, context: int, m
     - activations: every block's saved tensors, or, with activation checkpointing, each block's input
       (4 d bytes per token), and one block recomputed in full during backward;
     - logits: the loss's vocabulary projection is chunked (`foundry.train.chunked_ce`): one chunk of at
-      most `chunk` scored tokens holds its fp32 logits, their log-softmax and gradient (12 V bytes per
+      most `chunk_rows(V)` scored tokens holds its fp32 logits, their log-softmax and gradient (12 V bytes per
       token), whatever the context; `scored_fraction` of the tokens reach it (SFT: the assistant share).
     The peak is the larger of the end of the forward and the backward (`FinetuneMemoryEstimate`).
     """
@@ -362,8 +362,10 @@ def estimate_finetune_memory(cfg: LlamaConfig, micro_batch: int, context: int, m
         activations, recompute = tokens * (cfg.n_layer * 4 * d + tail), tokens * per_layer
     else:
         activations = tokens * (cfg.n_layer * per_layer + tail)
+    from foundry.train.chunked_ce import chunk_rows
+
     scored = max(1, int(tokens * scored_fraction))
-    logits = 12 * V * min(chunk, scored) + 8 * d * scored  # one chunk, plus the hidden gradient of the scored
+    logits = 12 * V * min(chunk or chunk_rows(V), scored) + 8 * d * scored  # one chunk, plus the hidden gradient of the scored
     return FinetuneMemoryEstimate(params, grads, optimizer, working, activations, logits, recompute)
 
 
