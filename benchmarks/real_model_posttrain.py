@@ -21,7 +21,8 @@ What is compared, and how (each side in its own subprocess, so its peak RSS is i
   (foundry always; TRL `precompute_ref_log_probs=True`); AdamW (0.9, 0.999, eps 1e-8), no weight decay,
   constant lr, clip 1.0; two sequences (SFT) or two pairs (DPO) per step, rows right-padded to the batch's
   longest on both sides (no packing: TRL cannot pack correctly without flash-attention); fp32 on CPU; LoRA
-  rank 8, alpha 16, on q_proj and v_proj, no dropout (TRL through peft); gradient checkpointing on both
+  rank 8, alpha 16, on q_proj and v_proj, no dropout (TRL through peft), both sides' A matrices drawn from
+  the same seeded generator (`seeded_lora_a`), B zero; gradient checkpointing on both
   (TRL's default, foundry's `train.activation_checkpointing`);
 - the timing: after one warm-up step, `--rounds` rounds of `--steps-per-round` steps, the two sides in
   alternating order (A B, B A, ...) while both processes stay alive, so load from other users of a shared
@@ -183,6 +184,40 @@ def step_tokens(rows, stage: str, steps: int) -> list[dict]:
     return out
 
 
+# ---- the same adapters on both sides ---------------------------------------------------------------------
+
+def seeded_lora_a(layer: int, target: str, rank: int, fan_in: int):
+    """LoRA's A for one Linear, as both libraries initialise it (kaiming-uniform, a = sqrt(5): bound
+    1/sqrt(fan_in)), drawn from a generator seeded by its place, so foundry and peft start from the same
+    adapters (B is zero on both) and their losses can be compared step by step."""
+    import torch
+
+    g = torch.Generator().manual_seed(1000 + 10 * layer + LORA["targets"].index(target))
+    bound = 1 / fan_in ** 0.5
+    return torch.empty(rank, fan_in).uniform_(-bound, bound, generator=g)
+
+
+def set_lora_a(named_a) -> int:
+    """Overwrite every (layer, target, A parameter) with `seeded_lora_a`; returns how many."""
+    import torch
+
+    n = 0
+    with torch.no_grad():
+        for layer, target, a in named_a:
+            a.copy_(seeded_lora_a(layer, target, a.shape[0], a.shape[1]))
+            n += 1
+    return n
+
+
+def _place(name: str) -> tuple[int, str] | None:
+    parts = name.split(".")
+    if "layers" not in parts:
+        return None
+    layer = int(parts[parts.index("layers") + 1])
+    target = next((t for t in LORA["targets"] if t in parts), None)
+    return (layer, target) if target else None
+
+
 # ---- the round gate (children) ---------------------------------------------------------------------------
 
 class RoundGate:
@@ -238,6 +273,18 @@ def child_foundry(args) -> dict:
                  eval_every=10**6, checkpoint_every=10**6, threads=args.threads, progress=False,
                  activation_checkpointing=not args.no_checkpointing, seed=0)
     lora = LORA if args.method == "lora" else None
+    if lora is not None:
+        from foundry.train.stage import StageRunner
+
+        apply = StageRunner.apply_lora
+
+        def apply_then_seed(self, model, spec):
+            apply(self, model, spec)
+            names = [(*_place(n), p) for n, p in model.named_parameters() if n.endswith("lora_A") and _place(n)]
+            assert set_lora_a(names) == len(LORA["targets"]) * model.config.n_layer
+            return model
+
+        StageRunner.apply_lora = apply_then_seed
     out = Path(args.work) / f"foundry-{args.stage}-{args.method}"
     if args.stage == "sft":
         from foundry.train.sft import SFTConfig, run_sft
@@ -299,6 +346,9 @@ def child_trl(args) -> dict:
         trainer = Trainer(model=model, ref_model=None, args=DPOConfig(**common, beta=0.1, loss_type=["sigmoid"],
                                                                       precompute_ref_log_probs=True),
                           train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config)
+    if peft_config is not None:
+        names = [(*_place(n), p) for n, p in trainer.model.named_parameters() if ".lora_A." in n and _place(n)]
+        assert set_lora_a(names) == len(LORA["targets"]) * model.config.num_hidden_layers
     gate.install()
     trainer.train()
     return {"losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}
