@@ -182,3 +182,89 @@ def test_cli_bad_input_is_one_line_error(args, message, capsys):
     assert cli_main(["plan", *args]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("foundry: error:") and message in err and "\n" not in err
+
+
+# ---- `foundry plan MODEL --context N --method full|lora`: fine-tuning through foundry's own loop --------
+
+FINETUNE_MEASURE = r"""
+import json, sys, torch
+from foundry.config import TrainConfig
+from foundry.model.llama import Llama, config_from_preset
+from foundry.model.lora import apply_lora
+from foundry.train.loop import train
+from foundry.train.objectives import NextTokenObjective
+def kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+class Repeat:
+    def __init__(self, batch): self.batch = batch
+    def next_batch(self, n): return self.batch
+    def state_dict(self): return {}
+    def load_state_dict(self, state): pass
+B, T, method, ac, overrides, out = (int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1",
+                                    json.loads(sys.argv[5]), sys.argv[6])
+def run(cfg, B, T, run_dir):
+    torch.manual_seed(0)
+    model = Llama(cfg)
+    if method == "lora":
+        apply_lora(model, 8, 16.0, 0.0, ["q_proj", "v_proj"])
+    ids = torch.randint(0, cfg.vocab_size, (B, T + 1))
+    tc = TrainConfig(max_steps=2, micro_batch_size=B, block_size=T, lr=1e-4, warmup_steps=0, log_every=1,
+                     eval_every=100, checkpoint_every=100, threads=1, progress=False, device="cpu",
+                     activation_checkpointing=ac)
+    train(model, NextTokenObjective(), Repeat({"input_ids": ids[:, :-1], "targets": ids[:, 1:]}), tc, run_dir, None)
+run(config_from_preset("test"), 1, 8, out + "/warm")  # library code paged in before the measurement
+base = kib("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")
+run(config_from_preset("test", **overrides), B, T, out + "/run")  # two steps: AdamW's state exists in the second
+print(json.dumps({"peak": kib("VmHWM") - base}))
+"""
+
+FINETUNE_SHAPES = {
+    "activations": (4, 256, dict(n_layer=4, n_embd=256, n_head=4, n_kv_head=2, vocab_size=8192, max_seq_len=512)),
+    "parameters": (1, 64, dict(n_layer=4, n_embd=256, n_head=4, n_kv_head=2, vocab_size=32768, max_seq_len=512)),
+}
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+@pytest.mark.parametrize("shape,method,checkpointing", [("activations", "full", False), ("activations", "lora", True),
+                                                        ("parameters", "full", True), ("parameters", "lora", False)])
+def test_finetune_estimate_within_15_percent_of_the_loops_measured_peak(tmp_path, shape, method, checkpointing):
+    from foundry.train.plan import estimate_finetune_memory
+
+    batch, context, overrides = FINETUNE_SHAPES[shape]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", FINETUNE_MEASURE, str(batch), str(context), method,
+                          "1" if checkpointing else "0", json.dumps(overrides), str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+    est = estimate_finetune_memory(config_from_preset("test", **overrides), batch, context, method,
+                                   checkpointing).total
+    print(f"{shape} {method} checkpointing={checkpointing}: estimated {est / 1e6:.1f} MB, measured {measured / 1e6:.1f} MB")
+    assert 0.85 * measured <= est <= 1.15 * measured, (est, measured)
+
+
+def test_checkpointing_and_lora_shrink_the_plan_and_the_cli_reads_a_hugging_face_directory(tmp_path, capsys):
+    from foundry.train.plan import estimate_finetune_memory
+
+    cfg = config_from_preset("1b")
+    full = estimate_finetune_memory(cfg, 1, 2048, "full")
+    assert estimate_finetune_memory(cfg, 1, 2048, "full", activation_checkpointing=True).total < full.total
+    lora = estimate_finetune_memory(cfg, 1, 2048, "lora")
+    assert lora.optimizer < 0.01 * full.optimizer and lora.total < 0.5 * full.total
+    # a transformers config.json, as an imported model directory holds it
+    hf = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_hidden_layers": 30,
+          "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+          "tie_word_embeddings": True, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+          "hidden_act": "silu"}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    assert cli_main(["plan", str(tmp_path), "--context", "1024", "--method", "lora", "--activation-checkpointing",
+                     "--gpu", "l4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 130e6 < out["params"] < 140e6 and out["fits"] is True and out["method"] == "lora"
+    assert cli_main(["plan", str(tmp_path), "--context", "1024", "--method", "full"]) == 0
+    text = capsys.readouterr().out
+    assert "peak" in text and "this machine" in text
+    assert cli_main(["plan", str(tmp_path), "--method", "full"]) == 1  # --context is required

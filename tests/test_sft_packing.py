@@ -84,3 +84,15 @@ def test_order_deterministic_and_resumes_exactly(setup):
 def test_pack_rows_keeps_examples_whole():
     rows = pack_rows([30, 30, 10, 64, 5], [0, 1, 2, 3, 4], 64)
     assert rows == [[0, 1], [2], [3], [4]]
+
+
+def test_rows_padded_to_the_batch_longest_and_tokens_counted_without_padding(setup):
+    from foundry.train.loop import batch_tokens
+
+    tok, examples, _, _ = setup
+    for pack in (False, True):
+        batch = ChatBatches(examples, 64, 0, tok.pad_id, pack=pack).next_batch(3)
+        real = (batch["input_ids"] != tok.pad_id).sum(1)
+        assert batch["input_ids"].shape[1] == int(real.max()) <= 64  # no column of padding only
+        tokens, supervised = batch_tokens(batch, tok.pad_id)
+        assert tokens == int(real.sum()) and supervised == int((batch["targets"] != -100).sum())

@@ -62,6 +62,9 @@ class TrainConfig(StrictModel):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bf16 autocast on CUDA, float32 on CPU")
     compile: bool = Field(False, description="torch.compile the model")
+    activation_checkpointing: bool = Field(
+        False, description="recompute each transformer block's activations in backward instead of keeping them "
+        "(about one more forward of compute for a fraction of the activation memory)")
     threads: int | None = Field(None, gt=0, description="CPU threads (default: all cores)")
     max_bad_steps: int = Field(3, ge=1, description="non-finite steps in a row before rolling back")
     rollback_lr_factor: float = Field(0.5, gt=0, le=1, description="lr scale applied at each rollback")

@@ -72,6 +72,13 @@ def plan_main(argv: list[str]) -> int:
                                     recipe_settings)
 
     p = make_parser("plan")
+    p.add_argument("model", nargs="?", help="a Hugging Face directory or foundry checkpoint to fine-tune: prints the "
+                   "memory of the run (with --context, --method) and whether it fits")
+    p.add_argument("--context", type=int, help="tokens per sequence for MODEL's run")
+    p.add_argument("--method", choices=("full", "lora"), default="full", help="MODEL: train all weights or adapters")
+    p.add_argument("--activation-checkpointing", action="store_true", help="MODEL: recompute blocks in backward")
+    p.add_argument("--lora-rank", type=int, default=8, help="MODEL with --method lora: adapter rank (default 8)")
+    p.add_argument("--lora-targets", default="q_proj,v_proj", help="MODEL with --method lora: comma-separated Linears")
     p.add_argument("--config", help="recipe YAML (reads its model and train sections)")
     p.add_argument("--preset", help=f"model preset ({', '.join(PRESETS)}); overrides the recipe's")
     p.add_argument("--micro-batch", type=int, help="sequences per micro-batch per device")
@@ -82,12 +89,16 @@ def plan_main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     p.add_argument("--tokens", default="1e9", help="token budget, e.g. 2e9 or 2B (default 1B)")
     p.add_argument("--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation (default 0.4)")
-    p.add_argument("--gpu", choices=sorted(GPUS), default="h100", help="sets peak FLOP/s and memory")
+    p.add_argument("--gpu", choices=sorted(GPUS), help="sets peak FLOP/s and memory (default h100; for MODEL, "
+                   "default: this machine's memory)")
     p.add_argument("--peak-tflops", type=float, help="device peak bf16 TFLOP/s (overrides --gpu)")
     p.add_argument("--device-gib", type=float, help="device memory in GiB (overrides --gpu)")
     p.add_argument("--price", type=float, default=2.5, help="price per GPU-hour (default 2.5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
+    if args.model is not None:
+        return _plan_model(args)
+    args.gpu = args.gpu or "h100"
 
     model_section, train_section = recipe_settings(args.config) if args.config else ({}, {})
     cfg = model_config_for(model_section, args.preset, args.config or "plan")
@@ -117,6 +128,37 @@ def plan_main(argv: list[str]) -> int:
                   parse_number(args.tokens, "--tokens"), args.mfu, peak, args.price, device_gib)
     print(json.dumps(result, indent=2) if args.json else format_plan(result))
     return 0
+
+
+def _plan_model(args) -> int:
+    """`foundry plan MODEL --context N --method full|lora`: the fine-tuning run's memory, and whether it fits."""
+    import json
+
+    from foundry.train.plan import GPUS, format_finetune_plan, model_config_at, plan_finetune
+
+    if args.context is None or args.context < 1:
+        raise ConfigError("plan: MODEL needs --context N (tokens per sequence), at least 1")
+    micro = args.micro_batch or 1
+    cfg = model_config_at(args.model)
+    if args.gpu:
+        device, device_gib = args.gpu.upper(), args.device_gib or GPUS[args.gpu].memory_gib
+    else:
+        device, device_gib = "this machine (CPU)", args.device_gib or _machine_gib()
+    targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    result = plan_finetune(cfg, args.context, args.method, args.activation_checkpointing, micro, device_gib, device,
+                           args.lora_rank, targets)
+    print(json.dumps(result, indent=2) if args.json else format_finetune_plan(result))
+    return 0
+
+
+def _machine_gib() -> float | None:
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
 
 
 def selftest_main(argv: list[str]) -> int:

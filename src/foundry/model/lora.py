@@ -4,10 +4,14 @@ Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models": W x + (alp
 A (r, in) random and B (out, r) zero at the start (section 4.1), so the wrapped model starts out exactly
 equal to the base model. Only A and B train; `merge_lora` folds W + (alpha / r) B A back into an
 `nn.Linear`, after which the model is a normal foundry model with the original state-dict keys.
+
+`disable_adapters(model)` runs the frozen base without the updates: a preference or RL stage's reference
+model is then the same weights with the adapters switched off, never a second copy in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -27,10 +31,13 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.enabled = True  # False inside `disable_adapters`: the base Linear alone
         for p in self.base.parameters():
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         # x (..., in) -> (..., out): base output plus (alpha/r) * B(A(dropout(x)))
         update = (self.dropout(x) @ self.lora_A.to(x.dtype).t()) @ self.lora_B.to(x.dtype).t()
         return self.base(x) + self.scale * update
@@ -88,6 +95,25 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module):
+    """Inside, every LoRALinear of `model` is its frozen base Linear alone (the model before any adapter
+    trained); on leaving, each is as it was. The reference of DPO and GRPO under LoRA, with no copy."""
+    adapters = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    before = [m.enabled for m in adapters]
+    for m in adapters:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, state in zip(adapters, before):
+            m.enabled = state
 
 
 def lora_parameter_count(model: nn.Module) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 
 from foundry.config import StrictModel, TrainConfig
 from foundry.errors import ConfigError, DataError
-from foundry.train.stage import StageConfig, StageRunner
+from foundry.train.stage import LoRASpec, StageConfig, StageRunner
 
 
 # ---- configuration -----------------------------------------------------------------------------------
@@ -51,6 +51,7 @@ class ContinueConfig(StageConfig):
     init: str = Field(description="model to start from: a foundry checkpoint, a run directory (its best checkpoint) "
                       "or an imported Hugging Face directory")
     mixture: list[MixtureEntry] = Field(description="datasets to train and evaluate on: [{name, data, weight}, ...]")
+    lora: LoRASpec | None = Field(None, description="train low-rank adapters only (merged into the saved best)")
     train: ContinueTrainConfig = ContinueTrainConfig()
     eval_batch_size: int | None = Field(None, gt=0, description="default: train.micro_batch_size")
 
@@ -242,9 +243,11 @@ def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
         parents = {"checkpoint": str(Path(cfg.init).resolve()), "checkpoint_kind": start.kind,
                    "datasets": {n: str(p.resolve()) for n, p in datasets.items()}}
         run_dir = runner.open_run_dir(parents, manifests)
+        runner.apply_lora(start.model, cfg.lora)
         # step 0 evaluates the parent on every dataset: the "before" of the before/after table
         final = runner.train(start.model, objective, source, start.tokenizer, evaluators=evaluators,
                              best_metric=f"val/{primary}/loss", eval_at_start=True)
+        runner.save_merged_lora(start.model, start.tokenizer, cfg.lora, final)
         before_record = next((r for r in read_metrics(run_dir) if r.get("step") == 0 and "event" not in r), {})
         before, after = _per_dataset(before_record, names), _per_dataset(final, names)
         rows = before_after_rows(before, after, weights)

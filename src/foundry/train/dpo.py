@@ -6,7 +6,8 @@ DPO is an objective plus a batch source handed to the one training loop:
 - The data are JSONL `{"prompt" or "messages", "chosen", "rejected"}` (`foundry.data.prefs`). The prompt is
   rendered by the one chat template with the generation prompt; each completion is the assistant
   turn's content plus `<|end|>`, exactly as SFT supervised it.
-- The reference model is the initial policy. Its sequence log-probabilities are computed ONCE, before
+- The reference model is the initial policy (under `lora`, the same weights with the adapters switched
+  off: `foundry.model.lora.disable_adapters`). Its sequence log-probabilities are computed ONCE, before
   training, without gradients, stored with the pairs and cached in `RUN/reference_logps.safetensors`
   (keyed by the checkpoint, tokenizer, data and block size), so training holds ONE model in memory
   and a resumed run reuses them instead of a second forward pass per step.
@@ -28,8 +29,8 @@ from pydantic import Field
 from foundry.config import TrainConfig
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.train.preference import preference_loss, scored_logps
-from foundry.train.stage import FineTuneConfig, StageRunner
+from foundry.train.preference import preference_loss, row_sums
+from foundry.train.stage import FineTuneConfig, LoRASpec, StageRunner
 
 REFERENCE_FILE = "reference_logps.safetensors"
 
@@ -54,6 +55,8 @@ class DPOConfig(FineTuneConfig):
                                                 "2023) or cdpo (conservative DPO, label smoothing)")
     beta: float = Field(0.1, gt=0, description="strength of the KL tie to the reference (tau in IPO)")
     label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="cdpo: assumed share of flipped labels")
+    lora: LoRASpec | None = Field(None, description="train low-rank adapters only; the reference is the same weights "
+                                  "with the adapters off (merged into the saved best)")
     train: DPOTrainConfig = DPOTrainConfig()
 
 
@@ -139,10 +142,12 @@ class PairBatches(ShuffledRows):
 
 def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Policy log-probs of the chosen and rejected completions: one forward over all 2B rows, projecting
-    only the completion positions to the vocabulary (prompt logits are never materialised)."""
-    scored = batch["targets"] != IGNORE_INDEX  # (2B, T)
-    logits = model(batch["input_ids"], logits_at=scored)  # (n, V), n = completion tokens in the batch
-    logps = scored_logps(logits, batch["targets"], average=average)  # (2B,)
+    only the completion positions to the vocabulary, a chunk at a time (prompt logits never exist)."""
+    from foundry.train.chunked_ce import scored_token_logps
+
+    targets = batch["targets"]
+    token_logps = scored_token_logps(model, batch["input_ids"], targets)  # (n,), n = completion tokens
+    logps = row_sums(token_logps, targets, average=average)  # (2B,)
     B = logps.shape[0] // 2
     return logps[:B], logps[B:]
 
@@ -273,12 +278,16 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
         source = PairBatches(encoded, tc.seed, tokenizer.pad_id, None, env.rank, env.world_size)
         val_source = PairBatches(val_encoded, tc.seed, tokenizer.pad_id) if val_encoded else None
         key = reference_key(start.path, tokenizer, data_files, tc.block_size, amp)
+        runner.apply_lora(model, cfg.lora)
         model.to(env.device)
 
         def compute() -> dict[str, torch.Tensor]:
-            tensors = {"train": reference_logps(model, source, tc.micro_batch_size, env.device, amp)}
-            if val_source is not None:
-                tensors["val"] = reference_logps(model, val_source, tc.micro_batch_size, env.device, amp)
+            from foundry.model.lora import disable_adapters
+
+            with disable_adapters(model):  # under LoRA: the starting weights, adapters off
+                tensors = {"train": reference_logps(model, source, tc.micro_batch_size, env.device, amp)}
+                if val_source is not None:
+                    tensors["val"] = reference_logps(model, val_source, tc.micro_batch_size, env.device, amp)
             return tensors
 
         reference, hit = cached_reference(out_dir / REFERENCE_FILE, key, compute)
@@ -294,6 +303,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
         model.train()
         results = runner.train(model, objective, source, tokenizer, evaluators=evaluators,
                                best_metric="val/loss" if evaluators else None)
+        runner.save_merged_lora(model, tokenizer, cfg.lora, results)
         results["truncation"] = stats.as_dict()
         if val_stats is not None:
             results["val_truncation"] = val_stats.as_dict()

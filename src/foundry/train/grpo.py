@@ -7,7 +7,8 @@ GRPO (Shao et al. 2024, "DeepSeekMath", sec. 4.1) is an objective plus a batch s
   policy being trained (batched, KV-cached: each prompt is prefilled ONCE and its keys and values copied
   into its G rows of one ragged cache), scores them with the recipe's verifiers (`foundry.train.verifiers`)
   and turns rewards into advantages within each group. The frozen reference's per-token log-probs are
-  computed once per batch, there, without gradients.
+  computed once per batch, there, without gradients; under `lora` the reference is the policy's own
+  weights with the adapters switched off (`foundry.model.lora.disable_adapters`), not a second copy.
 - The objective is the clipped policy-gradient loss over completion tokens only (prompt tokens and padding
   are masked) plus an optional KL penalty to the reference, the k3 estimator (Schulman 2020,
   "Approximating KL divergence"), which is exactly zero where the two policies agree.
@@ -26,6 +27,7 @@ GRPO (Shao et al. 2024, "DeepSeekMath", sec. 4.1) is an objective plus a batch s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
@@ -41,7 +43,7 @@ from foundry.errors import ConfigError, DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
 from foundry.model.sampling import sample_rows
-from foundry.train.stage import StageConfig, StageRunner, chat_template_field
+from foundry.train.stage import LoRASpec, StageConfig, StageRunner, chat_template_field
 from foundry.train.verifiers import RewardFunction, VerifierSpec
 
 
@@ -74,6 +76,8 @@ class GRPOConfig(StageConfig):
     top_k: int | None = Field(None, gt=0, description="sample among the top k tokens only")
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO clip range of the probability ratio")
     kl_beta: float = Field(0.04, ge=0, description="weight of the k3 KL penalty to the reference (0: no reference)")
+    lora: LoRASpec | None = Field(None, description="train low-rank adapters only; the reference is the same weights "
+                                  "with the adapters off, no second copy (merged into the saved best)")
     advantage: Literal["mean", "mean_std"] = Field("mean", description="mean: r - mean(group) (Dr. GRPO); "
                                                    "mean_std: divided by the group's std too (GRPO)")
     loss_norm: Literal["constant", "token", "sequence"] = Field(
@@ -182,11 +186,11 @@ def sample_completions(model, prompts: list[list[int]], n: int, max_new_tokens: 
 
 def token_logps(model, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target_t | prefix) per position (B, T), 0 where the target is -100; computed in float32."""
-    logits = model(input_ids)  # (B, T, V)
+    from foundry.train.chunked_ce import scored_token_logps
+
     mask = targets != IGNORE_INDEX
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.clamp_min(0).reshape(-1),
-                          reduction="none").view(targets.shape)
-    return -nll * mask
+    scored = scored_token_logps(model, input_ids, targets)  # (n,): completion positions only, chunked
+    return torch.zeros(targets.shape, dtype=scored.dtype, device=scored.device).masked_scatter(mask, scored)
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = False, eps: float = 1e-4) -> torch.Tensor:
@@ -291,6 +295,8 @@ class GroupBatches(ShuffledRows):
                  reward: RewardFunction, cfg: GRPOConfig, path: str, rank: int = 0, world_size: int = 1):
         super().__init__(len(items), cfg.train.seed, rank, world_size)
         self.model, self.reference, self.tokenizer = model, reference, tokenizer
+        # the reference is the policy itself with its adapters off (LoRA), or a frozen copy
+        self.reference_context = contextlib.nullcontext
         self.items, self.encoded, self.reward, self.cfg, self.path = items, encoded, reward, cfg, path
         self.draws = 0
         self.window = Window()
@@ -342,7 +348,7 @@ class GroupBatches(ShuffledRows):
             targets[r, n_prompt - 1:len(seq) - 1] = torch.tensor(seq[n_prompt:])  # position t predicts t+1
         batch = {"input_ids": input_ids, "targets": targets, "advantages": advantages, "rewards": rewards_t}
         if self.reference is not None:  # the reference's log-probs: once per batch, no gradient
-            with torch.no_grad():
+            with torch.no_grad(), self.reference_context():
                 batch["ref_logps"] = token_logps(self.reference, input_ids.to(device), targets.to(device)).cpu()
         t3 = time.perf_counter()
         # 4. what to log
@@ -441,13 +447,20 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
         parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
                    "tokenizer_sha256": tokenizer.sha256}
         out_dir = runner.open_run_dir(parents, {Path(f).name: sha256_file(f) for f in data_files})
+        runner.apply_lora(model, cfg.lora)
         model.to(env.device)
         reference = None
-        if cfg.kl_beta > 0:  # the initial policy, frozen: one more copy of the weights in memory
+        if cfg.kl_beta > 0 and cfg.lora is not None:  # the same weights, adapters off: no copy
+            from foundry.model.lora import disable_adapters
+
+            reference = model
+        elif cfg.kl_beta > 0:  # the initial policy, frozen: one more copy of the weights in memory
             reference = copy.deepcopy(model).eval()
             reference.requires_grad_(False)
         source = GroupBatches(model, reference, tokenizer, items, encoded, reward, cfg, cfg.prompts,
                               env.rank, env.world_size)
+        if reference is model:
+            source.reference_context = lambda: disable_adapters(model)
         objective = GRPOObjective(cfg.clip_eps, cfg.kl_beta, cfg.loss_norm, cfg.max_new_tokens)
         evaluators = {}
         if val_items is not None:
@@ -458,6 +471,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                    f"advantage {cfg.advantage}, loss_norm {cfg.loss_norm}, kl_beta {cfg.kl_beta} -> {out_dir}")
         model.train()
         results = runner.train(model, objective, source, tokenizer, evaluators=evaluators, eval_at_start=True)
+        runner.save_merged_lora(model, tokenizer, cfg.lora, results)
         results["capped_total"] = source.capped_total
         summary = _summarise(out_dir / "metrics.jsonl", G if not cfg.eval_samples else cfg.eval_samples)
         results.update(summary["results"])

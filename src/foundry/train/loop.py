@@ -37,8 +37,8 @@ from foundry.checkpoints import (
     remove_checkpoint, step_checkpoints,
 )
 from foundry.errors import CheckpointError, ConfigError, TrainingError
-from foundry.hardware import peak_flops
-from foundry.lm_metrics import lm_scores
+from foundry.hardware import distrust_cpu_peak, peak_flops
+from foundry.lm_metrics import IGNORE_INDEX, lm_scores
 from foundry.train import distributed as dist_utils
 from foundry.train.objectives import BatchSource, Objective
 from foundry.train.optim import build_optimizer, lr_at
@@ -77,10 +77,85 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def batch_tokens(batch: dict) -> int:
-    """Tokens the model processes for this batch (for tokens/s), whatever the objective's units are."""
-    ids = [v for k, v in batch.items() if k.endswith("input_ids") and isinstance(v, torch.Tensor)]
-    return sum(int(t.numel()) for t in ids)
+def _sequence_lengths(batch: dict, key: str, pad_id: int | None) -> list[int]:
+    """Lengths of the sequences in batch[key] (B, T): packed segments, else each row up to its padding."""
+    ids = batch[key]
+    segments = batch.get(key.removesuffix("input_ids") + "segment_ids")
+    if isinstance(segments, torch.Tensor):
+        counts = torch.stack([torch.bincount(row, minlength=int(segments.max()) + 1) for row in segments])
+        return [int(n) for n in counts[:, 1:].flatten() if n > 0]  # segment 0 is padding
+    if pad_id is None or ids.dim() != 2:
+        return [int(ids.shape[-1])] * (int(ids.numel()) // max(int(ids.shape[-1]), 1))
+    not_pad = ids != pad_id  # (B, T); a row's padding is the run after its last non-pad token
+    T = ids.shape[1]
+    last = torch.where(not_pad.any(1), T - not_pad.flip(1).int().argmax(1), torch.zeros(ids.shape[0], dtype=torch.long))
+    return [int(n) for n in last]
+
+
+def batch_tokens(batch: dict, pad_id: int | None = None) -> tuple[int, int]:
+    """(real tokens, supervised tokens) of a batch, for tokens/s, whatever the objective's units are.
+
+    Real tokens are the non-padding ones (a pad id inside a text still counts; without a pad id, all);
+    supervised ones have targets != -100.
+    """
+    real, _ = _token_counts(batch, pad_id)
+    targets = batch.get("targets")
+    supervised = int((targets != IGNORE_INDEX).sum()) if isinstance(targets, torch.Tensor) else 0
+    return real, supervised
+
+
+def _token_counts(batch: dict, pad_id: int | None) -> tuple[int, int]:
+    """(real tokens, sum of squared sequence lengths) over every `*input_ids` tensor of the batch."""
+    real = squares = 0
+    for key, ids in batch.items():
+        if key.endswith("input_ids") and isinstance(ids, torch.Tensor):
+            lengths = _sequence_lengths(batch, key, pad_id)
+            real += sum(lengths)
+            squares += sum(n * n for n in lengths)
+    return real, squares
+
+
+class FlopCounter:
+    """The FLOPs a training step needs (PaLM appendix B, counted for what this step really does), for MFU.
+
+    Per real token: 2 x body matmul parameters forward, 2 x backward to the inputs, and 2 x the body
+    parameters that TRAIN for their weight gradients (LoRA freezes most: 4N rather than 6N); attention
+    6 x layers x heads x head_dim x length per token of each sequence (causal: half the scores); the
+    vocabulary projection only at supervised positions (the loss's chunked logits): 4 x V x d there, 6 when
+    the projection trains. Recomputation (activation checkpointing) is not useful work and is not counted.
+    Models other than the Llama fall back to `config.flops_per_token(block_size)` per token.
+    """
+
+    def __init__(self, base: torch.nn.Module, block_size: int):
+        cfg = getattr(base, "config", None)
+        head = getattr(base, "lm_head", None)
+        self.per_token_fallback = 0.0
+        self.llama = isinstance(head, torch.nn.Module) and hasattr(cfg, "n_head") and hasattr(cfg, "vocab_size")
+        if not self.llama:
+            self.per_token_fallback = cfg.flops_per_token(block_size) if hasattr(cfg, "flops_per_token") else 0.0
+            return
+        shared = {id(p) for p in head.parameters()}
+        embed = getattr(getattr(base, "model", None), "embed_tokens", None)
+        if isinstance(embed, torch.nn.Module):
+            shared |= {id(p) for p in embed.parameters()}
+        self.body = cfg.num_params(include_embedding=False)
+        self.trainable_body = sum(p.numel() for p in base.parameters() if p.requires_grad and id(p) not in shared)
+        self.head = cfg.vocab_size * cfg.n_embd
+        self.head_trains = any(p.requires_grad for p in head.parameters())
+        self.attention = 6 * cfg.n_layer * cfg.n_head * cfg.head_dim
+
+    @property
+    def enabled(self) -> bool:
+        return self.llama or self.per_token_fallback > 0
+
+    def __call__(self, batch: dict, pad_id: int | None) -> float:
+        real, squares = _token_counts(batch, pad_id)
+        if not self.llama:
+            return real * self.per_token_fallback
+        targets = batch.get("targets")
+        scored = int((targets != IGNORE_INDEX).sum()) if isinstance(targets, torch.Tensor) else real
+        return (real * (4 * self.body + 2 * min(self.trainable_body, self.body)) + self.attention * squares
+                + scored * self.head * (6 if self.head_trains else 4))
 
 
 def loss_evaluator(objective, batches: Callable[[], Iterable[dict]], device: torch.device | str | None = None,
@@ -221,6 +296,10 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
             load_weights(base, resume_ckpt)
             state = load_train_state(resume_ckpt)
     base.to(device)
+    if getattr(cfg, "activation_checkpointing", False):
+        from foundry.train.checkpointing import checkpoint_blocks
+
+        checkpoint_blocks(base)  # each block keeps only its input; backward recomputes the rest
     model = dist_utils.wrap_model(base, cfg, env)
     optimizer = build_optimizer(dist_utils.unwrap(model), cfg)
     forward_model = torch.compile(model) if cfg.compile else model
@@ -247,8 +326,9 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
         log.write({"step": step, "event": "resume", "checkpoint": str(resume_ckpt)})
 
     params = [p for p in model.parameters() if p.requires_grad]
-    flops_per_token = base.config.flops_per_token(cfg.block_size) if hasattr(base, "config") else 0.0
-    peak = peak_flops(device, amp_dtype) * env.world_size if flops_per_token else 0.0
+    count_flops = FlopCounter(base, cfg.block_size)
+    device_peak = peak_flops(device, amp_dtype) if count_flops.enabled else None
+    peak = device_peak * env.world_size if device_peak else 0.0  # 0: MFU not shown (no peak to trust)
 
     def train_state() -> dict:
         return {"step": step, "lr_scale": lr_scale, "best_value": best_value, "best_step": best_step,
@@ -313,7 +393,8 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
     profiler = StepProfiler(getattr(cfg, "profile_steps", 0), run_dir, enabled=is_main)
     final: dict = {}
     bad_in_a_row = 0
-    window_tokens, window_start = 0, time.perf_counter()
+    window_tokens, window_supervised, window_flops, window_start = 0, 0, 0.0, time.perf_counter()
+    pad_id = getattr(tokenizer, "pad_id", None)  # tokens/s counts real tokens, never padding
     window_optimise_s, window_steps = 0.0, 0  # forward, backward and update time since the last log record
     started = time.perf_counter()
     last_eval: dict = {}
@@ -349,7 +430,11 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                 loss_total = torch.zeros((), device=device, dtype=torch.float64)
                 metric_totals: dict[str, torch.Tensor] = {}
                 for i, batch in enumerate(batches):
-                    window_tokens += batch_tokens(batch) * env.world_size
+                    real, supervised = batch_tokens(batch, pad_id)
+                    window_tokens += real * env.world_size
+                    window_supervised += supervised * env.world_size
+                    if peak:
+                        window_flops += count_flops(batch, pad_id) * env.world_size
                     batch = to_device(batch, device)
                     with dist_utils.sync_context(model, sync=i == len(batches) - 1):
                         with autocast_context(device, amp_dtype):
@@ -389,9 +474,15 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
                     now = time.perf_counter()
                     tokens_per_s = window_tokens / max(now - window_start, 1e-9)
+                    mfu = window_flops / max(now - window_start, 1e-9) / peak if peak else None
+                    if mfu is not None and mfu > 1.0:  # faster than the peak: the peak is wrong, not the run
+                        if device.type == "cpu":
+                            distrust_cpu_peak()
+                        mfu = None
                     record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                               "tokens_per_s": round(tokens_per_s, 1),
-                              "mfu": round(tokens_per_s * flops_per_token / peak, 4) if peak else None,
+                              "supervised_tokens_per_s": round(window_supervised / max(now - window_start, 1e-9), 1),
+                              "mfu": round(mfu, 4) if mfu is not None else None,
                               "elapsed_s": round(elapsed_before + now - started, 2)}
                     for key, value in metric_totals.items():
                         record[key] = float(dist_utils.all_reduce_sum(value, env)) / total_units
@@ -402,7 +493,7 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                     if progress is not None:
                         progress.update(step, record["elapsed_s"], loss=loss, tokens_per_s=tokens_per_s,
                                         mfu=record["mfu"])
-                    window_tokens, window_start = 0, now
+                    window_tokens, window_supervised, window_flops, window_start = 0, 0, 0.0, now
                     final.update(record)
                 if progress is not None:
                     progress.update(step, elapsed_before + time.perf_counter() - started)
@@ -425,10 +516,11 @@ def train(model: torch.nn.Module, objective: Objective, source: BatchSource, cfg
                         if progress is not None:
                             progress.write(f"step {step}: early stop: {best_metric} has not improved for "
                                            f"{evals_since_best} evaluations; best at step {best_step}")
-                    window_start = time.perf_counter()  # evaluation time is not training throughput
+                    # evaluation is not training throughput: the window restarts, its counts too
+                    window_tokens, window_supervised, window_flops, window_start = 0, 0, 0.0, time.perf_counter()
                 if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                     save_step_checkpoint(last_eval.get(best_metric) if best_metric else None)
-                    window_start = time.perf_counter()
+                    window_tokens, window_supervised, window_flops, window_start = 0, 0, 0.0, time.perf_counter()
                 if dist_utils.any_rank(interrupt.requested, env):
                     stopped_by = "interrupt"
                     break

@@ -74,7 +74,9 @@ class NextTokenObjective:
         return int((batch["targets"] != IGNORE_INDEX).sum())
 
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from foundry.train.chunked_ce import scored_cross_entropy_sum
+
         kwargs = {k: batch[k] for k in ("position_ids", "segment_ids") if batch.get(k) is not None}
-        logits = model(batch["input_ids"], **kwargs)  # (B, T, V)
-        loss_sum = token_cross_entropy_sum(logits, batch["targets"])
+        # logits only at targets != -100 (SFT: assistant tokens), a chunk at a time (foundry.train.chunked_ce)
+        loss_sum = scored_cross_entropy_sum(model, batch["input_ids"], batch["targets"], **kwargs)
         return loss_sum, {}

@@ -262,3 +262,169 @@ def memory_table(block_size: int = 2048, micro_batch: int = 4, world_size: int =
 
 if __name__ == "__main__":  # regenerate the table in docs/DISTRIBUTED.md
     print(memory_table())
+
+
+# ---- fine-tuning a given model: `foundry plan HF_DIR --context N --method full|lora` ------------------
+
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _linear_shape(cfg: LlamaConfig, name: str) -> tuple[int, int]:
+    """(in, out) of a block's Linear."""
+    d, q, kv, inter = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.intermediate_size
+    return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+            "gate_proj": (d, inter), "up_proj": (d, inter), "down_proj": (inter, d)}[name]
+
+
+def lora_params(cfg: LlamaConfig, rank: int, targets: tuple[str, ...]) -> int:
+    return cfg.n_layer * sum(rank * sum(_linear_shape(cfg, t)) for t in targets if t in LINEARS)
+
+
+def finetune_activation_bytes_per_token_layer(cfg: LlamaConfig, trains: set[str], lora_rank: int = 0,
+                                              lora_targets: tuple[str, ...] = ()) -> int:
+    """fp32 bytes autograd saves per token in one block when only the Linears in `trains` (or carrying an
+    adapter) need weight gradients: a frozen Linear keeps no copy of its input (the fp32 formula of
+    `activation_bytes_per_token_layer` less those inputs), an adapter keeps its rank-r middle."""
+    d, inter = cfg.n_embd, cfg.intermediate_size
+    needs = trains | set(lora_targets)
+    full = activation_bytes_per_token_layer(cfg, "float32")
+    dropped = 0
+    if not needs & {"q_proj", "k_proj", "v_proj"}:
+        dropped += 4 * d  # the attention input (the norm keeps its own)
+    if "o_proj" not in needs:
+        dropped += 4 * d
+    if not needs & {"gate_proj", "up_proj"}:
+        dropped += 4 * d
+    if "down_proj" not in needs:
+        dropped += 4 * inter
+    return full - dropped + 4 * lora_rank * sum(1 for t in lora_targets if t in LINEARS)
+
+
+@dataclass
+class FinetuneMemoryEstimate(MemoryEstimate):
+    """Bytes at the peak of a fine-tuning step, which is the larger of two moments: the end of the forward
+    (every saved activation, one chunk of logits, the projection's gradient the chunked loss holds) and the
+    backward (the gradients filling in while the activations are freed; one block recomputed under
+    activation checkpointing). Gradients do not exist during the forward: the loop frees them at every
+    step (`zero_grad(set_to_none=True)`)."""
+
+    recompute: int = 0  # one block's activations, rebuilt in backward (activation checkpointing)
+
+    @property
+    def end_of_forward(self) -> int:
+        return self.activations + self.logits + self.working
+
+    @property
+    def backward(self) -> int:
+        return self.grads + self.working + self.recompute
+
+    @property
+    def total(self) -> int:
+        return self.params + self.optimizer + max(self.end_of_forward, self.backward)
+
+
+def estimate_finetune_memory(cfg: LlamaConfig, micro_batch: int, context: int, method: str = "full",
+                             activation_checkpointing: bool = False, lora_rank: int = 8,
+                             lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), scored_fraction: float = 1.0,
+                             fused_optimizer: bool = True, chunk: int | None = None) -> MemoryEstimate:
+    """Peak bytes of one fp32 training step of foundry's loop on one device (CPU, or GPU in fp32):
+
+    - weights 4 bytes per parameter (LoRA: plus the adapters); gradients and AdamW's two moments (4 + 8
+      bytes) for what trains only; the loop's AdamW is fused (CPU and CUDA), without a temporary (else
+      foreach's, the size of what trains); when the embedding trains, one more V x d fp32 gradient: the
+      projection's, which the chunked loss holds until backward, then the embedding's dense one (never both);
+    - activations: every block's saved tensors, or, with activation checkpointing, each block's input
+      (4 d bytes per token), and one block recomputed in full during backward;
+    - logits: the loss's vocabulary projection is chunked (`foundry.train.chunked_ce`): one chunk of at
+      most `chunk_rows(V)` scored tokens holds its fp32 logits, their log-softmax and gradient (12 V bytes per
+      token), whatever the context; `scored_fraction` of the tokens reach it (SFT: the assistant share).
+    The peak is the larger of the end of the forward and the backward (`FinetuneMemoryEstimate`).
+    """
+    if method not in ("full", "lora"):
+        raise ConfigError(f"plan: --method must be full or lora, got '{method}'")
+    n = cfg.num_params()
+    V, d = cfg.vocab_size, cfg.n_embd
+    if method == "full":
+        trainable, extra, trains, targets = n, 0, set(LINEARS), ()
+    else:
+        extra = lora_params(cfg, lora_rank, tuple(lora_targets))
+        trainable, trains, targets = extra, set(), tuple(lora_targets)
+    params = 4 * (n + extra)
+    grads, optimizer = 4 * trainable, 8 * trainable
+    working = 0 if fused_optimizer else 4 * trainable
+    if method == "full":  # one V x d gradient at a time: the projection's (saved by the loss), then the embedding's
+        working += 4 * V * d
+    tokens = micro_batch * context
+    per_layer = finetune_activation_bytes_per_token_layer(cfg, trains, lora_rank if method == "lora" else 0, targets)
+    tail = 12 * d  # final norm and the hidden states the loss reads
+    recompute = 0
+    if activation_checkpointing:
+        activations, recompute = tokens * (cfg.n_layer * 4 * d + tail), tokens * per_layer
+    else:
+        activations = tokens * (cfg.n_layer * per_layer + tail)
+    from foundry.train.chunked_ce import chunk_rows
+
+    scored = max(1, int(tokens * scored_fraction))
+    logits = 12 * V * min(chunk or chunk_rows(V), scored) + 8 * d * scored  # one chunk, plus the hidden gradient of the scored
+    return FinetuneMemoryEstimate(params, grads, optimizer, working, activations, logits, recompute)
+
+
+def model_config_at(path: str) -> LlamaConfig:
+    """The LlamaConfig of a Hugging Face directory (config.json) or a foundry checkpoint / run directory."""
+    import json
+    from pathlib import Path
+
+    from foundry.errors import CheckpointError
+
+    p = Path(path)
+    if (p / "config.json").is_file() and not (p / "model_config.json").is_file():
+        from foundry.model.hf import config_from_hf
+
+        try:
+            raw = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{p / 'config.json'}: not valid JSON ({exc})") from None
+        return config_from_hf(raw, p / "config.json", max_seq_len=int(raw.get("max_position_embeddings", 2048)))
+    from foundry.checkpoints import load_model_config, resolve_checkpoint
+
+    return load_model_config(resolve_checkpoint(p))
+
+
+def plan_finetune(cfg: LlamaConfig, context: int, method: str, activation_checkpointing: bool, micro_batch: int,
+                  device_gib: float | None, device_name: str, lora_rank: int = 8,
+                  lora_targets: tuple[str, ...] = ("q_proj", "v_proj"), fused_optimizer: bool = True) -> dict:
+    mem = estimate_finetune_memory(cfg, micro_batch, context, method, activation_checkpointing, lora_rank,
+                                   lora_targets, fused_optimizer=fused_optimizer)
+    out = {"params": cfg.num_params(), "method": method, "activation_checkpointing": activation_checkpointing,
+           "context": context, "micro_batch": micro_batch, "dtype": "float32", "device": device_name,
+           "memory_gib": {**mem.as_gib(), "end_of_forward": mem.end_of_forward / GIB, "backward": mem.backward / GIB}}
+    if method == "lora":
+        out["lora"] = {"rank": lora_rank, "targets": list(lora_targets),
+                       "params": lora_params(cfg, lora_rank, tuple(lora_targets))}
+    if device_gib is not None:
+        out["device_gib"] = device_gib
+        out["fits"] = mem.total <= device_gib * GIB
+    return out
+
+
+def format_finetune_plan(p: dict) -> str:
+    m = p["memory_gib"]
+    how = p["method"] + (f" (rank {p['lora']['rank']} on {', '.join(p['lora']['targets'])})" if "lora" in p else "")
+    lines = [
+        f"model            {p['params'] / 1e6:,.1f}M parameters, {p['dtype']}, {how}"
+        f"{', activation checkpointing' if p['activation_checkpointing'] else ''}",
+        f"batch            {p['micro_batch']} x {p['context']} tokens",
+        "memory (estimate, GiB)",
+        f"  weights        {m['params']:8.2f}",
+        f"  gradients      {m['grads']:8.2f}",
+        f"  AdamW state    {m['optimizer']:8.2f}",
+        f"  working set    {m['working']:8.2f}",
+        f"  activations    {m['activations']:8.2f}",
+        f"  logits (chunk) {m['logits']:8.2f}",
+        f"  recompute      {m['recompute']:8.2f}   (one block, activation checkpointing)",
+        f"  peak           {m['total']:8.2f}   (weights + AdamW + the larger of end of forward "
+        f"{m['end_of_forward']:.2f} and backward {m['backward']:.2f})",
+    ]
+    if "fits" in p:
+        lines.append(f"device           {p['device']}, {p['device_gib']:.0f} GiB: {'fits' if p['fits'] else 'does NOT fit'}")
+    return "\n".join(lines)

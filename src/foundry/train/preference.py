@@ -83,6 +83,12 @@ def scored_logps(scored_logits: torch.Tensor, targets: torch.Tensor, average: bo
     """
     scored = targets != IGNORE_INDEX  # (N, T)
     token_logps = -F.cross_entropy(scored_logits.float(), targets[scored], reduction="none")  # (n,)
+    return row_sums(token_logps, targets, average)
+
+
+def row_sums(token_logps: torch.Tensor, targets: torch.Tensor, average: bool = False) -> torch.Tensor:
+    """Per-row sums (or averages) of the scored tokens' log-probs (n,), in row-major order -> (N,)."""
+    scored = targets != IGNORE_INDEX  # (N, T)
     rows = scored.nonzero(as_tuple=True)[0]  # (n,) the row of each scored token
     total = token_logps.new_zeros(targets.shape[0]).index_add(0, rows, token_logps)  # (N,)
     if average:

@@ -26,14 +26,7 @@ from foundry.config import StrictModel, TrainConfig
 from foundry.errors import DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.train.stage import FineTuneConfig, StageRunner
-
-
-class LoRASpec(StrictModel):
-    rank: int = Field(8, gt=0, description="rank of each low-rank adapter")
-    alpha: float = Field(16.0, gt=0, description="adapter scale: the update is multiplied by alpha / rank")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
-    targets: list[str] = Field(["q_proj", "v_proj"], description="linear layers that get adapters")
+from foundry.train.stage import FineTuneConfig, LoRASpec, StageRunner, save_merged_lora  # noqa: F401 (re-exported)
 
 
 class SFTTrainConfig(TrainConfig):
@@ -89,9 +82,11 @@ def pack_rows(lengths: list[int], order: list[int], block_size: int) -> list[lis
 def collate_rows(examples, rows: list[list[int]], block_size: int, pad_id: int, packed: bool) -> dict:
     """Rows of examples -> {"input_ids", "targets"} (B, T), plus "position_ids" and "segment_ids" if packed.
 
-    Padding has target -100; in packed rows it forms its own segment (id 0) so no example attends to it.
+    T is the batch's longest row (at most block_size), so no step computes on padding beyond it. Padding
+    has target -100; in packed rows it forms its own segment (id 0) so no example attends to it.
     """
-    B, T = len(rows), block_size
+    lengths = [sum(len(examples[i][0]) for i in row) for row in rows]
+    B, T = len(rows), min(block_size, max(lengths, default=1))
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((B, T), dtype=torch.long)
@@ -115,7 +110,7 @@ def collate_rows(examples, rows: list[list[int]], block_size: int, pad_id: int, 
 
 class ChatBatches(ShuffledRows):
     """SFT rows: with `pack`, whole conversations concatenated into block_size rows (per-epoch order),
-    otherwise one conversation per row, right-padded."""
+    otherwise one conversation per row; either way right-padded to the batch's longest row only."""
 
     def __init__(self, examples, block_size: int, seed: int, pad_id: int, pack: bool = True,
                  rank: int = 0, world_size: int = 1):
@@ -137,28 +132,10 @@ class ChatBatches(ShuffledRows):
 
 # ---- the verb --------------------------------------------------------------------------------------------
 
-def save_merged_lora(model, tokenizer, out_dir: Path, stage: str, step: int) -> Path:
-    """Merge the adapters into `model` (in place); `checkpoints/best` becomes a plain foundry checkpoint.
-
-    With a validation set, the best-by-validation adapters are merged, else the final ones.
-    """
-    from foundry.model.lora import merge_lora
-    from foundry.checkpoints import load_weights, read_meta, save_checkpoint, verify_checkpoint
-
-    best = out_dir / "checkpoints" / "best"
-    meta = {"step": step, "stage": stage, "val_loss": None}
-    if best.is_dir() and verify_checkpoint(best) is None:
-        load_weights(model, best)  # still LoRA-shaped: the loop saved the wrapped model
-        meta = {k: v for k, v in read_meta(best).items() if k != "sha256"}
-    merge_lora(model)
-    meta["lora_merged"] = True
-    return save_checkpoint(best, model, tokenizer, None, meta)
-
-
 def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
     """Fine-tune as `cfg` says; returns the final metrics plus the truncation counts."""
     from foundry.data.chat import read_chat_jsonl
-    from foundry.model.lora import apply_lora, lora_parameter_count
+    from foundry.model.lora import lora_parameter_count
     from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
     from foundry.utils.io import sha256_file
@@ -177,8 +154,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
             val_source = ChatBatches(val_examples, tc.block_size, tc.seed, tokenizer.pad_id, cfg.pack)
             evaluators["val"] = loss_evaluator(objective, lambda: val_source.eval_batches(tc.micro_batch_size,
                                                                                           tc.eval_batches))
-        if cfg.lora is not None:
-            apply_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+        runner.apply_lora(model, cfg.lora)
 
         parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
                    "tokenizer_sha256": tokenizer.sha256}
@@ -192,8 +168,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
         model.train()
         results = runner.train(model, objective, source, tokenizer, evaluators=evaluators,
                                best_metric="val/loss" if evaluators else None)
-        if cfg.lora is not None and runner.is_main:
-            save_merged_lora(model, tokenizer, out_dir, "sft", results["step"])
+        runner.save_merged_lora(model, tokenizer, cfg.lora, results)
         results["truncation"] = stats.as_dict()
         if val_stats is not None:
             results["val_truncation"] = val_stats.as_dict()

@@ -36,6 +36,13 @@ from foundry.config import StrictModel, TrainConfig, dump_config
 from foundry.errors import CheckpointError, ConfigError
 
 
+class LoRASpec(StrictModel):
+    rank: int = Field(8, gt=0, description="rank of each low-rank adapter")
+    alpha: float = Field(16.0, gt=0, description="adapter scale: the update is multiplied by alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    targets: list[str] = Field(["q_proj", "v_proj"], description="linear layers that get adapters")
+
+
 class StageConfig(StrictModel):
     """What every training stage's recipe holds: where the run goes, and the one loop's settings."""
 
@@ -58,6 +65,24 @@ class FineTuneConfig(StageConfig):
                       "or an imported Hugging Face directory")
     data: str = Field(description="training JSONL")
     val_data: str | None = Field(None, description="held-out JSONL for validation")
+
+
+def save_merged_lora(model, tokenizer, out_dir: Path, stage: str, step: int) -> Path:
+    """Merge the adapters into `model` (in place); `checkpoints/best` becomes a plain foundry checkpoint.
+
+    With a validation set, the best-by-validation adapters are merged, else the final ones.
+    """
+    from foundry.checkpoints import load_weights, read_meta, save_checkpoint, verify_checkpoint
+    from foundry.model.lora import merge_lora
+
+    best = out_dir / "checkpoints" / "best"
+    meta = {"step": step, "stage": stage, "val_loss": None}
+    if best.is_dir() and verify_checkpoint(best) is None:
+        load_weights(model, best)  # still LoRA-shaped: the loop saved the wrapped model
+        meta = {k: v for k, v in read_meta(best).items() if k != "sha256"}
+    merge_lora(model)
+    meta["lora_merged"] = True
+    return save_checkpoint(best, model, tokenizer, None, meta)
 
 
 def check_run_dir(out_dir: str | Path, resume: bool, overwrite: bool) -> Path:
@@ -135,6 +160,20 @@ class StageRunner:
             atomic_write_text(out_dir / "config.yaml", dump_config(self.cfg))
             self.record.write({"status": "running"})
         return out_dir
+
+    def apply_lora(self, model, spec: "LoRASpec | None"):
+        """Adapters on `spec.targets` (everything else frozen), or nothing when `spec` is None."""
+        if spec is not None:
+            from foundry.model.lora import apply_lora
+
+            apply_lora(model, spec.rank, spec.alpha, spec.dropout, spec.targets)
+        return model
+
+    def save_merged_lora(self, model, tokenizer, spec: "LoRASpec | None", results: dict) -> None:
+        """Under LoRA: merge the adapters (the best-by-validation ones if any) and save `checkpoints/best`
+        as plain weights, so the stage's output is a normal foundry checkpoint."""
+        if spec is not None and self.is_main:
+            save_merged_lora(model, tokenizer, self.run_dir, self.name, results["step"])
 
     def train(self, model, objective, source, tokenizer, evaluators: dict | None = None,
               best_metric: str | None = None, eval_at_start: bool = False) -> dict:
