@@ -142,7 +142,8 @@ def import_hf_model(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
     state = families.family_of(cfg, cfg_path).import_weights(load_hf_state(hf_dir), config)
 
     try:
-        model = Llama(config)
+        with torch.device("meta"):  # parameters without storage: the loaded tensors become them (one copy)
+            model = Llama(config)
     except ConfigError as exc:
         raise CheckpointError(f"{cfg_path}: {exc}") from None
     expected = dict(model.state_dict())
@@ -163,13 +164,19 @@ def import_hf_model(hf_dir: str | Path, max_seq_len: int = DEFAULT_MAX_SEQ_LEN):
         if extra:
             parts.append(f"unexpected {len(extra)} tensor(s) e.g. {extra[0]}")
         raise CheckpointError(f"{hf_dir}: weights do not fit the config ({'; '.join(parts)})")
-    with torch.no_grad():
-        for key, target in expected.items():
-            src = state[key]
-            if tuple(src.shape) != tuple(target.shape):
-                raise CheckpointError(f"{hf_dir}: tensor {key} has shape {tuple(src.shape)}, "
-                                      f"config implies {tuple(target.shape)}")
-            target.copy_(src.to(torch.float32))
+    for key, target in expected.items():
+        if tuple(state[key].shape) != tuple(target.shape):
+            raise CheckpointError(f"{hf_dir}: tensor {key} has shape {tuple(state[key].shape)}, "
+                                  f"config implies {tuple(target.shape)}")
+    # each tensor is cast (a no-op for float32 files) and dropped from `state` as it goes, so the peak is one
+    # model, not the loaded weights plus a randomly initialised copy
+    model.load_state_dict({key: state.pop(key).to(torch.float32) for key in list(expected)}, strict=False,
+                          assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    left = [name for name, p in model.named_parameters() if p.is_meta]
+    if left:  # a family whose weight mapping misses a tensor: never hand back a model without storage
+        raise CheckpointError(f"{hf_dir}: no weights for {len(left)} tensor(s) e.g. {left[0]}")
 
     try:
         text = tok_path.read_text(encoding="utf-8")

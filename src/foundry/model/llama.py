@@ -254,10 +254,13 @@ def rope_frequencies(dim: int, theta: float, scaling: dict | None, long: bool = 
 
 def rotary_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None = None,
                   long: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq, attention = rope_frequencies(head_dim, theta, scaling, long)
-    freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, hd)
-    return emb.cos() * attention, emb.sin() * attention
+    # on the CPU even while a model is built on the meta device (an import's weights-free skeleton); the
+    # tables move with the model's .to(device)
+    with torch.device("cpu"):
+        inv_freq, attention = rope_frequencies(head_dim, theta, scaling, long)
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, hd)
+        return emb.cos() * attention, emb.sin() * attention
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
