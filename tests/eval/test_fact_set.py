@@ -72,6 +72,7 @@ def test_answer_tokens_match_the_passage_tokens(grounded_train):
     assert mismatched_without_space > len(sample) // 2
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_towns_are_disjoint(grounded_train):
     eval_towns = {p.stem for p in (FACTS / "docs").glob("*.md")}
     assert len(eval_towns) >= 50
@@ -138,6 +139,7 @@ def _fact_in(doc: str, item) -> bool:
     return re.search(rf"(?<![\w]){re.escape(_fact(item))}(?![\w])", doc) is not None
 
 
+@pytest.mark.slow
 def test_the_bundled_files_are_what_the_generator_writes(tmp_path):
     """data/facts is reproducible from scripts/make_fact_set.py (its provenance), byte for byte."""
     _generator().main(tmp_path)

@@ -108,6 +108,7 @@ def test_few_shot_prompts_agree(tmp_path):
     assert zero_shot["acc"] == pytest.approx(score_multiple_choice(model, tok, items[:24])["acc"])
 
 
+@pytest.mark.slow
 def test_unknown_task_is_a_one_line_error_before_any_model_loads(tmp_path, capsys):
     out = tmp_path / "results.json"
     assert cli(["eval", str(tmp_path / "no-model"), "--lm-eval", "kjv-bok", "--lm-eval-include", str(BUNDLED),

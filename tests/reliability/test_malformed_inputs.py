@@ -90,6 +90,7 @@ def test_fixture_table_is_large_and_covers_every_entry_point():
         assert kind in kinds, kind
 
 
+@pytest.mark.slow
 def test_fixture_script_writes_the_inputs_to_a_folder(tmp_path):
     """`python -m tests.helpers.make_malformed DIR` materialises every broken input for inspection."""
     out = tmp_path / "malformed"

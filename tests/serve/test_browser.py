@@ -19,6 +19,7 @@ from tests.helpers.bakeoff_fixture import make_bakeoff
 from tests.helpers.serve_fixtures import RunningServer, slow_model, tiny_tokenizer
 
 REQUIRED = os.environ.get("FOUNDRY_BROWSER_TESTS") == "1"
+pytestmark = pytest.mark.slow  # a real browser
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 

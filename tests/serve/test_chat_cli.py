@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from foundry.data.chat import render_chat
 from foundry.serve.generate import generate
 from foundry.checkpoints import load_model
@@ -20,6 +22,7 @@ def _greedy(model, tok, messages, n=8):
     return tok.decode(list(generate(model, tok, ids, max_new_tokens=n, temperature=0)))
 
 
+@pytest.mark.slow
 def test_chat_history_reset_exit(tmp_path):
     ckpt = tmp_path / "ckpt"
     tiny_checkpoint(ckpt)

@@ -167,6 +167,7 @@ def test_closing_a_stream_stops_generation(tok):
         assert engine.tokens_generated < 50  # 200 tokens would take 6 s; it stopped shortly after the close
 
 
+@pytest.mark.slow
 def test_serve_cli_subprocess(tmp_path):
     ckpt = tmp_path / "ckpt"
     tiny_checkpoint(ckpt)

@@ -191,6 +191,7 @@ def test_burst_of_60_streams_with_hang_ups_is_served(tok):
         _wait(lambda: engine.active == 0 and engine.queued == 0)
 
 
+@pytest.mark.slow
 def test_soak_200_mixed_requests(tok):
     """200 mixed requests in one burst (plain and streamed, greedy and sampled, stop strings, hang-ups) against
     a queue bound above 200: no 429, every request that stayed got a complete answer, the server answers after."""

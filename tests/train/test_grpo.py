@@ -206,6 +206,7 @@ def _weights(run):
     return load_file(str(ckpts[-1] / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_rl_runs_logs_and_resumes_after_a_kill_to_the_same_weights(workdir, capsys):
     assert cli(["rl", "--config", str(_recipe(workdir, "full"))]) == 0
     out = capsys.readouterr().out

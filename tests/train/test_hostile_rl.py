@@ -106,6 +106,7 @@ def test_catastrophic_regex_is_cut_by_the_timeout():
     assert time.monotonic() - start < 5
 
 
+@pytest.mark.slow
 def test_first_ctrl_c_stops_a_run_stuck_in_a_verifier(workdir):
     mark = workdir / "ctrl_c.pid"
     proc = run_rl(workdir, recipe(workdir, "ctrl_c", "hangs", timeout=600), {"HOSTILE_MARK": str(mark)})

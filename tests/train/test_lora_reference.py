@@ -121,7 +121,7 @@ def test_continual_pretraining_with_lora_saves_merged_weights(tmp_path_factory, 
 
     from foundry.train.continual import ContinueConfig, run_continue
 
-    b = build_base(tmp_path_factory)  # shared with tests/test_continual.py (built once per session)
+    b = build_base(tmp_path_factory)  # shared with tests/train/test_continual.py (built once per session)
     cfg = ContinueConfig(init=str(b["base"]), mixture=[{"name": "fr", "data": str(b["fr"]), "weight": 1.0}],
                          out_dir=str(tmp_path / "run"), lora=LORA,
                          train=dict(max_steps=4, micro_batch_size=2, block_size=32, lr=1e-2, warmup_steps=0,

@@ -57,6 +57,7 @@ SHAPES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_estimate_within_35_percent_of_measured_peak_on_cpu(shape):
@@ -227,6 +228,7 @@ FINETUNE_SHAPES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
 @pytest.mark.parametrize("shape,method,checkpointing", [("activations", "full", False), ("activations", "lora", True),
                                                         ("parameters", "full", True), ("parameters", "lora", False)])

@@ -83,6 +83,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, data):
     assert len(events) == 1 and events[0]["step"] % 7 == 0
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_then_exits(tmp_path, data):
     recipe = write_recipe(tmp_path / "r.yaml", data, tmp_path / "run", max_steps=100000, checkpoint_every=100000)
     proc = subprocess.Popen(FOUNDRY + ["pretrain", "--config", str(recipe)], env={**os.environ, "OMP_NUM_THREADS": "1"},

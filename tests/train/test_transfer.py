@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from foundry.cli import main
@@ -17,6 +18,7 @@ from tests.helpers.labelled_task import task
 TASKS = Path(__file__).resolve().parents[2] / "data" / "tasks"
 
 
+@pytest.mark.slow
 def test_curve_on_tiny_data_writes_plot_table_and_runs(tmp_path, ft_setup):
     write_jsonl(tmp_path / "test.jsonl", task(16, 5))
     recipe = {"out_dir": str(tmp_path / "curve"), "pretrained": str(ft_setup / "enc"),

@@ -166,6 +166,7 @@ def ckpt(tmp_path_factory):
 
 
 # ---- the success path, against real servers ----------------------------------------------------------------
+@pytest.mark.slow
 def test_real_foundry_serve_as_endpoint_and_as_a_served_contender(ckpt, tmp_path, monkeypatch):
     """Three contenders: the checkpoint decoded here, the same checkpoint behind foundry's server app (in a
     thread, with an API key) as an `endpoint:`, and as a `serve:` contender (`foundry serve` in a subprocess
@@ -254,6 +255,7 @@ def test_faults_are_per_contender_and_cost_nothing_collected(ckpt, tmp_path, mon
 
 
 # ---- a killed bake-off, resumed, asks only for the missing answers ---------------------------------------------
+@pytest.mark.slow
 def test_killed_bakeoff_resumes_asking_only_for_missing_answers(tmp_path):
     prompts = [{"id": f"q{i}", "prompt": f"question number {i}"} for i in range(8)]
     with FakeAPI(delay=0.4) as api:
