@@ -245,7 +245,8 @@ class BatchDecoder:
         for draw, rows in shared.items():
             members = [seqs[i] for i in rows]
             try:
-                tokens = draw.sample(logits[rows])  # finished members are drawn too: the draw keeps its shape
+                # finished members are drawn too, so the draw keeps its shape (all rows: no copy)
+                tokens = draw.sample(logits if len(rows) == len(seqs) else logits[rows])
             except Exception as exc:  # noqa: BLE001 - the draw's fault ends its own members only
                 for seq in members:
                     self._finish(seq, "error", exc)
