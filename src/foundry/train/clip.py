@@ -39,6 +39,7 @@ from pydantic import Field
 
 from foundry.config import StrictModel
 from foundry.errors import ConfigError
+from foundry.train.objectives import SourceBase
 from foundry.train.stage import StageConfig, StageRunner
 
 
@@ -135,7 +136,7 @@ class ContrastiveObjective:
 
 
 # ---- the batch source ----------------------------------------------------------------------------
-class PairBatches:
+class PairBatches(SourceBase):
     """Preprocessed pairs in memory, drawn in a seeded order, epoch after epoch; resumable exactly.
 
     Each draw takes `world_size * B` pairs of the epoch's permutation and rank r keeps slice r, so rank

@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from foundry.config import StrictModel, TrainConfig
 from foundry.errors import ConfigError, DataError
+from foundry.train.objectives import SourceBase
 from foundry.train.stage import LoRASpec, StageConfig, StageRunner
 
 
@@ -70,7 +71,7 @@ class ContinueConfig(StageConfig):
 
 
 # ---- the batch source ----------------------------------------------------------------------------------
-class MixtureSource:
+class MixtureSource(SourceBase):
     """Batches whose sequences come from several `TokenBlocks`, dataset i with probability weight_i.
 
     Draw k (a step's micro-batch) uses its own generator seeded by (seed, k), so the state is just the

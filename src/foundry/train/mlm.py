@@ -27,7 +27,7 @@ from pydantic import Field
 from foundry.config import StrictModel
 from foundry.errors import ConfigError
 from foundry.lm_metrics import IGNORE_INDEX
-from foundry.train.objectives import token_cross_entropy_sum
+from foundry.train.objectives import SourceBase, token_cross_entropy_sum
 
 
 class MLMConfig(StrictModel):
@@ -98,7 +98,7 @@ class Masker:
         return {"input_ids": masked, "targets": targets, "segment_ids": segment_ids, "position_ids": position_ids}
 
 
-class MaskedLMSource:
+class MaskedLMSource(SourceBase):
     """MLM batches from a source of packed token blocks; resumable (inner position + batch counter)."""
 
     def __init__(self, inner, masker: Masker, seed: int):

@@ -175,10 +175,11 @@ class StageRunner:
         if spec is not None and self.is_main:
             save_merged_lora(model, tokenizer, self.run_dir, self.name, results["step"])
 
-    def train(self, model, objective, source, tokenizer, evaluators: dict | None = None,
-              best_metric: str | None = None, eval_at_start: bool = False) -> dict:
-        """The one training loop on this stage's run directory; returns its final metrics."""
-        from foundry.train.loop import train
+    def trainer(self, model, objective, source, tokenizer, evaluators: dict | None = None,
+                best_metric: str | None = None, eval_at_start: bool = False):
+        """The one training loop (`foundry.train.loop.Trainer`) on this stage's run directory, run record and
+        distributed set-up, ready to `fit()` (or to step by hand: `train_step()`)."""
+        from foundry.train.loop import Trainer
         from foundry.train.objectives import BatchSource, Objective
 
         # programming errors, caught before any work: a new stage's pieces must fit the loop
@@ -187,10 +188,14 @@ class StageRunner:
         for piece, protocol in ((objective, Objective), (source, BatchSource)):
             if not isinstance(piece, protocol):
                 raise TypeError(f"{type(piece).__name__} is not a {protocol.__name__} (see foundry.train.objectives)")
-        return train(model, objective, source, self.cfg.train, self.run_dir, tokenizer, evaluators=evaluators,
-                     resume=self.resume, stage=self.name, parents=self.record.parents,
-                     data_manifests=self.record.data_manifests, best_metric=best_metric, record_config=self.cfg,
-                     env=self.env, run_record=self.record, eval_at_start=eval_at_start)
+        return Trainer(model, objective, source, self.cfg.train, self.run_dir, tokenizer, self.record, self.env,
+                       evaluators=evaluators, resume=self.resume, stage=self.name, best_metric=best_metric,
+                       eval_at_start=eval_at_start)
+
+    def train(self, model, objective, source, tokenizer, evaluators: dict | None = None,
+              best_metric: str | None = None, eval_at_start: bool = False) -> dict:
+        """The one training loop run to its end; returns its final metrics."""
+        return self.trainer(model, objective, source, tokenizer, evaluators, best_metric, eval_at_start).fit()
 
     def finish(self, results: dict, summary: list[str] | None = None, extra: list[str] | None = None) -> dict:
         """Write run.json "finished" with `results`, and (if `summary` is given) print one line:
