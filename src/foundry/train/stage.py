@@ -105,7 +105,12 @@ class StageRunner:
 
         from foundry.train.distributed import setup_distributed
 
+        from foundry.stages import STAGES
+
         self.name, self.cfg, self.resume = name, cfg, resume
+        spec = STAGES.get(name)
+        self.verb = spec.verb if spec is not None and spec.verb else name  # what the user typed: `foundry VERB`
+        self.start = None  # the resolved starting model, once `load_start` has run
         self.run_dir = check_run_dir(cfg.out_dir, resume, cfg.overwrite)
         self.env = setup_distributed(cfg.train)
         if cfg.train.threads:  # before any work (a DPO reference pass) so all of it runs the same way
@@ -135,21 +140,46 @@ class StageRunner:
         recipe's chat template."""
         from foundry.checkpoints import choose_chat_template, load_start
 
-        start = load_start(path, verb=f"foundry {self.name} (init)")
+        start = load_start(path, verb=f"foundry {self.verb} (init)")
         choice = getattr(self.cfg, "chat_template", "model")
         if choice != "model":
             start.tokenizer = choose_chat_template(start.model, start.tokenizer, choice)
         block, context = self.cfg.train.block_size, start.model.config.max_seq_len
         if block > context:
             raise ConfigError(f"train.block_size={block} exceeds the model's context ({path}: max_seq_len {context})")
+        self.start = start
         return start
 
-    def open_run_dir(self, parents: dict | None = None, data_manifests: dict | None = None) -> Path:
+    def lineage(self, parents: dict | None = None, data_files: list | dict | None = None,
+                tokenizer=None) -> tuple[dict, dict]:
+        """(parents, data_manifests) for run.json, built the same way for every stage.
+
+        parents: the resolved starting checkpoint and its kind (from `load_start`, when the stage has one), the
+        stage's own entries (`parents`: datasets, a reference, ...), and the sha256 of the tokenizer (the
+        starting model's unless `tokenizer` is given). data_manifests: the sha256 of each data file (a list:
+        keyed by file name) or of each named file (a mapping name -> file)."""
+        from foundry.utils.io import sha256_file
+
+        out: dict = {}
+        if self.start is not None:
+            out["checkpoint"] = str(Path(self.start.path).resolve())
+            out["checkpoint_kind"] = self.start.kind
+        out.update(parents or {})
+        tokenizer = tokenizer if tokenizer is not None else getattr(self.start, "tokenizer", None)
+        if tokenizer is not None:
+            out["tokenizer_sha256"] = tokenizer.sha256
+        files = data_files or {}
+        named = files if isinstance(files, dict) else {Path(f).name: f for f in files}
+        return out, {name: sha256_file(f) for name, f in named.items()}
+
+    def open_run_dir(self, parents: dict | None = None, data_files: list | dict | None = None,
+                     tokenizer=None) -> Path:
         """Create (with `overwrite`, recreate) the run directory once every input is valid; write the recipe
-        as config.yaml (a resumed run keeps its own) and run.json as "running"."""
+        as config.yaml (a resumed run keeps its own) and run.json as "running", its lineage from `lineage`."""
         from foundry.train.distributed import barrier
         from foundry.utils.io import RunRecord, atomic_write_text
 
+        parents, data_manifests = self.lineage(parents, data_files, tokenizer)
         out_dir, env = self.run_dir, self.env
         if not self.resume and out_dir.exists() and self.cfg.overwrite and env.is_main:
             shutil.rmtree(out_dir)
@@ -206,5 +236,5 @@ class StageRunner:
                 parts = [f"step {results['step']}"]
                 parts += [f"{key} {results[key]:.4f}" for key in summary if key in results]
                 parts += extra or []
-                print(f"foundry {self.name}: done: " + ", ".join(parts) + f" -> {self.cfg.out_dir}", flush=True)
+                print(f"foundry {self.verb}: done: " + ", ".join(parts) + f" -> {self.cfg.out_dir}", flush=True)
         return results
