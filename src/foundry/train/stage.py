@@ -1,6 +1,6 @@
 """The stage runner: the set-up every training stage shares, so a stage is only what makes it different.
 
-A stage (pretrain, continue, sft, dpo, selftest's probe runs, and the ones to come) is an objective, a
+A stage (every name in the stage registry, `foundry.stages`, and selftest's probe runs) is an objective, a
 batch source, a config and a starting model. Everything around them is done here, once, the same way:
 
 1. `StageRunner(name, cfg, resume)`: refuse a missing run to resume or an existing one to train over
@@ -8,10 +8,13 @@ batch source, a config and a starting model. Everything around them is done here
    (the config is not changed: the accumulation torchrun implies lives in `env.grad_accum_steps`);
 2. `runner.load_start(path)`: the one door for a starting model: a foundry checkpoint, a run directory or
    an imported Hugging Face directory (`foundry.checkpoints.load_start`), checked against the block size;
-3. `runner.open_run_dir(parents, data_manifests)`: clear the run directory under `overwrite`, write the
-   recipe as `config.yaml` and `run.json` as "running", with the run's true creation time;
-4. `runner.train(model, objective, source, tokenizer, evaluators, ...)`: the one training loop, with an
-   evaluation of the starting model at step 0 when the stage asks (`eval_at_start`);
+3. `runner.open_run_dir(parents, data_files)`: clear the run directory under `overwrite`, write the
+   recipe as `config.yaml` and `run.json` as "running", with the run's true creation time and its lineage,
+   built here for every stage (`lineage`: the resolved start and its kind, the stage's own parents, the
+   tokenizer's sha256, the data files' hashes);
+4. `runner.train(model, objective, source, tokenizer, evaluators, ...)`: the one training loop (a
+   `foundry.train.loop.Trainer`, which `runner.trainer(...)` hands out unstarted), with an evaluation of the
+   starting model at step 0 when the stage asks (`eval_at_start`);
 5. `runner.finish(results, summary)`: `run.json` finished, once, with the stage's results; one summary
    line from rank 0; the process group torn down.
 
@@ -20,7 +23,7 @@ Adding a stage (see docs/ARCHITECTURE.md):
     with StageRunner("mystage", cfg, resume) as runner:
         start = runner.load_start(cfg.init)
         source = MySource(cfg.data, cfg.train.seed, runner.env.rank, runner.env.world_size)
-        runner.open_run_dir(parents={"checkpoint": str(start.path)}, data_manifests={})
+        runner.open_run_dir(data_files=[cfg.data])  # parents: the resolved start, its kind, its tokenizer
         results = runner.train(start.model, MyObjective(), source, start.tokenizer)
         return runner.finish(results, summary=["loss"])
 """
