@@ -12,14 +12,14 @@ from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
 from foundry.train.loop import schedule_position, train
 from foundry.utils.io import read_metrics
-from foundry.train.objectives import NextTokenObjective
+from foundry.train.objectives import NextTokenObjective, SourceBase
 from foundry.train.optim import build_optimizer, lr_at
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 torch.set_num_threads(1)
 
 
-class FixedBatches:
+class FixedBatches(SourceBase):
     """A source serving a fixed list of micro-batches in order (cycling), with a resumable position."""
 
     def __init__(self, batches):

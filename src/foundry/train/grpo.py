@@ -394,7 +394,6 @@ def pass_at_evaluator(tokenizer, items: list[dict], encoded: list[list[int]], re
 
 def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     """Reinforce `cfg.init` against the verifiers as `cfg` says; returns the final metrics."""
-    from foundry.utils.io import sha256_file
 
     with StageRunner("rl", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
@@ -414,9 +413,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             raise ConfigError("rl: train.dtype bfloat16 is not supported yet (log-prob ratios need float32); use float32")
 
         data_files = [cfg.prompts] + ([cfg.val_prompts] if cfg.val_prompts else [])
-        parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
-                   "tokenizer_sha256": tokenizer.sha256}
-        out_dir = runner.open_run_dir(parents, {Path(f).name: sha256_file(f) for f in data_files})
+        out_dir = runner.open_run_dir(data_files=data_files)
         runner.apply_lora(model, cfg.lora)
         model.to(env.device)
         reference = None
