@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from foundry.config import TrainConfig
 from foundry.model import llama
+from foundry.train.loop import optimizer_step
 from foundry.train.objectives import NextTokenObjective
 from foundry.train.optim import build_optimizer
 from record import load_average, machine, write_result
@@ -62,13 +63,12 @@ def bench(preset: str, args) -> dict:
     window = torch.randint(0, model.config.vocab_size, (args.batch, args.block + 1))
     batch = {"input_ids": window[:, :-1], "targets": window[:, 1:]}
 
+    params, cpu = [p for p in model.parameters() if p.requires_grad], torch.device("cpu")
+
     def steps(n: int) -> float:
         start = time.perf_counter()
-        for _ in range(n):
-            loss, _ = objective.loss(model, batch)
-            (loss / batch["targets"].numel()).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        for _ in range(n):  # the training loop's own step
+            optimizer_step(model, objective, [batch], optimizer, params, cpu)
         return time.perf_counter() - start
 
     with torch.no_grad():

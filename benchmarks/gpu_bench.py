@@ -258,18 +258,11 @@ def _largest_fitting(cfg, block: int, device_gib: float) -> int:
 
 
 def _train_step(model, objective, batch, optimizer, params, device) -> None:
-    """One optimiser step as foundry/train/loop.py takes it (one micro-batch)."""
-    from foundry.train.loop import autocast_context
+    """One optimiser step: the training loop's own (`foundry.train.loop.optimizer_step`, one micro-batch,
+    bf16 autocast, clipping at 1.0, its host syncs for the loss and the gradient norm)."""
+    from foundry.train.loop import optimizer_step
 
-    units = objective.units(batch)
-    with autocast_context(device, torch.bfloat16):
-        loss_sum, _ = objective.loss(model, batch)
-    (loss_sum / units).backward()
-    loss = float(loss_sum.detach()) / units  # the loop's host syncs: loss and gradient norm
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True))
-    if math.isfinite(loss) and math.isfinite(grad_norm):
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer_step(model, objective, [batch], optimizer, params, device, torch.bfloat16, grad_clip=1.0)
 
 
 def print_table(rows: list[dict]) -> None:

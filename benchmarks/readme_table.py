@@ -1,9 +1,15 @@
-"""Render the README's "Measured, with the peer in the same run" table from `benchmarks/results/*.json`.
+"""Render every benchmark table of README.md and docs/BENCHMARKS.md from `benchmarks/results/`.
 
-Every figure in that table comes from a raw result file written by a benchmark script; this rewrites the
-section's heading, note and table in README.md (nothing else) and prints it.
+Every figure in those tables comes from a raw result file written by a committed script; this rewrites each
+section's heading, note and table (nothing else) and prints them:
+- README.md, "What the quickstart shows": each lesson's verdict over the quickstart runs from fresh clones
+  (`benchmarks/results/quickstart_runs/*/findings.json`, written by `benchmarks/quickstart_runs.sh`);
+- README.md, "Headline comparisons": the four or five comparisons with a peer that matter most, from the
+  same raw files as the full tables;
+- docs/BENCHMARKS.md, "Measured, with the peer in the same run" and "Post-training a real model's
+  architecture against TRL": every comparison.
 
-    python benchmarks/readme_table.py [--check]   # --check: exit 1 if README.md is out of date
+    python benchmarks/readme_table.py [--check]   # --check: exit 1 if a table is out of date
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-HEADING = "## Measured, with the peer in the same run"
+MEASURED = "## Measured, with the peer in the same run"
+POSTTRAIN = "## Post-training a real model's architecture against TRL"
+QUICKSTART = "## What the quickstart shows"
+HEADLINE = "## Headline comparisons"
 
 
 def loads_seen(*records: dict) -> list[float]:
@@ -88,7 +97,7 @@ def dpo_rows(d: dict) -> list[str]:
     return rows
 
 
-def render() -> str:
+def measured_section() -> str:
     quality = sorted((json.loads(p.read_text()) for p in RESULTS.glob("pretrain_quality*.json")
                       if json.loads(p.read_text()).get("scored_part") == "test"),
                      key=lambda r: r["machine"]["date_utc"])
@@ -110,7 +119,7 @@ def render() -> str:
             "`results/pretrain_quality_dev_lr*.json`), the last 1% reported; every contender scored by one function "
             "on its final weights; the HF peers plan their step count from their first steps so their schedules end "
             "inside the budget.")
-    lines = [HEADING, "", *textwrap.wrap(note, 110), "", "| what | foundry | peer | how |", "|---|---|---|---|"]
+    lines = [MEASURED, "", *textwrap.wrap(note, 110), "", "| what | foundry | peer | how |", "|---|---|---|---|"]
     for rec in quality:
         lines += quality_rows(rec)
     for rec in throughput:
@@ -120,10 +129,113 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(readme: str, section: str) -> str:
+def posttrain_records() -> list[dict]:
+    return sorted((json.loads(p.read_text()) for p in RESULTS.glob("real_model_posttrain*.json")
+                   if json.loads(p.read_text()).get("benchmark") == "real_model_posttrain"),
+                  key=lambda r: r["machine"]["date_utc"])
+
+
+def posttrain_rows(rec: dict) -> list[str]:
+    rows = []
+    for name, m in rec["models"].items():
+        depth = f"{m['layers']} of {m['full_depth']} layers" if m["layers"] != m["full_depth"] else "full depth"
+        for combo in m["combos"].values():
+            ours, trl = combo["results"]["foundry"], combo["results"]["trl"]
+            r, mem = combo["ratio_tokens_per_s"], combo["ratio_peak_rss"]
+            rows.append(f"| {name} ({depth}) | {combo['stage'].upper()} {combo['method']} "
+                        f"| {ours['real_tokens_per_s']['median']:,.0f} | {trl['real_tokens_per_s']['median']:,.0f} "
+                        f"| **{r['median']:.2f}x** ({r['min']:.2f}-{r['max']:.2f}) "
+                        f"| {ours['peak_rss_mb']:,.0f} / {trl['peak_rss_mb']:,.0f} | **{mem:.2f}x** "
+                        f"| {combo['loss_max_abs_diff']:.1e} | `{rec['command']}` |")
+    return rows
+
+
+def posttrain_section() -> str:
+    records = posttrain_records()
+    note = ("`benchmarks/real_model_posttrain.py`: foundry against TRL (`SFTTrainer`; `DPOTrainer` with "
+            "`precompute_ref_log_probs=True`) on models built from the real architectures' configs with random "
+            "weights, the same token ids, masks and row order on both sides, rows padded to the batch's longest, "
+            "fp32, gradient checkpointing on both (TRL's default), each side in its own process, rounds in "
+            "alternating order. Real (non-padding) tokens/s median over rounds and the per-round ratio (min-max); "
+            "peak RSS of each whole process; the largest loss difference over the steps shows both did the same "
+            "math. Machines and load averages are in each result file.")
+    lines = [POSTTRAIN, "", *textwrap.wrap(note, 110), "",
+             "| model | stage | foundry tok/s | TRL tok/s | ratio (min-max) | peak RSS MB foundry / TRL | memory "
+             "ratio | max loss diff | command |", "|---|---|---|---|---|---|---|---|---|"]
+    for rec in records:
+        lines += posttrain_rows(rec)
+    return "\n".join(lines) + "\n"
+
+
+def quickstart_section() -> str:
+    runs = sorted(p for p in (RESULTS / "quickstart_runs").glob("*/findings.json"))
+    by_claim: dict[tuple, list[dict]] = {}
+    for path in runs:
+        for f in json.loads(path.read_text())["findings"]:
+            by_claim.setdefault((f["lesson"], f["claim"]), []).append(f)
+    meta = [json.loads((p.parent / "run.json").read_text()) for p in runs if (p.parent / "run.json").is_file()]
+    minutes = ", ".join(f"{m['seconds'] / 60:.1f}" for m in meta)
+    commits = ", ".join(sorted({m["commit"][:7] for m in meta}))
+    note = (f"Each lesson the quickstart is built to show, over {len(runs)} runs from fresh clones on the 2-core "
+            f"build machine (commit {commits}; {minutes} minutes each; `bash benchmarks/quickstart_runs.sh`, "
+            "raw files in `benchmarks/results/quickstart_runs/`): the verdicts its Findings gave (an effect with a "
+            "95% interval paired over the evaluation items; `holds` when the interval excludes 0 in the lesson's "
+            "direction), and the effect's range over the runs.")
+    lines = [QUICKSTART, "", *textwrap.wrap(note, 110), "",
+             "| lesson | comparison | verdicts over the runs | effect, lowest to highest run |", "|---|---|---|---|"]
+    last = None
+    for (lesson, claim), found in by_claim.items():
+        counts: dict[str, int] = {}
+        for f in found:
+            counts[f["verdict"]] = counts.get(f["verdict"], 0) + 1
+        verdicts = ", ".join(f"{k} {v}/{len(found)}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        effects = sorted(f["effect"] for f in found if f.get("effect") is not None)
+        span = f"{effects[0]:+.3f} to {effects[-1]:+.3f}" if effects else "-"
+        lines.append(f"| {lesson if lesson != last else ''} | {claim} | {verdicts} | {span} |")
+        last = lesson
+    return "\n".join(lines) + "\n"
+
+
+def headline_section() -> str:
+    """Five comparisons with a peer, one line each, from the raw files the full tables read."""
+    rows = []
+    latest: dict[tuple, tuple] = {}  # (model, stage, method) -> its newest measurement
+    for rec in posttrain_records():
+        for name, m in rec["models"].items():
+            for combo in m["combos"].values():
+                latest[(name, combo["stage"], combo["method"])] = (m, combo)
+    picks = [("smollm2-135m", "sft", "full"), ("smollm2-135m", "dpo", "full"), ("llama3.2-1b", "sft", "lora")]
+    for key in picks:
+        if key not in latest:
+            continue
+        m, combo = latest[key]
+        depth = f"{m['layers']}/{m['full_depth']} layers" if m["layers"] != m["full_depth"] else "full depth"
+        r = combo["ratio_tokens_per_s"]
+        rows.append(f"| {key[1].upper()} ({key[2]}) of a {key[0]}-shaped model ({depth}, CPU, fp32) against TRL "
+                    f"| **{r['median']:.2f}x** real tokens/s (per round {r['min']:.2f}-{r['max']:.2f}x) at "
+                    f"**{combo['ratio_peak_rss']:.2f}x** its peak memory | `real_model_posttrain*.json` |")
+    quality = json.loads((RESULTS / "pretrain_quality_muon_qknorm.json").read_text())
+    by = {c["contender"]: c["held_out_bpb"] for c in quality["contenders"]}
+    rows.append(f"| pretraining quality in 300 s against HF `Trainer` with the same recipe (KJV, held-out bits "
+                f"per byte, one run) | **{by['foundry']:.3f}** against {by['hf-foundry-recipe']:.3f} "
+                f"({100 * (1 - by['foundry'] / by['hf-foundry-recipe']):.1f}% lower) | "
+                f"`pretrain_quality_muon_qknorm.json` |")
+    rl = json.loads((RESULTS / "rl_throughput.json").read_text())
+    rows.append(f"| GRPO completions/s against TRL `GRPOTrainer` (same weights, prompts, G = {rl['group']}, one run) "
+                f"| **{rl['ratio_foundry_over_trl']:.1f}x** ({rl['results']['foundry']['completions_per_s_timed']:.1f} "
+                f"against {rl['results']['trl']['completions_per_s_timed']:.1f}) | `rl_throughput.json` |")
+    note = ("Every figure below is rendered from a raw result in `benchmarks/results/` by `python "
+            "benchmarks/readme_table.py`; the peer got the same model, data, dtype and padding policy. All the "
+            "others, with their spread, machine and load, are in `docs/BENCHMARKS.md`.")
+    lines = [HEADLINE, "", *textwrap.wrap(note, 110), "",
+             "| comparison | result | raw file |", "|---|---|---|", *rows]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
     """The heading, its note and the first table after it are replaced; what follows the table is kept."""
-    lines = readme.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.strip() == HEADING)
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.strip() == heading)
     i = start + 1
     while i < len(lines) and not lines[i].startswith("|"):
         i += 1
@@ -134,17 +246,22 @@ def replace_section(readme: str, section: str) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--check", action="store_true", help="exit 1 if README.md's table is out of date")
+    p.add_argument("--check", action="store_true", help="exit 1 if a table is out of date")
     args = p.parse_args()
-    section = render()
-    readme_path = REPO / "README.md"
-    readme = readme_path.read_text(encoding="utf-8")
-    updated = replace_section(readme, section)
-    print(section)
-    if args.check:
-        return int(updated != readme)
-    readme_path.write_text(updated, encoding="utf-8")
-    return 0
+    targets = {REPO / "README.md": [(QUICKSTART, quickstart_section()), (HEADLINE, headline_section())],
+               REPO / "docs" / "BENCHMARKS.md": [(MEASURED, measured_section()), (POSTTRAIN, posttrain_section())]}
+    stale = 0
+    for path, sections in targets.items():
+        text = path.read_text(encoding="utf-8")
+        updated = text
+        for heading, section in sections:
+            updated = replace_section(updated, heading, section)
+            print(section)
+        if args.check:
+            stale += updated != text
+        else:
+            path.write_text(updated, encoding="utf-8")
+    return int(stale > 0)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ What is compared, and how (each side in its own subprocess, so its peak RSS is i
   downloaded), saved once; foundry imports that directory (`foundry.checkpoints.load_start`), TRL loads it with
   `from_pretrained`, so both start from the same weights. Shapes: SmolLM2-135M (hidden 576, 30 layers, 9 heads,
   3 kv heads, intermediate 1536, vocabulary 49,152, tied) and Llama-3.2-1B (2048, 16 layers, 32 / 8 heads,
-  8192, vocabulary 128,256, tied; plain rotary, rope_theta 500,000, without Llama 3's rope scaling, which
-  foundry does not import); `--layers` reduces the depth on a CPU, and the results say by how much;
+  8192, vocabulary 128,256, tied; rope_theta 500,000 with Llama 3's rope scaling, factor 32); `--layers`
+  reduces the depth on a CPU, and the results say by how much;
 - the data: chats of ~700 tokens (a system prompt and two exchanges; the assistant continues a passage)
   and preference pairs (prompt ~300 tokens, the true continuation chosen, another passage rejected) cut from
   the bundled corpora (data/general, data/domain), tokenised ONCE by foundry (its chat template and
@@ -61,7 +61,9 @@ SHAPES = {
                          rms_norm_eps=1e-5, head_dim=64),
     "llama3.2-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                         intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
-                        rms_norm_eps=1e-5, head_dim=64),
+                        rms_norm_eps=1e-5, head_dim=64, max_position_embeddings=131072,
+                        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
 }
 BLOCK = 1024
 BATCH = 2  # sequences (SFT) or pairs (DPO) per step

@@ -88,12 +88,21 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    try:
+
+    def call() -> int:
         verb, rest = resolve_verb(argv)
         module_name, func_name = VERBS[verb][0].split(":")
         func = getattr(importlib.import_module(module_name), func_name)
-        code = func(rest)
-        return int(code or 0)
+        return int(func(rest) or 0)
+
+    return guarded(call)
+
+
+def guarded(call) -> int:
+    """`call()`'s exit code, with a user error (FoundryError) printed as one line and exit 1, Ctrl-C as 130:
+    how every verb ends, whether from the command line or from a pipeline stage."""
+    try:
+        return call()
     except FoundryError as exc:
         # one line, even when the message quotes a library error that spans several (YAML's do)
         print("foundry: error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()),

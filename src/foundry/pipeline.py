@@ -4,7 +4,11 @@ A stage reads its parents' outputs through placeholders: `{out}` is the stage's 
 (`RUN/<stage name>`), `{stage:NAME}` is an earlier stage's, `{run}` the run directory and `{repo}` the
 folder holding the bundled `data/` and `recipes/` (the checkout, or the installed package's copy: see
 `foundry.utils.bundled`), so bundled data resolves from anywhere. A training verb's
-`config:` mapping is written to `RUN/.pipeline/NAME.yaml` and passed as `--config`.
+`config:` mapping is written to `RUN/.pipeline/NAME.yaml` (what fingerprints and people read), validated by
+the stage registry's config class (`foundry.stages`) and handed to the stage's run function, in this process
+but not through the command line; other verbs run their `main(argv)`. Every stage starts from the process
+state the pipeline found (torch threads, default dtype, deterministic and TF32 flags, grad mode, RNG states:
+`ProcessState`), so what one stage sets does not carry into the next.
 
 Recipe variables: `vars:` maps NAME to a default (null: the run needs one), read as `{var:NAME}` and set on the
 command line as `foundry run RECIPE NAME=VALUE` (recipes/adapt.yaml: `model=HF_DIR`). A value that is the
@@ -18,6 +22,7 @@ previous attempt left output behind (an interrupted training run continues where
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -40,7 +45,10 @@ PLACEHOLDER = re.compile(r"\{(out|run|repo|stage:([A-Za-z0-9_\-]+)|var:([A-Za-z0
 NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-class Stage(StrictModel):
+class RecipeStage(StrictModel):
+    """One stage of a recipe: a `foundry <verb>` call with its arguments and config (not a stage's run
+    directory, `foundry.eval.run_view.RunStage`)."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
     verb: str
     args: list[str] = []
@@ -61,7 +69,7 @@ class Recipe(StrictModel):
     description: str = ""
     vars: dict[str, Any] = Field({}, description="recipe variables: NAME: default (null: required), read as "
                                  "{var:NAME}, set as 'foundry run RECIPE NAME=VALUE'")
-    stages: list[Stage]
+    stages: list[RecipeStage]
     findings: list[Claim] = Field([], description="the lessons the run should show, computed by the report "
                                                   "(see foundry.eval.findings)")
 
@@ -121,7 +129,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return recipe
 
 
-def _references(stage: Stage) -> list[str]:
+def _references(stage: RecipeStage) -> list[str]:
     text = json.dumps([stage.args, stage.config, stage.resume, stage.output])
     return [m.group(2) for m in PLACEHOLDER.finditer(text) if m.group(2)]
 
@@ -139,7 +147,7 @@ def _substitute(value: Any, mapping: dict[str, Any]) -> Any:
     return value
 
 
-def _fingerprint(stage: Stage, args: list[str], config: dict | None, parent_prints: list[str]) -> str:
+def _fingerprint(stage: RecipeStage, args: list[str], config: dict | None, parent_prints: list[str]) -> str:
     blob = json.dumps({"verb": stage.verb, "args": args, "config": config, "parents": parent_prints},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -171,6 +179,79 @@ def stage_list(names: list[str], budgets: dict[str, float | None]) -> str:
     return "\n".join(lines)
 
 
+def run_stage(verb: str, argv: list[str], has_config: bool) -> int:
+    """Run one stage (`argv`: its verb and arguments) in this process; its exit code. A training verb with a
+    config goes to its typed entry point (the stage registry's config class validates the config file, its run
+    function trains); other verbs (and a training verb without a config, such as `continue --compare`) go through
+    their `main(argv)`."""
+    from foundry.cli import guarded, main as cli_main
+    from foundry.stages import TRAINING_VERBS
+
+    if has_config and verb in TRAINING_VERBS:
+        from foundry.commands.train import run_training_stage
+
+        def call() -> int:
+            run_training_stage(verb, argv[len(verb.split()):])
+            return 0
+
+        return guarded(call)
+    return cli_main(argv)
+
+
+class ProcessState:
+    """The process-wide settings a stage may change (torch's threads, default dtype, deterministic-algorithm and
+    TF32 flags, grad mode, the RNG states of torch, NumPy and `random`), captured once; `restored()` puts them
+    back before and after each stage, so no stage inherits what an earlier one set (a stage seeds its own RNGs
+    from its config)."""
+
+    def __init__(self):
+        import random
+
+        import numpy as np
+        import torch
+
+        self.threads = torch.get_num_threads()
+        self.dtype = torch.get_default_dtype()
+        self.deterministic = torch.are_deterministic_algorithms_enabled()
+        self.deterministic_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        self.cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                      torch.backends.cudnn.allow_tf32)
+        self.matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+        self.matmul_precision = torch.get_float32_matmul_precision()
+        self.grad = torch.is_grad_enabled()
+        self.seed, self.torch_rng = torch.initial_seed(), torch.get_rng_state()
+        self.numpy_rng = np.random.get_state()
+        self.python_rng = random.getstate()
+
+    def restore(self) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        torch.set_num_threads(self.threads)
+        torch.set_default_dtype(self.dtype)
+        torch.use_deterministic_algorithms(self.deterministic, warn_only=self.deterministic_warn_only)
+        (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.allow_tf32) = self.cudnn
+        torch.backends.cuda.matmul.allow_tf32 = self.matmul_tf32
+        torch.set_float32_matmul_precision(self.matmul_precision)
+        torch.set_grad_enabled(self.grad)
+        torch.set_rng_state(self.torch_rng)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(self.seed)  # a fresh process's CUDA generators start from the same seed
+        np.random.set_state(self.numpy_rng)
+        random.setstate(self.python_rng)
+
+    @contextlib.contextmanager
+    def restored(self):
+        self.restore()
+        try:
+            yield
+        finally:
+            self.restore()
+
+
 def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None, until: str | None = None) -> dict:
     """Run every stage in order (up to and including `until`, when given); returns the pipeline record
     (also written to RUN/pipeline.json)."""
@@ -191,6 +272,7 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
     if recipe.findings:
         atomic_write_text(run_dir / SPEC_FILE, findings)
     force = set(force or [])
+    process_state = ProcessState()  # as the pipeline found it: every stage starts from it, as a fresh process would
     started = time.time()
     stages = recipe.stages[:names.index(until) + 1] if until is not None else recipe.stages
     from foundry.utils.timefmt import clock
@@ -239,9 +321,8 @@ def run_recipe(recipe: Recipe, recipe_path: Path, force: list[str] | None = None
         print(f"[foundry run] {where} ({box}run so far {clock(time.time() - started)}): foundry {' '.join(argv)}",
               flush=True)
         t0 = time.time()
-        from foundry.cli import main as cli_main
-
-        code = cli_main(argv)
+        with process_state.restored():
+            code = run_stage(stage.verb, argv, config is not None)
         seconds = round(time.time() - t0, 1)
         if code != 0:
             entry.update(status="failed", seconds=seconds)

@@ -26,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from foundry.train.objectives import SourceBase
+
 
 MAX_PARAMS = 30_000_000  # larger models are swapped for the `test` preset (a minute on CPU)
 MAX_MICRO_BATCH, MAX_BLOCK, MAX_ACCUM = 4, 128, 4
@@ -51,7 +53,7 @@ class _Interrupted(Exception):
     """Raised by the batch source partway through a step: the run dies as if killed."""
 
 
-class _InterruptingSource:
+class _InterruptingSource(SourceBase):
     """Wraps a batch source; its `fail_after + 1`-th batch request raises `_Interrupted`."""
 
     def __init__(self, source, fail_after: int):

@@ -7,9 +7,10 @@ import torch
 
 from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
+from foundry.train.objectives import SourceBase
 
 
-class FixedBatches:
+class FixedBatches(SourceBase):
     """A source serving a fixed list of micro-batches in order (cycling), with a resumable position."""
 
     def __init__(self, batches):

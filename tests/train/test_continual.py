@@ -214,7 +214,11 @@ def test_run_record_names_parent_and_both_manifests(experiment, base):
     root, runs = experiment
     rec = runs["replay"]
     assert rec["stage"] == "continue" and rec["results"]["status"] == "finished"
-    assert rec["parents"]["checkpoint"] == str(base["base"].resolve())
+    # the resolved start (the base run's checkpoint the run loaded), as every stage records it, and its tokenizer
+    from foundry.checkpoints import load_start
+    start = load_start(base["base"])
+    assert rec["parents"]["checkpoint"] == str(start.path.resolve())
+    assert rec["parents"]["tokenizer_sha256"] == start.tokenizer.sha256
     assert rec["data_manifests"] == {"fr": sha256_file(base["fr"] / "manifest.json"),
                                      "en": sha256_file(base["en"] / "manifest.json")}
     drawn = rec["results"]["sequences_drawn"]

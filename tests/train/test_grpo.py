@@ -1,6 +1,6 @@
 """GRPO (`foundry rl`): the loss against hand-computed numbers, zero-advantage groups give no gradient, the
-KL term is zero for identical policies, the batched sampler matches the serving engine, a killed run
-resumes to the same weights, and bad inputs fail in one line without touching the run directory."""
+KL term is zero for identical policies (the sampler is the serving engine's decoder: tests/test_decoding.py),
+a killed run resumes to the same weights, and bad inputs fail in one line without touching the run directory."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer, writ
 from foundry.cli import main as cli
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.grpo import (
-    GRPOObjective, group_advantages, grpo_token_loss, sample_completions, token_logps,
+    GRPOObjective, group_advantages, grpo_token_loss, token_logps,
 )
 
 TRAIN = dict(max_steps=4, micro_batch_size=2, block_size=64, lr=1e-3, log_every=1, eval_every=100,
@@ -157,22 +157,6 @@ def test_k3_estimator_matches_its_formula():
     _, kl = grpo_token_loss(logps, logps, ref, torch.zeros(1), torch.ones(1, 2, dtype=torch.bool), 0.2, 1.0)
     d = ref - logps
     torch.testing.assert_close(kl, torch.exp(d) - d - 1)
-
-
-def test_greedy_sampler_matches_the_serving_engine(tiny):
-    from foundry.serve.engine import generate_many
-
-    model, tok = tiny
-    prompts = [tok.encode("Which book follows Ruth?"), tok.encode("Exodus"), tok.encode("Judges and Kings, then")]
-    stop = {tok.eos_id, tok.eot_id}
-    ours = sample_completions(model, prompts, 2, 10, stop, temperature=0.0, pad_id=tok.pad_id)
-    engine = generate_many(model, tok, prompts, max_new_tokens=10, temperature=0)
-    assert [t for t, _ in ours] == [e for e in engine for _ in range(2)]
-    assert all(stopped == (len(t) < 10) for t, stopped in ours)
-    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    a = sample_completions(model, prompts, 3, 6, stop, 1.0, None, g1, tok.pad_id)
-    b = sample_completions(model, prompts, 3, 6, stop, 1.0, None, g2, tok.pad_id)
-    assert a == b and len(a) == 9
 
 
 # ---- end to end: the verb, resume after a kill, bad inputs ------------------------------------------------

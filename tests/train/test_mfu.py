@@ -9,7 +9,7 @@ from foundry import hardware
 from foundry.model.llama import Llama, config_from_preset
 from foundry.model.lora import apply_lora
 from foundry.train.loop import FlopCounter, train
-from foundry.train.objectives import NextTokenObjective
+from foundry.train.objectives import NextTokenObjective, SourceBase
 
 
 def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_flops_count_real_tokens_supervised_logits_and_what_trains():
     assert lora < 0.75 * full
 
 
-class _Repeat:
+class _Repeat(SourceBase):
     def __init__(self, batch):
         self.batch = batch
 

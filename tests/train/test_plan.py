@@ -193,12 +193,12 @@ from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
 from foundry.model.lora import apply_lora
 from foundry.train.loop import train
-from foundry.train.objectives import NextTokenObjective
+from foundry.train.objectives import NextTokenObjective, SourceBase
 def kib(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
-class Repeat:
+class Repeat(SourceBase):
     def __init__(self, batch): self.batch = batch
     def next_batch(self, n): return self.batch
     def state_dict(self): return {}

@@ -58,7 +58,7 @@ def test_the_training_loop_bar_of_a_time_boxed_run(tmp_path, capsys):
     from foundry.config import TrainConfig
     from foundry.model.llama import Llama, config_from_preset
     from foundry.train.loop import train
-    from foundry.train.objectives import NextTokenObjective
+    from foundry.train.objectives import NextTokenObjective, SourceBase
 
     torch.manual_seed(0)
     model = Llama(config_from_preset("test", vocab_size=64, max_seq_len=32))
@@ -66,7 +66,7 @@ def test_the_training_loop_bar_of_a_time_boxed_run(tmp_path, capsys):
     ids = torch.randint(0, 64, (2, 17), generator=gen)
     batch = {"input_ids": ids[:, :-1].clone(), "targets": ids[:, 1:].clone()}
 
-    class Same:
+    class Same(SourceBase):
         def next_batch(self, batch_size):
             return batch
 

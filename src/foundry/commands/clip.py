@@ -43,22 +43,29 @@ def data_images_main(argv: list[str]) -> int:
     return 0
 
 
-def clip_main(argv: list[str]) -> int:
+def run_clip_stage(cfg, resume: bool = False) -> dict:
+    """`foundry clip`'s typed entry point (the stage registry's): the zero-shot evaluators of `cfg.zero_shot`
+    (built here, where training and evaluation meet), then `run_clip`."""
     from foundry.data.images import load_pairs
     from foundry.eval.clip import zero_shot_evaluator
-    from foundry.train.clip import ClipStageConfig, run_clip
+    from foundry.train.clip import run_clip
 
-    p = recipe_parser("clip", ClipStageConfig, "train.max_steps=200 objective=siglip",
-                      "recipe YAML (data, out_dir, model or init, train, zero_shot; see recipes/clip.yaml)")
-    args = p.parse_args(argv)
-    cfg = load_recipe_args(ClipStageConfig, args)
     evaluators = {}
     for name, dataset in cfg.zero_shot.items():
         pairs = load_pairs(dataset, "val")
         if any(label is None for label in pairs.labels):
             raise DataError(f"zero_shot.{name}: {dataset} has pairs without a label; zero-shot needs labels")
         evaluators[name] = zero_shot_evaluator(pairs, pairs.templates)
-    run_clip(cfg, resume=args.resume, evaluators=evaluators)
+    return run_clip(cfg, resume=resume, evaluators=evaluators)
+
+
+def clip_main(argv: list[str]) -> int:
+    from foundry.train.clip import ClipStageConfig
+
+    p = recipe_parser("clip", ClipStageConfig, "train.max_steps=200 objective=siglip",
+                      "recipe YAML (data, out_dir, model or init, train, zero_shot; see recipes/clip.yaml)")
+    args = p.parse_args(argv)
+    run_clip_stage(load_recipe_args(ClipStageConfig, args), resume=args.resume)
     return 0
 
 

@@ -9,39 +9,47 @@ from foundry.commands import load_recipe_args, recipe_parser
 from foundry.errors import ConfigError
 
 
-def _stage_main(verb: str, argv: list[str], config_cls, run, example: str, config_help: str) -> int:
-    """`foundry VERB --config RECIPE [--resume] [--overwrite] [key=value ...]` -> run(config, resume)."""
+def _stage_main(verb: str, argv: list[str], example: str, config_help: str) -> int:
+    """`foundry VERB --config RECIPE [--resume] [--overwrite] [key=value ...]` -> the stage registry's
+    run(config, resume) for VERB."""
+    from foundry.stages import TRAINING_VERBS
+
+    spec = TRAINING_VERBS[verb]
+    config_cls = spec.config_class()
     p = recipe_parser(verb, config_cls, example, config_help)
     args = p.parse_args(argv)
-    run(load_recipe_args(config_cls, args), resume=args.resume)
+    spec.run_function()(load_recipe_args(config_cls, args), resume=args.resume)
     return 0
 
 
-def pretrain_main(argv: list[str]) -> int:
-    from foundry.train.pretrain import PretrainConfig, run_pretrain
+def run_training_stage(verb: str, argv: list[str]) -> dict:
+    """A training verb's typed entry point, for the pipeline: `argv` (--config, overrides, --resume,
+    --overwrite, --profile) parsed as the verb's own command line does, the config validated with the stage
+    registry's config class and its run function called, with no detour through `main`; returns the results."""
+    from foundry.stages import TRAINING_VERBS
 
-    return _stage_main("pretrain", argv, PretrainConfig, run_pretrain, "train.max_steps=100",
-                       "recipe YAML (see recipes/pretrain-kjv.yaml)")
+    spec = TRAINING_VERBS[verb]
+    config_cls = spec.config_class()
+    parsed = recipe_parser(verb, config_cls, "", "recipe YAML").parse_args(argv)
+    return spec.run_function()(load_recipe_args(config_cls, parsed), resume=parsed.resume)
+
+
+def pretrain_main(argv: list[str]) -> int:
+    return _stage_main("pretrain", argv, "train.max_steps=100", "recipe YAML (see recipes/pretrain-kjv.yaml)")
 
 
 def sft_main(argv: list[str]) -> int:
-    from foundry.train.sft import SFTConfig, run_sft
-
-    return _stage_main("sft", argv, SFTConfig, run_sft, "train.max_steps=100 pack=false lora.rank=8",
+    return _stage_main("sft", argv, "train.max_steps=100 pack=false lora.rank=8",
                        "recipe YAML (init, data, out_dir, train, ...)")
 
 
 def dpo_main(argv: list[str]) -> int:
-    from foundry.train.dpo import DPOConfig, run_dpo
-
-    return _stage_main("dpo", argv, DPOConfig, run_dpo, "loss=ipo beta=0.5 train.max_steps=100",
+    return _stage_main("dpo", argv, "loss=ipo beta=0.5 train.max_steps=100",
                        "recipe YAML (init, data, out_dir, train, ...)")
 
 
 def rl_main(argv: list[str]) -> int:
-    from foundry.train.grpo import GRPOConfig, run_grpo
-
-    return _stage_main("rl", argv, GRPOConfig, run_grpo, "group_size=8 kl_beta=0 train.max_steps=50",
+    return _stage_main("rl", argv, "group_size=8 kl_beta=0 train.max_steps=50",
                        "recipe YAML (init, prompts, verifiers, out_dir, train, ...; see recipes/rl.yaml)")
 
 
@@ -187,14 +195,10 @@ def selftest_main(argv: list[str]) -> int:
 
 
 def finetune_main(argv: list[str]) -> int:
-    from foundry.train.finetune import FinetuneConfig, run_finetune
-
-    return _stage_main("finetune", argv, FinetuneConfig, run_finetune, "train.max_steps=100 lora.rank=8",
+    return _stage_main("finetune", argv, "train.max_steps=100 lora.rank=8",
                        "recipe YAML (init, data, val_data, out_dir, train, ...); see docs/ENCODERS.md")
 
 
 def transfer_main(argv: list[str]) -> int:
-    from foundry.train.transfer import TransferConfig, run_transfer
-
-    return _stage_main("transfer", argv, TransferConfig, run_transfer, "seeds=[0,1] sizes=[16,64,256]",
+    return _stage_main("transfer", argv, "seeds=[0,1] sizes=[16,64,256]",
                        "recipe YAML (pretrained, data, test_data, out_dir, ...); see docs/ENCODERS.md")

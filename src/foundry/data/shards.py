@@ -229,6 +229,10 @@ class TokenBlocks:
                                 f"but this run has {mine!r} (the dataset or recipe changed)")
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
+    def step_metrics(self, steps: int, optimise_s: float) -> dict:
+        """Nothing of its own to log (the `BatchSource` hook; foundry.train.objectives)."""
+        return {}
+
     @property
     def tokens_per_epoch(self) -> int:
         return self.num_windows * self.block_size

@@ -13,12 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from foundry.errors import ConfigError
-from foundry.eval.run_view import RunView, Stage
+from foundry.eval.run_view import RunView, RunStage
+from foundry.stages import spec_for_record
 from foundry.utils.io import read_json_or_none
 from foundry.utils.tables import fmt, md_table
 
-TRAINING_KINDS = ("pretrain", "continue", "sft", "dpo")
-PRETRAINING_KINDS = ("pretrain", "continue")
 CHECKPOINT_ROLES = ("checkpoint", "init", "reference")
 
 
@@ -52,18 +51,18 @@ def _owner_record(path: Path, view: RunView) -> tuple[str, Path, dict] | None:
     return None
 
 
-def pick_model_stage(view: RunView, name: str | None) -> Stage | None:
+def pick_model_stage(view: RunView, name: str | None) -> RunStage | None:
     if name is not None:
         stage = next((s for s in view.stages if s.name == name or s.name.split("/")[-1] == name), None)
         if stage is None:
             raise ConfigError(f"{view.root}: no stage '{name}' (stages: {', '.join(s.name for s in view.stages)})")
         return stage
-    trained = [s for s in view.stages if s.kind in TRAINING_KINDS or (s.dir / "checkpoints").is_dir()]
+    trained = [s for s in view.stages if (s.spec is not None and s.spec.trains) or (s.dir / "checkpoints").is_dir()]
     finished = [s for s in trained if s.results.get("status") not in ("running", "interrupted")]
     return (finished or trained or [None])[-1]
 
 
-def lineage(view: RunView, stage: Stage) -> list[dict]:
+def lineage(view: RunView, stage: RunStage) -> list[dict]:
     """From the model's stage back to its root: [{name, dir, record, parent_checkpoint}], newest first."""
     chain, seen = [], set()
     current: tuple[str, Path, dict] | None = (stage.name, stage.dir, stage.record)
@@ -153,6 +152,7 @@ def provenance(chain: list[dict]) -> tuple[list[list[str]], list[list[str]], lis
     cutoff, cutoff_source, later = None, None, []
     for entry in reversed(chain):  # oldest stage first
         kind = str(entry["record"].get("stage", "?"))
+        spec = spec_for_record(entry["record"])
         direct = data_files_of(entry["record"])
         for d, manifest in datasets_of(entry["record"]) + [(Path(x["path"]).parent, {"sources": [x]}) for x in direct]:
             for src in manifest.get("sources", []):
@@ -175,7 +175,7 @@ def provenance(chain: list[dict]) -> tuple[list[list[str]], list[list[str]], lis
                     files.append([d.name, _short(path), lic if lic else "**UNLICENSED**", collected or "-",
                                   str(src.get("sha256", "")), fmt(docs.get("kept"))])
                 if collected:
-                    if kind in PRETRAINING_KINDS:
+                    if spec is not None and spec.sets_cutoff:
                         if cutoff is None or collected > cutoff:
                             cutoff, cutoff_source = collected, src.get("path")
                     else:
@@ -230,7 +230,8 @@ def render_model_card(view: RunView, model_stage: str | None = None) -> str:
         return "\n".join(lines + [f"No training stage found in `{view.root}`; nothing to describe.", ""])
     facts = _model_facts(stage.dir)
     chain = lineage(view, stage)
-    lines += [f"Model: the output of stage **{stage.name}** ({stage.kind}) in `{view.root}`.", ""]
+    did = f": {stage.spec.card}" if stage.spec is not None else ""
+    lines += [f"Model: the output of stage **{stage.name}** ({stage.kind}{did}) in `{view.root}`.", ""]
     if facts:
         lines += [f"- Checkpoint: `{facts['checkpoint']}`",
                   f"- Architecture: Llama-family decoder, {facts['params'] / 1e6:.2f}M parameters, {facts['layers']} "
@@ -256,15 +257,18 @@ def render_model_card(view: RunView, model_stage: str | None = None) -> str:
     rows = []
     for e in chain:
         r = e["record"]
+        spec = spec_for_record(r)
         results = r.get("results") or {}
         val = next((results[k] for k in ("best/val/loss", "val/loss") if isinstance(results.get(k), (int, float))), None)
         if val is None:
             val = next((v for k, v in results.items() if k.startswith("best/") and isinstance(v, (int, float))), None)
         rows.append([e["name"], str(r.get("stage", "?")), str(r.get("created", "-")),
                      f"`{e['parent_checkpoint']}`" if e["parent_checkpoint"] else "random initialisation"
-                     if r.get("stage") == "pretrain" else "-",
-                     fmt(results.get("step")), fmt(val), str(r.get("code_version", "-"))[:16]])
-    lines += [md_table(["stage", "kind", "created", "started from", "steps", "best val loss", "code"], rows), ""]
+                     if spec is not None and spec.from_scratch else "-",
+                     fmt(results.get("step")), fmt(val), str(r.get("code_version", "-"))[:16],
+                     spec.card if spec is not None else "-"])
+    lines += [md_table(["stage", "kind", "created", "started from", "steps", "best val loss", "code", "what it did"],
+                       rows), ""]
     refs = [e for e in chain if e.get("reference")]
     for e in refs:
         lines += [f"Stage {e['name']} used the reference model `{e['reference']}`.", ""]

@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from foundry.eval.run_view import MAX_JSON_BYTES, RunView, Stage, walk_run
+from foundry.eval.run_view import MAX_JSON_BYTES, RunView, RunStage, walk_run
 from foundry.utils.io import read_json_or_none
 from foundry.utils.tables import fmt, md_table
 
@@ -30,7 +30,7 @@ def loss_series(metrics: list[dict]) -> dict[str, tuple[list, list]]:
     return dict(sorted(series.items(), key=lambda kv: (kv[0] != "train", kv[0])))
 
 
-def plot_losses(stage: Stage, path: Path) -> bool:
+def plot_losses(stage: RunStage, path: Path) -> bool:
     """A PNG of the stage's loss curves; False when it has no loss records."""
     series = loss_series(stage.metrics)
     if not series:
@@ -59,7 +59,7 @@ def plot_losses(stage: Stage, path: Path) -> bool:
 
 
 # ---- tables ----------------------------------------------------------------------------------------
-def final_metrics(stage: Stage) -> list[tuple[str, str]]:
+def final_metrics(stage: RunStage) -> list[tuple[str, str]]:
     """(name, value) pairs: the stage's scalar results (run.json), else its last logged values."""
     pairs = []
     for key, value in stage.results.items():
@@ -240,7 +240,7 @@ def headlines(view: RunView) -> list[str]:
     """A few bullet points: each training stage's best validation loss, each task's scores, the bake-off winner."""
     bullets = []
     for s in view.stages:
-        if s.kind in ("pretrain", "continue", "sft", "dpo"):
+        if s.spec is not None and s.spec.trains:
             best = {k.removeprefix("best/"): v for k, v in s.results.items()
                     if k.startswith("best/") and isinstance(v, (int, float))}
             if not best and isinstance(s.results.get("val/loss"), (int, float)):

@@ -15,7 +15,10 @@ MAX_JSON_BYTES = 20 << 20
 
 
 @dataclass
-class Stage:
+class RunStage:
+    """One stage directory of a run as the report reads it: its run.json and metrics.jsonl (not the recipe's
+    stage, `foundry.pipeline.RecipeStage`, nor the stage runner, `foundry.train.stage.StageRunner`)."""
+
     name: str  # path relative to the run directory
     dir: Path
     record: dict
@@ -26,6 +29,13 @@ class Stage:
         return str(self.record.get("stage", "?"))
 
     @property
+    def spec(self):
+        """The stage registry's entry for this stage (`foundry.stages.StageSpec`), None for other verbs' records."""
+        from foundry.stages import spec_for_record
+
+        return spec_for_record(self.record)
+
+    @property
     def results(self) -> dict:
         r = self.record.get("results")
         return r if isinstance(r, dict) else {}
@@ -34,7 +44,7 @@ class Stage:
 @dataclass
 class RunView:
     root: Path
-    stages: list[Stage]
+    stages: list[RunStage]
     evals: list[tuple[Path, dict]]
     bakeoffs: list[tuple[Path, dict]]
     timing: dict  # stage name -> seconds (from the pipeline's state files)
@@ -68,7 +78,7 @@ def discover(run_dir: str | Path) -> RunView:
             if not isinstance(record, dict):
                 raise FoundryError(f"{run_json}: not valid JSON; the stage record is damaged")
             name = root.resolve().name if d == root else d.relative_to(root).as_posix()
-            stages.append(Stage(name, d, record, read_metrics(d)))
+            stages.append(RunStage(name, d, record, read_metrics(d)))
         for f in sorted(d.glob("*.json")):
             if f.name == "run.json" or f.stat().st_size > MAX_JSON_BYTES:
                 continue

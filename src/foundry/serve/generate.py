@@ -1,7 +1,7 @@
 """Sampling text from a model: greedy or temperature / top-k / top-p, with or without the KV cache.
 
-`generate` yields token ids one at a time so callers (terminal, chat) can stream; it runs the batched
-engine (`foundry.serve.engine`) with one sequence, and `generate_many` runs it with many. Without the
+`generate` yields token ids one at a time so callers (terminal, chat) can stream; it runs the one batched
+decoder (`foundry.model.decoding`) with one sequence, and `generate_many` runs it with many. Without the
 cache, every token recomputes the whole context: the plain reference the cached engine is tested against
 (cached and uncached decoding compute the same logits up to float rounding and, with a seed, draw the
 same tokens).

@@ -10,9 +10,10 @@ from __future__ import annotations
 import torch
 
 from foundry.errors import CheckpointError
+from foundry.train.objectives import SourceBase
 
 
-class ShuffledRows:
+class ShuffledRows(SourceBase):
     """Rows of examples visited in a fresh permutation each epoch, drawn from (seed, epoch).
 
     The state is (epoch, row cursor), so a resume continues at the exact row; every rank walks the same

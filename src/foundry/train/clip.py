@@ -39,6 +39,7 @@ from pydantic import Field
 
 from foundry.config import StrictModel
 from foundry.errors import ConfigError
+from foundry.train.objectives import SourceBase
 from foundry.train.stage import StageConfig, StageRunner
 
 
@@ -135,7 +136,7 @@ class ContrastiveObjective:
 
 
 # ---- the batch source ----------------------------------------------------------------------------
-class PairBatches:
+class PairBatches(SourceBase):
     """Preprocessed pairs in memory, drawn in a seeded order, epoch after epoch; resumable exactly.
 
     Each draw takes `world_size * B` pairs of the epoch's permutation and rank r keeps slice r, so rank
@@ -240,7 +241,6 @@ def run_clip(cfg: ClipStageConfig, resume: bool = False, evaluators: dict | None
     from foundry.data.tokenizer import ClipTokenizer
     from foundry.model.clip import Clip
     from foundry.train.loop import loss_evaluator
-    from foundry.utils.io import sha256_file
 
     with StageRunner("clip", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
@@ -277,7 +277,7 @@ def run_clip(cfg: ClipStageConfig, resume: bool = False, evaluators: dict | None
         for path in {cfg.data, cfg.val_data or cfg.data, *([cfg.replay] if cfg.replay else [])}:
             manifest = Path(path) / "manifest.json"
             if manifest.is_file():
-                manifests[Path(path).name] = sha256_file(manifest)
+                manifests[Path(path).name] = manifest
         out_dir = runner.open_run_dir(parents, manifests)
 
         objective = ContrastiveObjective(cfg.objective)

@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from foundry.config import StrictModel, TrainConfig
 from foundry.errors import ConfigError, DataError
+from foundry.train.objectives import SourceBase
 from foundry.train.stage import LoRASpec, StageConfig, StageRunner
 
 
@@ -70,7 +71,7 @@ class ContinueConfig(StageConfig):
 
 
 # ---- the batch source ----------------------------------------------------------------------------------
-class MixtureSource:
+class MixtureSource(SourceBase):
     """Batches whose sequences come from several `TokenBlocks`, dataset i with probability weight_i.
 
     Draw k (a step's micro-batch) uses its own generator seeded by (seed, k), so the state is just the
@@ -212,13 +213,13 @@ def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
     from foundry.data.shards import TokenBlocks, check_tokenizer_matches
     from foundry.model.encoder import is_encoder
     from foundry.train.objectives import NextTokenObjective
-    from foundry.utils.io import read_metrics, sha256_file
+    from foundry.utils.io import read_metrics
 
     with StageRunner("continue", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
         datasets = {m.name: Path(m.data) for m in cfg.mixture}
         weights = {m.name: m.weight for m in cfg.mixture}
-        manifests = {name: sha256_file(dataset_manifest(path)) for name, path in datasets.items()}
+        manifests = {name: dataset_manifest(path) for name, path in datasets.items()}  # checked before any work
         start = runner.load_start(cfg.init)
         # Each dataset's shards of the model's own tokenizer (a dataset may hold several tokenizers' side by
         # side); none: a one-line DataError naming the dataset and the 'foundry data tokenize' to run.
@@ -240,9 +241,9 @@ def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
                           for name in datasets}
         names = list(datasets)
         primary = max(cfg.mixture, key=lambda m: m.weight).name  # best checkpoint: lowest loss on the main dataset
-        parents = {"checkpoint": str(Path(cfg.init).resolve()), "checkpoint_kind": start.kind,
-                   "datasets": {n: str(p.resolve()) for n, p in datasets.items()}}
-        run_dir = runner.open_run_dir(parents, manifests)
+        # the resolved start (a run directory's best checkpoint), its kind, the datasets, its tokenizer's sha256
+        run_dir = runner.open_run_dir({"datasets": {n: str(p.resolve()) for n, p in datasets.items()}},
+                                      data_files=manifests)
         runner.apply_lora(start.model, cfg.lora)
         # step 0 evaluates the parent on every dataset: the "before" of the before/after table
         final = runner.train(start.model, objective, source, start.tokenizer, evaluators=evaluators,

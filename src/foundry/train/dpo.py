@@ -259,7 +259,6 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     """Preference-tune as `cfg` says; returns the final metrics (loss, rewards/*, val/*)."""
     from foundry.data.prefs import read_preferences
     from foundry.train.loop import autocast_dtype
-    from foundry.utils.io import sha256_file
 
     with StageRunner("dpo", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
@@ -270,9 +269,7 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
                                   if cfg.val_data else (None, None))
         amp = autocast_dtype(tc, env.device)
         data_files = [cfg.data] + ([cfg.val_data] if cfg.val_data else [])
-        parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
-                   "tokenizer_sha256": tokenizer.sha256}
-        out_dir = runner.open_run_dir(parents, {Path(f).name: sha256_file(f) for f in data_files})
+        out_dir = runner.open_run_dir(data_files=data_files)
 
         # The reference pass: the initial policy, once, before any update (on resume: from the cache).
         source = PairBatches(encoded, tc.seed, tokenizer.pad_id, None, env.rank, env.world_size)

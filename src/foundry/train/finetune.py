@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -195,7 +194,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     from foundry.model.lora import apply_lora, lora_parameter_count
     from foundry.train.sft import save_merged_lora
     from foundry.utils.classification import classification_scores, format_confusion
-    from foundry.utils.io import atomic_write_text, sha256_file
+    from foundry.utils.io import atomic_write_text
 
     with StageRunner("finetune", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
@@ -234,10 +233,8 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
             for name, p in model.named_parameters():  # the new head always trains
                 if name.startswith(("classifier.", "score.", "bert.pooler.")):
                     p.requires_grad_(True)
-        parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
-                   "init_weights": cfg.init_weights, "tokenizer_sha256": tokenizer.sha256}
         files = [cfg.data] + [f for f in (cfg.val_data, cfg.test_data) if f]
-        out_dir = runner.open_run_dir(parents, {Path(f).name: sha256_file(f) for f in files})
+        out_dir = runner.open_run_dir({"init_weights": cfg.init_weights}, data_files=files)
         trainable, total = lora_parameter_count(model)
         counts = {name: sum(e.label == name for e in train_examples) for name in labels}
         runner.log(f"foundry finetune: {config.kind} classifier ({config.pooling} pooling, {cfg.init_weights} "

@@ -42,7 +42,8 @@ from foundry.config import TrainConfig
 from foundry.errors import ConfigError, DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.model.sampling import sample_rows
+from foundry.model.decoding import Sampling, Sequence, SharedDraw, decode
+from foundry.model.sampling import sample_rows  # noqa: F401  (GRPO's draw, re-exported)
 from foundry.train.stage import LoRASpec, StageConfig, StageRunner, chat_template_field
 from foundry.train.verifiers import RewardFunction, VerifierSpec
 
@@ -129,57 +130,26 @@ def encode_prompts(tokenizer, items: list[dict], block_size: int, max_new_tokens
     return encoded
 
 
-# ---- sampling: G completions per prompt, batched over one KV cache -------------------------------------
+# ---- sampling: G completions per prompt, on the one batched decoder --------------------------------------
 
-@torch.no_grad()
 def sample_completions(model, prompts: list[list[int]], n: int, max_new_tokens: int, stop_ids: set[int],
                        temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
                        pad_id: int = 0) -> list[tuple[list[int], bool]]:
     """(tokens, stopped) for n completions of each prompt, prompt-major (prompt 0's n first).
 
-    The prompts are prefilled once, together (right-padded; causal attention keeps real tokens from the pads),
-    each prompt's keys and values are copied into its n rows of a ragged cache (rows at their own lengths),
-    and every row decodes in one batched forward pass per token. `stopped` is False when the length cap
-    ended the completion; the stop token itself is not in `tokens`.
+    The one batched decoder (`foundry.model.decoding`, the serving engine's): each prompt is prefilled once
+    and its keys and values copied into its n rows of a ragged cache, every row decodes in one batched forward
+    pass per token, and all rows are drawn together from `generator` (a `SharedDraw`). `stopped` is False
+    when the length cap ended the completion; the stop token itself is not in `tokens`.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        lengths = [len(p) for p in prompts]
-        longest, P = max(lengths), len(prompts)
-        ids = torch.tensor([p + [pad_id] * (longest - len(p)) for p in prompts], device=device)  # (P, T)
-        prefill = model.new_kv_cache(P, longest)
-        hidden = model(ids, kv_cache=prefill, return_hidden=True)  # (P, T, d)
-        last = model.lm_head(hidden[torch.arange(P, device=device), torch.tensor(lengths, device=device) - 1])  # (P, V)
-        B = P * n
-        cache = model.new_ragged_kv_cache(B, longest + max_new_tokens)
-        for p in range(P):
-            for j in range(n):
-                cache.load_row(p * n + j, prefill, p, lengths[p])
-        logits = last.repeat_interleave(n, dim=0)  # (B, V)
-        tokens = [[] for _ in range(B)]
-        done = [False] * B
-        stopped = [False] * B
-        stop = torch.tensor(sorted(stop_ids), device=device)
-        for t in range(max_new_tokens):
-            nxt = sample_rows(logits, temperature, top_k, generator)  # (B,)
-            is_stop = torch.isin(nxt, stop).tolist()
-            values = nxt.tolist()
-            for b in range(B):
-                if done[b]:
-                    continue
-                if is_stop[b]:
-                    done[b] = stopped[b] = True
-                else:
-                    tokens[b].append(values[b])
-            if all(done) or t == max_new_tokens - 1:
-                break
-            # finished rows still step (their token is ignored): one batched pass for all rows
-            logits = model(nxt[:, None], kv_cache=cache)[:, -1]  # (B, V)
-        return list(zip(tokens, stopped))
-    finally:
-        model.train(was_training)
+    sampling = Sampling(max_new_tokens, temperature, top_k, stop_ids=tuple(sorted(stop_ids)))
+    draw = SharedDraw(generator)
+    seqs = [Sequence(list(p), sampling, draw=draw) for p in prompts for _ in range(n)]
+    decode(model, None, seqs, max_len=max(len(p) for p in prompts) + max_new_tokens, pad_id=pad_id)
+    failed = next((seq.error for seq in seqs if seq.error is not None), None)
+    if failed is not None:
+        raise failed
+    return [(seq.tokens, seq.finish_reason == "stop") for seq in seqs]
 
 
 # ---- log-probs, advantages, the loss ------------------------------------------------------------------
@@ -424,7 +394,6 @@ def pass_at_evaluator(tokenizer, items: list[dict], encoded: list[list[int]], re
 
 def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
     """Reinforce `cfg.init` against the verifiers as `cfg` says; returns the final metrics."""
-    from foundry.utils.io import sha256_file
 
     with StageRunner("rl", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
@@ -444,9 +413,7 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
             raise ConfigError("rl: train.dtype bfloat16 is not supported yet (log-prob ratios need float32); use float32")
 
         data_files = [cfg.prompts] + ([cfg.val_prompts] if cfg.val_prompts else [])
-        parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
-                   "tokenizer_sha256": tokenizer.sha256}
-        out_dir = runner.open_run_dir(parents, {Path(f).name: sha256_file(f) for f in data_files})
+        out_dir = runner.open_run_dir(data_files=data_files)
         runner.apply_lora(model, cfg.lora)
         model.to(env.device)
         reference = None

@@ -27,7 +27,7 @@ from pydantic import Field
 from foundry.config import StrictModel
 from foundry.errors import ConfigError
 from foundry.lm_metrics import IGNORE_INDEX
-from foundry.train.objectives import token_cross_entropy_sum
+from foundry.train.objectives import SourceBase, token_cross_entropy_sum
 
 
 class MLMConfig(StrictModel):
@@ -98,7 +98,7 @@ class Masker:
         return {"input_ids": masked, "targets": targets, "segment_ids": segment_ids, "position_ids": position_ids}
 
 
-class MaskedLMSource:
+class MaskedLMSource(SourceBase):
     """MLM batches from a source of packed token blocks; resumable (inner position + batch counter)."""
 
     def __init__(self, inner, masker: Masker, seed: int):
@@ -191,9 +191,8 @@ def run_mlm_pretrain(cfg, resume: bool = False) -> dict:
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.encoder import Encoder
     from foundry.train.stage import StageRunner
-    from foundry.utils.io import sha256_file
 
-    with StageRunner("pretrain", cfg, resume) as runner:
+    with StageRunner("mlm", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
         tokenizer = Tokenizer.load(cfg.tokenizer)
         tokens = check_tokenizer_matches(cfg.data, tokenizer)  # this tokenizer's shards of the dataset
@@ -206,11 +205,10 @@ def run_mlm_pretrain(cfg, resume: bool = False) -> dict:
         source = MaskedLMSource(blocks, masker, tc.seed)
         val_blocks = TokenBlocks(tokens, "val", tc.block_size, tc.seed)
         evaluator = mlm_evaluator(lambda: val_blocks.eval_batches(tc.micro_batch_size, tc.eval_batches), masker)
-        parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve()),
-                   "tokenizer_sha256": tokenizer.sha256}
+        parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve())}
         manifest = Path(cfg.data) / "manifest.json"
-        manifests = {Path(cfg.data).name: sha256_file(manifest)} if manifest.is_file() else {}
-        out_dir = runner.open_run_dir(parents, manifests)
+        out_dir = runner.open_run_dir(parents, {Path(cfg.data).name: manifest} if manifest.is_file() else {},
+                                      tokenizer=tokenizer)
         torch.manual_seed(tc.seed)
         model = Encoder(model_config)
         n_params = model.num_params()

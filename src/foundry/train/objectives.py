@@ -34,13 +34,37 @@ class Objective(Protocol):
 
 @runtime_checkable
 class BatchSource(Protocol):
-    """Where a stage's training batches come from: seeded, and resumable at the exact position."""
+    """Where a stage's training batches come from: seeded, and resumable at the exact position.
+
+    `step_metrics` is the source's own measurements for the loop's log record (RL: generation time, rewards);
+    `SourceBase` gives it (empty) and the position methods (stateless) as defaults."""
 
     def next_batch(self, batch_size: int) -> dict: ...
 
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def step_metrics(self, steps: int, optimise_s: float) -> dict:
+        """What the source measured over the loop's logging window (`steps` optimiser steps, `optimise_s`
+        seconds of forward, backward and update), merged into the log record; then a fresh window."""
+        ...
+
+
+class SourceBase:
+    """Defaults of the `BatchSource` hooks a source may leave out: no position to save, nothing to log."""
+
+    def next_batch(self, batch_size: int) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+    def step_metrics(self, steps: int, optimise_s: float) -> dict:
+        return {}
 
 
 def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int = 8192) -> torch.Tensor:

@@ -78,7 +78,6 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     from foundry.model.llama import Llama
     from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
-    from foundry.utils.io import sha256_file
 
     if cfg.objective == "mlm":
         from foundry.train.mlm import run_mlm_pretrain
@@ -96,11 +95,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
         val_blocks = TokenBlocks(tokens, "val", tc.block_size, tc.seed)
         val_info = index["splits"]["val"]
         bytes_per_token = val_info["bytes"] / max(1, val_info["tokens"]) if val_info.get("bytes") else None
-        parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve()),
-                   "tokenizer_sha256": tokenizer.sha256}
+        parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve())}
         manifest = Path(cfg.data) / "manifest.json"  # recorded when there is one; the shards are what is read
-        manifests = {Path(cfg.data).name: sha256_file(manifest)} if manifest.is_file() else {}
-        out_dir = runner.open_run_dir(parents, manifests)
+        out_dir = runner.open_run_dir(parents, {Path(cfg.data).name: manifest} if manifest.is_file() else {},
+                                      tokenizer=tokenizer)
 
         torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
         model = Llama(model_config)

@@ -17,7 +17,6 @@ SFT is next-token training with a loss mask, so this module adds only a batch so
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 from pydantic import Field
@@ -138,7 +137,6 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
     from foundry.model.lora import lora_parameter_count
     from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
-    from foundry.utils.io import sha256_file
 
     with StageRunner("sft", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
@@ -156,10 +154,7 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
                                                                                           tc.eval_batches))
         runner.apply_lora(model, cfg.lora)
 
-        parents = {"checkpoint": str(start.path.resolve()), "checkpoint_kind": start.kind,
-                   "tokenizer_sha256": tokenizer.sha256}
-        manifests = {Path(f).name: sha256_file(f) for f in [cfg.data] + ([cfg.val_data] if cfg.val_data else [])}
-        out_dir = runner.open_run_dir(parents, manifests)
+        out_dir = runner.open_run_dir(data_files=[cfg.data] + ([cfg.val_data] if cfg.val_data else []))
         trainable, total = lora_parameter_count(model)
         runner.log(f"foundry sft: {len(examples)} conversations ({stats.supervised:,} supervised of {stats.tokens:,} "
                    f"tokens), truncated: {stats.dropped_turns} lost early turns, {stats.cut_tail} cut at the tail, "

@@ -1,6 +1,6 @@
 """The stage runner: the set-up every training stage shares, so a stage is only what makes it different.
 
-A stage (pretrain, continue, sft, dpo, selftest's probe runs, and the ones to come) is an objective, a
+A stage (every name in the stage registry, `foundry.stages`, and selftest's probe runs) is an objective, a
 batch source, a config and a starting model. Everything around them is done here, once, the same way:
 
 1. `StageRunner(name, cfg, resume)`: refuse a missing run to resume or an existing one to train over
@@ -8,10 +8,13 @@ batch source, a config and a starting model. Everything around them is done here
    (the config is not changed: the accumulation torchrun implies lives in `env.grad_accum_steps`);
 2. `runner.load_start(path)`: the one door for a starting model: a foundry checkpoint, a run directory or
    an imported Hugging Face directory (`foundry.checkpoints.load_start`), checked against the block size;
-3. `runner.open_run_dir(parents, data_manifests)`: clear the run directory under `overwrite`, write the
-   recipe as `config.yaml` and `run.json` as "running", with the run's true creation time;
-4. `runner.train(model, objective, source, tokenizer, evaluators, ...)`: the one training loop, with an
-   evaluation of the starting model at step 0 when the stage asks (`eval_at_start`);
+3. `runner.open_run_dir(parents, data_files)`: clear the run directory under `overwrite`, write the
+   recipe as `config.yaml` and `run.json` as "running", with the run's true creation time and its lineage,
+   built here for every stage (`lineage`: the resolved start and its kind, the stage's own parents, the
+   tokenizer's sha256, the data files' hashes);
+4. `runner.train(model, objective, source, tokenizer, evaluators, ...)`: the one training loop (a
+   `foundry.train.loop.Trainer`, which `runner.trainer(...)` hands out unstarted), with an evaluation of the
+   starting model at step 0 when the stage asks (`eval_at_start`);
 5. `runner.finish(results, summary)`: `run.json` finished, once, with the stage's results; one summary
    line from rank 0; the process group torn down.
 
@@ -20,7 +23,7 @@ Adding a stage (see docs/ARCHITECTURE.md):
     with StageRunner("mystage", cfg, resume) as runner:
         start = runner.load_start(cfg.init)
         source = MySource(cfg.data, cfg.train.seed, runner.env.rank, runner.env.world_size)
-        runner.open_run_dir(parents={"checkpoint": str(start.path)}, data_manifests={})
+        runner.open_run_dir(data_files=[cfg.data])  # parents: the resolved start, its kind, its tokenizer
         results = runner.train(start.model, MyObjective(), source, start.tokenizer)
         return runner.finish(results, summary=["loss"])
 """
@@ -105,7 +108,12 @@ class StageRunner:
 
         from foundry.train.distributed import setup_distributed
 
+        from foundry.stages import STAGES
+
         self.name, self.cfg, self.resume = name, cfg, resume
+        spec = STAGES.get(name)
+        self.verb = spec.verb if spec is not None and spec.verb else name  # what the user typed: `foundry VERB`
+        self.start = None  # the resolved starting model, once `load_start` has run
         self.run_dir = check_run_dir(cfg.out_dir, resume, cfg.overwrite)
         self.env = setup_distributed(cfg.train)
         if cfg.train.threads:  # before any work (a DPO reference pass) so all of it runs the same way
@@ -135,21 +143,46 @@ class StageRunner:
         recipe's chat template."""
         from foundry.checkpoints import choose_chat_template, load_start
 
-        start = load_start(path, verb=f"foundry {self.name} (init)")
+        start = load_start(path, verb=f"foundry {self.verb} (init)")
         choice = getattr(self.cfg, "chat_template", "model")
         if choice != "model":
             start.tokenizer = choose_chat_template(start.model, start.tokenizer, choice)
         block, context = self.cfg.train.block_size, start.model.config.max_seq_len
         if block > context:
             raise ConfigError(f"train.block_size={block} exceeds the model's context ({path}: max_seq_len {context})")
+        self.start = start
         return start
 
-    def open_run_dir(self, parents: dict | None = None, data_manifests: dict | None = None) -> Path:
+    def lineage(self, parents: dict | None = None, data_files: list | dict | None = None,
+                tokenizer=None) -> tuple[dict, dict]:
+        """(parents, data_manifests) for run.json, built the same way for every stage.
+
+        parents: the resolved starting checkpoint and its kind (from `load_start`, when the stage has one), the
+        stage's own entries (`parents`: datasets, a reference, ...), and the sha256 of the tokenizer (the
+        starting model's unless `tokenizer` is given). data_manifests: the sha256 of each data file (a list:
+        keyed by file name) or of each named file (a mapping name -> file)."""
+        from foundry.utils.io import sha256_file
+
+        out: dict = {}
+        if self.start is not None:
+            out["checkpoint"] = str(Path(self.start.path).resolve())
+            out["checkpoint_kind"] = self.start.kind
+        out.update(parents or {})
+        tokenizer = tokenizer if tokenizer is not None else getattr(self.start, "tokenizer", None)
+        if tokenizer is not None:
+            out["tokenizer_sha256"] = tokenizer.sha256
+        files = data_files or {}
+        named = files if isinstance(files, dict) else {Path(f).name: f for f in files}
+        return out, {name: sha256_file(f) for name, f in named.items()}
+
+    def open_run_dir(self, parents: dict | None = None, data_files: list | dict | None = None,
+                     tokenizer=None) -> Path:
         """Create (with `overwrite`, recreate) the run directory once every input is valid; write the recipe
-        as config.yaml (a resumed run keeps its own) and run.json as "running"."""
+        as config.yaml (a resumed run keeps its own) and run.json as "running", its lineage from `lineage`."""
         from foundry.train.distributed import barrier
         from foundry.utils.io import RunRecord, atomic_write_text
 
+        parents, data_manifests = self.lineage(parents, data_files, tokenizer)
         out_dir, env = self.run_dir, self.env
         if not self.resume and out_dir.exists() and self.cfg.overwrite and env.is_main:
             shutil.rmtree(out_dir)
@@ -175,10 +208,11 @@ class StageRunner:
         if spec is not None and self.is_main:
             save_merged_lora(model, tokenizer, self.run_dir, self.name, results["step"])
 
-    def train(self, model, objective, source, tokenizer, evaluators: dict | None = None,
-              best_metric: str | None = None, eval_at_start: bool = False) -> dict:
-        """The one training loop on this stage's run directory; returns its final metrics."""
-        from foundry.train.loop import train
+    def trainer(self, model, objective, source, tokenizer, evaluators: dict | None = None,
+                best_metric: str | None = None, eval_at_start: bool = False):
+        """The one training loop (`foundry.train.loop.Trainer`) on this stage's run directory, run record and
+        distributed set-up, ready to `fit()` (or to step by hand: `train_step()`)."""
+        from foundry.train.loop import Trainer
         from foundry.train.objectives import BatchSource, Objective
 
         # programming errors, caught before any work: a new stage's pieces must fit the loop
@@ -187,10 +221,14 @@ class StageRunner:
         for piece, protocol in ((objective, Objective), (source, BatchSource)):
             if not isinstance(piece, protocol):
                 raise TypeError(f"{type(piece).__name__} is not a {protocol.__name__} (see foundry.train.objectives)")
-        return train(model, objective, source, self.cfg.train, self.run_dir, tokenizer, evaluators=evaluators,
-                     resume=self.resume, stage=self.name, parents=self.record.parents,
-                     data_manifests=self.record.data_manifests, best_metric=best_metric, record_config=self.cfg,
-                     env=self.env, run_record=self.record, eval_at_start=eval_at_start)
+        return Trainer(model, objective, source, self.cfg.train, self.run_dir, tokenizer, self.record, self.env,
+                       evaluators=evaluators, resume=self.resume, stage=self.name, best_metric=best_metric,
+                       eval_at_start=eval_at_start)
+
+    def train(self, model, objective, source, tokenizer, evaluators: dict | None = None,
+              best_metric: str | None = None, eval_at_start: bool = False) -> dict:
+        """The one training loop run to its end; returns its final metrics."""
+        return self.trainer(model, objective, source, tokenizer, evaluators, best_metric, eval_at_start).fit()
 
     def finish(self, results: dict, summary: list[str] | None = None, extra: list[str] | None = None) -> dict:
         """Write run.json "finished" with `results`, and (if `summary` is given) print one line:
@@ -201,5 +239,5 @@ class StageRunner:
                 parts = [f"step {results['step']}"]
                 parts += [f"{key} {results[key]:.4f}" for key in summary if key in results]
                 parts += extra or []
-                print(f"foundry {self.name}: done: " + ", ".join(parts) + f" -> {self.cfg.out_dir}", flush=True)
+                print(f"foundry {self.verb}: done: " + ", ".join(parts) + f" -> {self.cfg.out_dir}", flush=True)
         return results
