@@ -108,3 +108,13 @@ class RunningServer:
         self.server.should_exit = True
         self.thread.join(timeout=15)
         self.sock.close()
+
+
+def wait_until(predicate, seconds: float, poll: float = 0.01) -> None:
+    """Poll `predicate` until it holds; fail the test after `seconds`."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(poll)

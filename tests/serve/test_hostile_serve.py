@@ -20,7 +20,7 @@ import torch
 from foundry.serve.engine import Sampling, Sequence, sample_next
 from foundry.serve.server import ServerSettings, create_app
 
-from tests.helpers.serve_fixtures import WORDS, RunningServer, slow_model, tiny_model
+from tests.helpers.serve_fixtures import WORDS, RunningServer, slow_model, tiny_model, wait_until
 
 NAME = "tiny"
 
@@ -52,10 +52,7 @@ def _stream(url: str, results: dict, key, **body) -> None:
 
 
 def _wait(predicate, seconds=30.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.005)
+    wait_until(predicate, seconds, poll=0.005)
 
 
 def test_four_streams_survive_poisoned_requests(tok):

@@ -15,7 +15,7 @@ from foundry.data.chat import render_chat
 from foundry.serve.generate import generate
 from foundry.serve.server import ServerSettings, create_app
 
-from tests.helpers.serve_fixtures import RunningServer, free_socket, slow_model, tiny_checkpoint
+from tests.helpers.serve_fixtures import RunningServer, free_socket, slow_model, tiny_checkpoint, wait_until
 
 openai = pytest.importorskip("openai")
 
@@ -27,10 +27,7 @@ def _client(url, key=KEY):
 
 
 def _wait(predicate, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+    wait_until(predicate, seconds, poll=0.01)
 
 
 def test_openai_client_plain_and_streamed(tok):

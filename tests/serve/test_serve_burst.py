@@ -15,7 +15,7 @@ import pytest
 
 from foundry.serve.server import ServerSettings, create_app
 
-from tests.helpers.serve_fixtures import RunningServer, SlowLlama, never_stopping, tiny_model
+from tests.helpers.serve_fixtures import RunningServer, SlowLlama, never_stopping, tiny_model, wait_until
 
 NAME = "tiny"
 
@@ -39,10 +39,7 @@ def gated_model(tok):
 
 
 def _wait(predicate, seconds=20.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+    wait_until(predicate, seconds, poll=0.01)
 
 
 def _completion(url, results, key, **body):
