@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from foundry.config import TrainConfig
 from foundry.model import llama
-from foundry.train.loop import optimizer_step
+from foundry.model.rope import apply_rotary
+from foundry.train.step import optimizer_step
 from foundry.train.objectives import NextTokenObjective
 from foundry.train.optim import build_optimizer
 from record import load_average, machine, write_result
@@ -39,7 +40,7 @@ def attention_fused_qkv(self, x, cos, sin, mask, kv_cache):
         q, k = self.q_norm(q), self.k_norm(k)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.reshape(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-    q, k = llama.apply_rotary(q, cos, sin), llama.apply_rotary(k, cos, sin)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                        enable_gqa=self.n_kv_head != self.n_head)
     return self.o_proj(y.transpose(1, 2).reshape(B, T, n_q))

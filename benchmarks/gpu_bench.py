@@ -258,9 +258,9 @@ def _largest_fitting(cfg, block: int, device_gib: float) -> int:
 
 
 def _train_step(model, objective, batch, optimizer, params, device) -> None:
-    """One optimiser step: the training loop's own (`foundry.train.loop.optimizer_step`, one micro-batch,
+    """One optimiser step: the training loop's own (`foundry.train.step.optimizer_step`, one micro-batch,
     bf16 autocast, clipping at 1.0, its host syncs for the loss and the gradient norm)."""
-    from foundry.train.loop import optimizer_step
+    from foundry.train.step import optimizer_step
 
     optimizer_step(model, objective, [batch], optimizer, params, device, torch.bfloat16, grad_clip=1.0)
 

@@ -1,7 +1,7 @@
 """Training throughput: foundry's Llama vs transformers' LlamaForCausalLM, same config, batch and threads.
 
 One training step = forward, loss, backward, AdamW step (foundry's is the loop's own
-`foundry.train.loop.optimizer_step`, which also measures the gradient norm and checks the loss is finite). Both models start from the same weights and
+`foundry.train.step.optimizer_step`, which also measures the gradient norm and checks the loss is finite). Both models start from the same weights and
 are timed alternately in one process (rounds of `--steps` steps: A B, B A, A B, ...) so drift in a shared
 machine's load hits both; printed: the median tokens/s over rounds with its min-max, and the median of
 the per-round ratio with its min-max. Writes `benchmarks/results/NAME.json`.
@@ -26,7 +26,7 @@ import torch
 from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
 from foundry.hardware import accelerator_named, measure_matmul_flops
-from foundry.train.loop import optimizer_step
+from foundry.train.step import optimizer_step
 from foundry.train.objectives import NextTokenObjective
 from foundry.train.optim import build_optimizer
 from record import load_average, machine, write_result
@@ -56,7 +56,7 @@ def make_step(model, is_hf: bool, device: torch.device, amp: bool):
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step(batch):
-        if not is_hf:  # foundry: the training loop's own step (foundry.train.loop.optimizer_step)
+        if not is_hf:  # foundry: the training loop's own step (foundry.train.step.optimizer_step)
             optimizer_step(model, objective, [batch], opt, params, device, torch.bfloat16 if amp else torch.float32)
             return
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

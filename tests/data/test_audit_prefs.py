@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers.posttrain import write_jsonl
+from tests.helpers.files import write_jsonl
 
 from foundry.cli import main as cli
 from foundry.data.prefs import audit_pairs, read_preferences

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.helpers.posttrain import tiny_tokenizer, write_jsonl
+from tests.helpers.files import write_jsonl
+from tests.helpers.posttrain import tiny_tokenizer
 
 from foundry.data.chat import (CHAT_TEMPLATE, TruncationStats, assistant_loss_targets, fit_conversation,
                                read_chat_jsonl, render_chat)

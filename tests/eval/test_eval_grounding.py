@@ -55,8 +55,7 @@ def test_mc_fact_set_is_answerable_only_from_the_documents():
     assert len(task.items) == len(load_task(FACTS / "questions.jsonl").items) >= 50
     for item in task.items:
         assert len(set(item.choices)) == 4
-        right, wrong = item.choices[item.answer].strip(), [c.strip() for i, c in enumerate(item.choices)
-                                                          if i != item.answer]
+        right = item.choices[item.answer].strip()
         prompt = grounded_prompt(index, item.context, 1)
         assert right in prompt  # the top passage holds the answer...
         assert right not in item.context  # ...the question alone does not

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# the post-training tests take their file writers from here too
-from tests.helpers.files import write_jsonl, write_yaml  # noqa: F401
 
 CORPUS = [
     "In the beginning God created the heaven and the earth.",

@@ -10,7 +10,6 @@ from foundry.checkpoints import load_model, save_checkpoint
 from foundry.cli import main as cli
 from foundry.model.classifier import classifier_from_model
 from foundry.model.encoder import ENCODER_PRESETS, Encoder, encoder_config_from_preset
-from foundry.model.encoder_hf import export_encoder_hf
 
 from tests.helpers.serve_fixtures import tiny_model, tiny_tokenizer
 

@@ -359,7 +359,8 @@ def test_export_refusals_and_overwrite(tmp_path, capsys):
 
 def test_a_stage_starts_from_a_gguf_file(tmp_path):
     """`init: model.gguf`: SFT runs from the file as from the checkpoint it was exported from (f16 weights)."""
-    from tests.helpers.posttrain import base_checkpoint, book_chats, tiny_tokenizer, write_jsonl, write_yaml
+    from tests.helpers.files import write_jsonl, write_yaml
+    from tests.helpers.posttrain import base_checkpoint, book_chats, tiny_tokenizer
 
     base_checkpoint(tmp_path / "base", tiny_tokenizer())
     assert cli(["export", str(tmp_path / "base"), "--out", str(tmp_path / "base.gguf"), "--format", "gguf"]) == 0

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from foundry.model.llama import Llama, config_from_preset
-from foundry.serve.engine import BatchDecoder, Engine, QueueFull, Sampling, Sequence
+from foundry.model.decoding import BatchDecoder, Sampling, Sequence
+from foundry.serve.engine import Engine, QueueFull
 from foundry.serve.generate import generate, generate_many
 
 torch.set_num_threads(1)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from foundry.serve.engine import Sampling, Sequence, sample_next
+from foundry.model.decoding import Sampling, Sequence
+from foundry.model.sampling import sample_next
 from foundry.serve.server import ServerSettings, create_app
 
 from tests.helpers.serve_fixtures import WORDS, RunningServer, slow_model, tiny_model, wait_until

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer, write_jsonl, write_yaml
+from tests.helpers.files import write_jsonl, write_yaml
+from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer
 
 from foundry.cli import main as cli
 from foundry.data.prefs import read_preferences

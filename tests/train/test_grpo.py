@@ -11,12 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer, write_jsonl, write_yaml
+from tests.helpers.files import write_jsonl, write_yaml
+from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer
 
 from foundry.cli import main as cli
 from foundry.lm_metrics import IGNORE_INDEX

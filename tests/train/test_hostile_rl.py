@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer, write_jsonl, write_yaml
+from tests.helpers.files import write_jsonl, write_yaml
+from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer
 
 from foundry.cli import main as cli
 from foundry.errors import DataError
@@ -131,7 +132,7 @@ def test_first_ctrl_c_stops_a_run_stuck_in_a_verifier(workdir):
 def test_rl_sampling_is_numerically_safe_at_the_extremes():
     import torch
 
-    from foundry.train.grpo import sample_rows
+    from foundry.model.sampling import sample_rows
 
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
     best = logits.argmax(-1).tolist()

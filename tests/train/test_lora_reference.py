@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer, write_jsonl, write_yaml
+from tests.helpers.files import write_jsonl, write_yaml
+from tests.helpers.posttrain import BOOKS, base_checkpoint, tiny_tokenizer
 
 from foundry.checkpoints import load_model
 from foundry.cli import main as cli

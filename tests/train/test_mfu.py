@@ -8,7 +8,8 @@ import torch
 from foundry import hardware
 from foundry.model.llama import Llama, config_from_preset
 from foundry.model.lora import apply_lora
-from foundry.train.loop import FlopCounter, train
+from foundry.train.loop import train
+from foundry.train.throughput import FlopCounter
 from foundry.train.objectives import NextTokenObjective, SourceBase
 
 

@@ -87,7 +87,7 @@ def test_pack_rows_keeps_examples_whole():
 
 
 def test_rows_padded_to_the_batch_longest_and_tokens_counted_without_padding(setup):
-    from foundry.train.loop import batch_tokens
+    from foundry.train.throughput import batch_tokens
 
     tok, examples, _, _ = setup
     for pack in (False, True):

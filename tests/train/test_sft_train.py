@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers.posttrain import BOOKS, base_checkpoint, book_chats, tiny_tokenizer, write_jsonl, write_yaml
+from tests.helpers.files import write_jsonl, write_yaml
+from tests.helpers.posttrain import BOOKS, base_checkpoint, book_chats, tiny_tokenizer
 
 from foundry.cli import main as cli
 from foundry.data.chat import render_chat

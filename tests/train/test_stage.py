@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.helpers.posttrain import BOOKS, base_checkpoint, book_chats, tiny_tokenizer, write_jsonl, write_yaml
+from tests.helpers.files import write_jsonl, write_yaml
+from tests.helpers.posttrain import BOOKS, base_checkpoint, book_chats, tiny_tokenizer
 
 from foundry.checkpoints import load_model
 from foundry.cli import main as cli

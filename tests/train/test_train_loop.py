@@ -10,7 +10,7 @@ import torch
 
 from foundry.train.loop import schedule_position, train
 from foundry.utils.io import read_metrics
-from foundry.train.objectives import NextTokenObjective, SourceBase
+from foundry.train.objectives import NextTokenObjective
 from foundry.train.optim import build_optimizer, lr_at
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 

@@ -15,7 +15,8 @@ import torch
 from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
 from foundry.train.distributed import DistEnv
-from foundry.train.loop import Trainer, optimizer_step
+from foundry.train.loop import Trainer
+from foundry.train.step import optimizer_step
 from foundry.train.objectives import BatchSource, NextTokenObjective, SourceBase
 from foundry.utils.io import RunRecord, read_metrics
 

@@ -38,7 +38,7 @@ def load_model(path, device="cpu", verb: str | None = None):
     refuse_non_text(config, given, verb)
     model = model_from_config(config)
     if getattr(model.config, "architecture", None) == "clip":  # an image-text model and its caption tokenizer
-        from foundry.data.tokenizer import ClipTokenizer
+        from foundry.data.clip_tokenizer import ClipTokenizer
 
         load_weights(model, path)
         return model.to(device).eval(), ClipTokenizer.load(path)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from foundry.data.chat import CHAT_TEMPLATE, FOUNDRY_MARKERS
-from foundry.data.clip_tokenizer import ClipTokenizer  # noqa: F401  (the store loads CLIP checkpoints' tokenizers)
 from foundry.errors import DataError
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")

@@ -155,7 +155,7 @@ def prompt_ids(tokenizer, prompt: str, chat: bool = True) -> list[int]:
 def greedy_answers(model, tokenizer, prompts: list[str], chat: list[bool], max_new_tokens: int = 64) -> list[str]:
     """Greedy answers to many prompts, decoded together in batches by the serving engine (the same tokens
     as one prompt at a time)."""
-    from foundry.serve.engine import fit_prompt
+    from foundry.model.decoding import fit_prompt
     from foundry.serve.generate import generate_many
 
     ids = [fit_prompt(prompt_ids(tokenizer, p, c), model.config.max_seq_len, tokenizer.eos_id, max_new_tokens)

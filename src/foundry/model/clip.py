@@ -21,19 +21,20 @@ Parameter names are exactly those of `CLIPModel.state_dict()` (the bias aside).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from foundry.errors import ConfigError
+from foundry.model.config_dict import ConfigDict
 
 ARCHITECTURE = "clip"  # model_config.json's "architecture": how the checkpoint store tells a CLIP from a Llama
 
 
 @dataclass
-class ClipConfig:
+class ClipConfig(ConfigDict):
     vocab_size: int = 512
     text_len: int = 32  # caption context, start and end tokens included
     text_width: int = 128
@@ -80,17 +81,6 @@ class ClipConfig:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ClipConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"model config: unknown keys {sorted(unknown)}")
-        return cls(**data)
 
     def flops_per_token(self, seq_len: int) -> float:
         return 0.0  # the loop's MFU counts language-model tokens; CLIP reports pairs per second instead

@@ -7,7 +7,7 @@ layer because training may not import serving.
 Design choices:
 - Continuous batching (Yu et al. 2022, "Orca", iteration-level scheduling): sequences join (`add_many`) and
   leave between steps; `step` is one batched forward pass that gives every live row its next token.
-- A ragged KV cache (`foundry.model.llama.RaggedKVCache`): one row per sequence, each at its own length,
+- A ragged KV cache (`foundry.model.kv_cache.RaggedKVCache`): one row per sequence, each at its own length,
   positions and key mask, so a sequence decoded in a batch sees exactly the keys, positions and logits it
   would see alone (greedy decoding gives the same tokens). Live rows stay first: a freed row is refilled by
   the last one.

@@ -21,17 +21,20 @@ sequence classifier, `foundry.model.classifier`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from foundry.errors import ConfigError
+from foundry.model.config_dict import ConfigDict
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(ConfigDict):
+    config_name = "encoder config"
+
     architecture: str = "bert"  # tells a checkpoint's model_config.json from a decoder's
     vocab_size: int = 4097
     mask_token_id: int = 4096  # the id past the tokenizer's vocabulary, used only for [MASK]
@@ -64,16 +67,6 @@ class EncoderConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "EncoderConfig":
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"encoder config: unknown keys {sorted(unknown)}")
-        return cls(**data)
 
     def num_params(self, include_embedding: bool = True) -> int:
         d, f, L = self.n_embd, self.intermediate_size, self.n_layer

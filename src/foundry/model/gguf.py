@@ -214,7 +214,7 @@ def _gemma_attn_scalar(arch: str, n_layer: int, n_embd: int, n_head: int, head_d
 def _rope_divisors(config) -> np.ndarray | None:
     """Per-dimension divisors of the rope frequencies (llama.cpp's `rope_freqs`) for Llama 3's bands, or a longrope
     with one factor list and no attention scaling; None when the rope is not of that form."""
-    from foundry.model.llama import rope_frequencies
+    from foundry.model.rope import rope_frequencies
 
     scaling, kind = config.rope_scaling or {}, _rope_kind(config)
     if kind == "llama3":
@@ -230,7 +230,7 @@ def _rope_divisors(config) -> np.ndarray | None:
 
 def _unfaithful(arch: GGUFArch, config) -> str | None:
     """What of `config` llama.cpp's `arch` cannot compute (it hard-codes it or has no switch for it), or None."""
-    from foundry.model.llama import rope_frequencies
+    from foundry.model.rope import rope_frequencies
 
     n = config.n_layer
     if not config.tie_embeddings and not arch.output:
@@ -339,7 +339,7 @@ def _gguf_tensors(arch: GGUFArch, state: dict, config, where: Path) -> dict[str,
 
 def _write_arch_metadata(w, gguf, arch: GGUFArch, config) -> None:
     """The hyperparameters of `arch` as llama.cpp's converter writes them (convert_hf_to_gguf.py)."""
-    from foundry.model.llama import rope_frequencies
+    from foundry.model.rope import rope_frequencies
 
     context = config.max_seq_len
     if config.sliding_window and not arch.swa:  # llama.cpp attends fully here: exact within the window

@@ -21,9 +21,8 @@ Design choices, each chosen to match Hugging Face `LlamaForCausalLM` so export i
   is a large share of the parameters).
 - Packed sequences: `segment_ids` confine attention to each packed example (block-diagonal causal
   mask) and `position_ids` restart at 0 for each example (torchtune #892).
-- A preallocated KV cache for generation, and a ragged one for continuous batching (Yu et al. 2022,
-  "Orca"): each row holds one sequence at its own length, so sequences of different lengths decode in one
-  forward pass with their own positions and a key mask, and no padding ever enters a row.
+- A preallocated KV cache for generation, and a ragged one for continuous batching (`foundry.model.kv_cache`);
+  the rope variants live in `foundry.model.rope`.
 
 Parameter names are exactly those of `LlamaForCausalLM.state_dict()` (of the family's class for the others).
 """
@@ -31,13 +30,16 @@ Parameter names are exactly those of `LlamaForCausalLM.state_dict()` (of the fam
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from foundry.errors import ConfigError
+from foundry.model.config_dict import ConfigDict
+from foundry.model.kv_cache import KVCache, RaggedKVCache, causal_mask
+from foundry.model.rope import apply_rotary, rotary_tables
 
 
 # The MLP gate's activation; names as transformers' ACT2FN spells them, so an export keeps `hidden_act`.
@@ -48,7 +50,7 @@ ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 
 @dataclass
-class LlamaConfig:
+class LlamaConfig(ConfigDict):
     vocab_size: int = 4096
     n_layer: int = 4
     n_head: int = 4
@@ -123,17 +125,6 @@ class LlamaConfig:
             return self.sliding_window
         return 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "LlamaConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"model config: unknown keys {sorted(unknown)}")
-        return cls(**data)
-
     def num_params(self, include_embedding: bool = True) -> int:
         d, hd, L = self.n_embd, self.head_dim, self.n_layer
         attn = d * hd * self.n_head * 2 + d * hd * self.n_kv_head * 2
@@ -193,217 +184,6 @@ class RMSNorm(nn.Module):
         if self.fp32_scale:  # Gemma's (1 + w) and OLMo 2 scale in float32 before the cast
             return (x * (self.weight.float() + self.offset)).to(dtype)
         return self.weight * x.to(dtype)
-
-
-def rope_frequencies(dim: int, theta: float, scaling: dict | None, long: bool = False) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies (dim/2,) and the cos/sin scale of a rope variant, as transformers' modeling_rope_utils
-    computes them: linear (positions / factor), dynamic (plain within the trained context, where foundry keeps it),
-    llama3 (Llama 3.1's wavelength bands), yarn (Peng et al. 2023, NTK-by-parts + attention factor) and longrope
-    (Phi-3: per-dimension short or `long` factors)."""
-    scaling = scaling or {}
-    kind = scaling.get("rope_type", "default")
-    exponent = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
-    inv_freq = 1.0 / (theta ** exponent)
-    if kind == "linear":
-        return inv_freq / scaling["factor"], 1.0
-    if kind == "llama3":
-        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
-        old_len = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)  # long wavelengths: interpolate
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = ~(wavelen < old_len / high) * ~(wavelen > old_len / low)
-        return torch.where(medium, smoothed, scaled), 1.0
-    if kind == "yarn":
-        factor, old_len = scaling["factor"], scaling["original_max_position_embeddings"]
-
-        def mscale(scale, m=1.0):
-            return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-        attention = scaling.get("attention_factor")
-        if attention is None:
-            m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
-            attention = float(mscale(factor, m) / mscale(factor, m_all)) if m and m_all else mscale(factor)
-        beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
-
-        def correction_dim(rotations):  # the dimension that turns `rotations` times over the trained context
-            return (dim * math.log(old_len / (rotations * 2 * math.pi))) / (2 * math.log(theta))
-
-        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
-        if scaling.get("truncate", True):
-            low, high = math.floor(low), math.ceil(high)
-        low, high = max(low, 0), min(high, dim - 1)
-        if low == high:
-            high += 0.001  # as transformers, against a zero-width ramp
-        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
-        pos_freqs = theta ** exponent
-        extrapolate = 1 - ramp
-        inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
-        return inv_freq, attention
-    if kind == "longrope":
-        old_len = scaling["original_max_position_embeddings"]
-        factor = scaling.get("factor") or scaling["max_position_embeddings"] / old_len
-        attention = scaling.get("attention_factor")
-        if attention is None:
-            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(old_len))
-        ext = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
-        return 1.0 / (ext * theta ** exponent), attention
-    return inv_freq, 1.0  # default, and dynamic within its trained context
-
-
-def rotary_tables(head_dim: int, max_len: int, theta: float, scaling: dict | None = None,
-                  long: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    # on the CPU even while a model is built on the meta device (an import's weights-free skeleton); the
-    # tables move with the model's .to(device)
-    with torch.device("cpu"):
-        inv_freq, attention = rope_frequencies(head_dim, theta, scaling, long)
-        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, hd/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (max_len, hd)
-        return emb.cos() * attention, emb.sin() * attention
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, hd); cos/sin: (B, 1, T, rd), rd <= hd (partial rotary: the rest passes through, as Phi-3)
-    rd = cos.shape[-1]
-    if rd < x.shape[-1]:
-        return torch.cat((apply_rotary(x[..., :rd], cos, sin), x[..., rd:]), dim=-1)
-    half = rd // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-def causal_mask(q_pos: torch.Tensor, S: int, window: int = 0) -> torch.Tensor:
-    """Boolean mask (..., T, S), True = attend: key index k <= query position q, and with a sliding window also
-    q - k < window (transformers' sliding_window_overlay: a query sees itself and the window - 1 keys before)."""
-    k = torch.arange(S, device=q_pos.device)
-    mask = k <= q_pos[..., None]
-    if window:
-        mask = mask & (k > q_pos[..., None] - window)
-    return mask
-
-
-class KVCache:
-    """Preallocated keys and values for every layer; `length` tokens are filled."""
-
-    def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, device, dtype):
-        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.max_len = max_len
-        self.length = 0
-        # longrope models keep each row's token ids too: crossing the original context re-prefills a row
-        longrope = (config.rope_scaling or {}).get("rope_type") == "longrope"
-        self.tokens = torch.zeros((batch_size, max_len), dtype=torch.long, device=device) if longrope else None
-
-    def row_lengths(self, B: int) -> list[int]:
-        """Tokens held by each of the first B rows before the coming step."""
-        return [self.length] * B
-
-    def record_tokens(self, input_ids: torch.Tensor) -> None:
-        self.tokens[:, self.length:self.length + input_ids.shape[1]] = input_ids
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.length, self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} > {self.max_len} tokens")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def advance(self, T: int) -> None:
-        self.length += T
-
-    def reset(self) -> None:
-        self.length = 0
-
-
-class RaggedKVCache(KVCache):
-    """Rows hold sequences of different lengths (continuous batching): row b holds `lengths[b]` tokens.
-
-    A forward pass over B rows (the first B) appends its T tokens to each row at that row's own offset, with
-    positions counted from the row's start and a mask that hides every key past the row's end, so each row
-    computes what it would alone. Rows are filled by `load_row` (from a one-sequence prefill cache) and
-    moved by `move_row`, which lets a caller keep its live sequences in the first rows.
-    """
-
-    def __init__(self, config: LlamaConfig, batch_size: int, max_len: int, device, dtype):
-        super().__init__(config, batch_size, max_len, device, dtype)
-        self.lengths = [0] * batch_size  # on the host: building a step's positions needs no device sync
-
-    def prepare(self, B: int, T: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Position ids (B, T) and the boolean attention mask (B, 1, T, S) for appending T tokens to rows :B.
-        Rows all of one length (always so for one row) take the plain cache's path: slice writes, and no
-        mask for a single new token."""
-        lengths = self.lengths[:B]
-        longest = max(lengths)
-        if longest + T > self.max_len:
-            raise ValueError(f"KV cache full: {longest + T} > {self.max_len} tokens")
-        self._uniform = longest if min(lengths) == longest else None
-        self._keys, self._mask = longest + T, None  # keys in the longest row after this step; its causal mask
-        if self._uniform is not None:
-            self._positions = torch.arange(longest, longest + T, device=device).expand(B, T)
-            if T == 1:
-                return self._positions, None
-        else:
-            offsets = torch.tensor(lengths, device=device)
-            self._positions = offsets[:, None] + torch.arange(T, device=device)  # (B, T)
-        self._mask = causal_mask(self._positions, longest + T)[:, None]  # (B, 1, T, S)
-        return self._positions, self._mask
-
-    def row_lengths(self, B: int) -> list[int]:
-        return self.lengths[:B]
-
-    def record_tokens(self, input_ids: torch.Tensor) -> None:
-        self.tokens[:input_ids.shape[0]].scatter_(1, self._positions, input_ids)
-
-    def window_mask(self, window: int) -> torch.Tensor | None:
-        """The mask (B, 1, T, S) of a sliding layer for the step `prepare` set up: each row's queries see their own
-        last `window` keys (a row's key index is its position). None while no row reaches past the window."""
-        if self._keys <= window:
-            return self._mask
-        return causal_mask(self._positions, self._keys, window)[:, None]
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, H, T, D = k.shape
-        S = self._positions.shape[1] + (self._uniform if self._uniform is not None else max(self.lengths[:B]))
-        if self._uniform is not None:
-            self.k[layer][:B, :, self._uniform:S] = k
-            self.v[layer][:B, :, self._uniform:S] = v
-        else:
-            index = self._positions[:, None, :, None].expand(B, H, T, D)  # each row writes at its own offset
-            self.k[layer][:B].scatter_(2, index, k)
-            self.v[layer][:B].scatter_(2, index, v)
-        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S]
-
-    def advance(self, T: int) -> None:
-        B = self._positions.shape[0]
-        self.lengths[:B] = [n + T for n in self.lengths[:B]]
-
-    def load_row(self, row: int, source: KVCache, source_row: int = 0, length: int | None = None) -> None:
-        """Copy the first `length` tokens (default: all `source.length`) of `source_row` of a plain cache (a
-        prefill's) into `row`."""
-        n = source.length if length is None else length
-        for layer in range(len(self.k)):
-            self.k[layer][row, :, :n] = source.k[layer][source_row, :, :n]
-            self.v[layer][row, :, :n] = source.v[layer][source_row, :, :n]
-        if self.tokens is not None:
-            self.tokens[row, :n] = source.tokens[source_row, :n]
-        self.lengths[row] = n
-
-    def move_row(self, src: int, dst: int) -> None:
-        n = self.lengths[src]
-        if src != dst:
-            for layer in range(len(self.k)):
-                self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
-                self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
-            if self.tokens is not None:
-                self.tokens[dst, :n] = self.tokens[src, :n]
-            self.lengths[dst] = n
-        self.lengths[src] = 0 if src != dst else n
-
-    def reset(self) -> None:
-        self.lengths = [0] * len(self.lengths)
 
 
 class Attention(nn.Module):

@@ -15,8 +15,7 @@ import time
 from collections import deque
 
 from foundry.errors import ConfigError
-from foundry.model.decoding import BatchDecoder, Sampling, Sequence, decode, fit_prompt  # noqa: F401  (serve's names)
-from foundry.model.sampling import MIN_TEMPERATURE, sample_next  # noqa: F401  (serve's names)
+from foundry.model.decoding import BatchDecoder, Sampling, Sequence, decode
 
 
 def generate_many(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 128, temperature: float = 0.0,

@@ -14,7 +14,9 @@ from typing import Iterator
 
 import torch
 
-from foundry.serve.engine import BatchDecoder, Sampling, Sequence, fit_prompt, generate_many, sample_next
+from foundry.model.decoding import BatchDecoder, Sampling, Sequence, fit_prompt
+from foundry.model.sampling import sample_next
+from foundry.serve.engine import generate_many
 
 __all__ = ["generate", "generate_many", "generate_text", "sample_next", "chat_prompt_ids", "stream_text"]
 

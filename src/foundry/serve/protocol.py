@@ -18,7 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from foundry.serve.engine import MIN_TEMPERATURE, Sampling
+from foundry.model.decoding import Sampling
+from foundry.model.sampling import MIN_TEMPERATURE
 
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 MAX_BODY_BYTES = 4 << 20  # a request body beyond this is refused with 413 before it is parsed

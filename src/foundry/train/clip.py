@@ -238,7 +238,7 @@ def run_clip(cfg: ClipStageConfig, resume: bool = False, evaluators: dict | None
     metrics, added to val/loss (the commands layer builds them from `cfg.zero_shot` with foundry.eval.clip)."""
     from foundry.checkpoints import load_start
     from foundry.data.images import load_pairs
-    from foundry.data.tokenizer import ClipTokenizer
+    from foundry.data.clip_tokenizer import ClipTokenizer
     from foundry.model.clip import Clip
     from foundry.train.loop import loss_evaluator
 

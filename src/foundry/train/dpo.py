@@ -188,7 +188,7 @@ class PreferenceObjective:
 
 def preference_evaluator(objective: PreferenceObjective, source: PairBatches, batch_size: int):
     """fn(model) -> mean loss, reward margin and accuracy over every held-out pair."""
-    from foundry.train.loop import to_device
+    from foundry.train.step import to_device
 
     def evaluate(model) -> dict:
         device = next(model.parameters()).device
@@ -209,7 +209,7 @@ def preference_evaluator(objective: PreferenceObjective, source: PairBatches, ba
 @torch.no_grad()
 def reference_logps(model, source: PairBatches, batch_size: int, device, amp_dtype=torch.float32) -> torch.Tensor:
     """(N, 2) summed log-probs of (chosen, rejected) for every pair under `model`, in eval mode, no grad."""
-    from foundry.train.loop import autocast_context, to_device
+    from foundry.train.step import autocast_context, to_device
 
     was_training = model.training
     model.eval()
@@ -258,7 +258,7 @@ def cached_reference(path: Path, key: str, compute) -> tuple[dict[str, torch.Ten
 def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
     """Preference-tune as `cfg` says; returns the final metrics (loss, rewards/*, val/*)."""
     from foundry.data.prefs import read_preferences
-    from foundry.train.loop import autocast_dtype
+    from foundry.train.step import autocast_dtype
 
     with StageRunner("dpo", cfg, resume) as runner:
         env, tc = runner.env, cfg.train

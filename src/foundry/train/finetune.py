@@ -28,7 +28,7 @@ from pydantic import Field
 from foundry.config import TrainConfig
 from foundry.errors import ConfigError, DataError
 from foundry.train.batches import ShuffledRows
-from foundry.train.sft import LoRASpec
+from foundry.train.stage import LoRASpec
 from foundry.train.stage import StageConfig, StageRunner
 
 
@@ -192,7 +192,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     from foundry.data.labelled import read_labelled
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.lora import apply_lora, lora_parameter_count
-    from foundry.train.sft import save_merged_lora
+    from foundry.train.stage import save_merged_lora
     from foundry.utils.classification import classification_scores, format_confusion
     from foundry.utils.io import atomic_write_text
 

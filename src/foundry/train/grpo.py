@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from foundry.config import TrainConfig
@@ -43,7 +42,6 @@ from foundry.errors import ConfigError, DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
 from foundry.model.decoding import Sampling, Sequence, SharedDraw, decode
-from foundry.model.sampling import sample_rows  # noqa: F401  (GRPO's draw, re-exported)
 from foundry.train.stage import LoRASpec, StageConfig, StageRunner, chat_template_field
 from foundry.train.verifiers import RewardFunction, VerifierSpec
 

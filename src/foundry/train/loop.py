@@ -1,7 +1,7 @@
 """THE training loop: every stage (pretrain, continual pretrain, SFT, DPO) is an objective, a batch
 source and a starting model handed to `train`.
 
-One optimiser step:
+One optimiser step (`foundry.train.step.optimizer_step`):
   1. draw all `grad_accum_steps` micro-batches first and count their units (target tokens, pairs), summed
      over ranks, so every micro-batch's loss is divided by the units of the whole step: k micro-batches of
      B equal one batch of k*B exactly (trl #2175, transformers PR #34191);
@@ -20,15 +20,12 @@ step, so on CPU a resumed run reproduces the uninterrupted run's losses bit for 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -39,12 +36,15 @@ from foundry.checkpoints import (
 )
 from foundry.errors import CheckpointError, ConfigError, TrainingError
 from foundry.hardware import distrust_cpu_peak, peak_flops
-from foundry.lm_metrics import IGNORE_INDEX, lm_scores
+from foundry.lm_metrics import lm_scores
 from foundry.train import distributed as dist_utils
+from foundry.train.metrics_log import MetricsLog
 from foundry.train.objectives import BatchSource, Objective
 from foundry.train.optim import build_optimizer, lr_at
 from foundry.train.profile import StepProfiler
-from foundry.utils.io import RunRecord, atomic_write_text
+from foundry.train.step import autocast_context, autocast_dtype, optimizer_step, to_device
+from foundry.train.throughput import FlopCounter, batch_tokens
+from foundry.utils.io import RunRecord
 
 Evaluator = Callable[[torch.nn.Module], dict]
 
@@ -60,103 +60,6 @@ def schedule_position(step: int, elapsed: float, cfg) -> float:
     if cfg.max_seconds is None or step < cfg.warmup_steps:
         return step
     return max(step, min(1.0, elapsed / cfg.max_seconds) * cfg.max_steps)
-
-
-def autocast_dtype(cfg, device: torch.device) -> torch.dtype:
-    if cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return torch.float32
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _sequence_lengths(batch: dict, key: str, pad_id: int | None) -> list[int]:
-    """Lengths of the sequences in batch[key] (B, T): packed segments, else each row up to its padding."""
-    ids = batch[key]
-    segments = batch.get(key.removesuffix("input_ids") + "segment_ids")
-    if isinstance(segments, torch.Tensor):
-        counts = torch.stack([torch.bincount(row, minlength=int(segments.max()) + 1) for row in segments])
-        return [int(n) for n in counts[:, 1:].flatten() if n > 0]  # segment 0 is padding
-    if pad_id is None or ids.dim() != 2:
-        return [int(ids.shape[-1])] * (int(ids.numel()) // max(int(ids.shape[-1]), 1))
-    not_pad = ids != pad_id  # (B, T); a row's padding is the run after its last non-pad token
-    T = ids.shape[1]
-    last = torch.where(not_pad.any(1), T - not_pad.flip(1).int().argmax(1), torch.zeros(ids.shape[0], dtype=torch.long))
-    return [int(n) for n in last]
-
-
-def batch_tokens(batch: dict, pad_id: int | None = None) -> tuple[int, int]:
-    """(real tokens, supervised tokens) of a batch, for tokens/s, whatever the objective's units are.
-
-    Real tokens are the non-padding ones (a pad id inside a text still counts; without a pad id, all);
-    supervised ones have targets != -100.
-    """
-    real, _ = _token_counts(batch, pad_id)
-    targets = batch.get("targets")
-    supervised = int((targets != IGNORE_INDEX).sum()) if isinstance(targets, torch.Tensor) else 0
-    return real, supervised
-
-
-def _token_counts(batch: dict, pad_id: int | None) -> tuple[int, int]:
-    """(real tokens, sum of squared sequence lengths) over every `*input_ids` tensor of the batch."""
-    real = squares = 0
-    for key, ids in batch.items():
-        if key.endswith("input_ids") and isinstance(ids, torch.Tensor):
-            lengths = _sequence_lengths(batch, key, pad_id)
-            real += sum(lengths)
-            squares += sum(n * n for n in lengths)
-    return real, squares
-
-
-class FlopCounter:
-    """The FLOPs a training step needs (PaLM appendix B, counted for what this step really does), for MFU.
-
-    Per real token: 2 x body matmul parameters forward, 2 x backward to the inputs, and 2 x the body
-    parameters that TRAIN for their weight gradients (LoRA freezes most: 4N rather than 6N); attention
-    6 x layers x heads x head_dim x length per token of each sequence (causal: half the scores); the
-    vocabulary projection only at supervised positions (the loss's chunked logits): 4 x V x d there, 6 when
-    the projection trains. Recomputation (activation checkpointing) is not useful work and is not counted.
-    Models other than the Llama fall back to `config.flops_per_token(block_size)` per token.
-    """
-
-    def __init__(self, base: torch.nn.Module, block_size: int):
-        cfg = getattr(base, "config", None)
-        head = getattr(base, "lm_head", None)
-        self.per_token_fallback = 0.0
-        self.llama = isinstance(head, torch.nn.Module) and hasattr(cfg, "n_head") and hasattr(cfg, "vocab_size")
-        if not self.llama:
-            self.per_token_fallback = cfg.flops_per_token(block_size) if hasattr(cfg, "flops_per_token") else 0.0
-            return
-        shared = {id(p) for p in head.parameters()}
-        embed = getattr(getattr(base, "model", None), "embed_tokens", None)
-        if isinstance(embed, torch.nn.Module):
-            shared |= {id(p) for p in embed.parameters()}
-        self.body = cfg.num_params(include_embedding=False)
-        self.trainable_body = sum(p.numel() for p in base.parameters() if p.requires_grad and id(p) not in shared)
-        self.head = cfg.vocab_size * cfg.n_embd
-        self.head_trains = any(p.requires_grad for p in head.parameters())
-        self.attention = 6 * cfg.n_layer * cfg.n_head * cfg.head_dim
-
-    @property
-    def enabled(self) -> bool:
-        return self.llama or self.per_token_fallback > 0
-
-    def __call__(self, batch: dict, pad_id: int | None) -> float:
-        real, squares = _token_counts(batch, pad_id)
-        if not self.llama:
-            return real * self.per_token_fallback
-        targets = batch.get("targets")
-        scored = int((targets != IGNORE_INDEX).sum()) if isinstance(targets, torch.Tensor) else real
-        return (real * (4 * self.body + 2 * min(self.trainable_body, self.body)) + self.attention * squares
-                + scored * self.head * (6 if self.head_trains else 4))
 
 
 def loss_evaluator(objective, batches: Callable[[], Iterable[dict]], device: torch.device | str | None = None,
@@ -179,48 +82,6 @@ def loss_evaluator(objective, batches: Callable[[], Iterable[dict]], device: tor
         return lm_scores(total, units, units * bytes_per_token if bytes_per_token is not None else None)
 
     return evaluate
-
-
-class _MetricsLog:
-    """`RUN/metrics.jsonl` (one JSON object per line) and TensorBoard scalars in `RUN/tb`."""
-
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None):
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.tb = None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.exists():
-            # Drop what was logged after the checkpoint we resume from: those steps are re-run.
-            kept = []
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    if json.loads(line).get("step", 0) <= resume_step:
-                        kept.append(line)
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-        self.file = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
-        except ImportError:  # tensorboard is optional; the JSONL log is the record
-            self.tb = None
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.tb.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.enabled:
-            self.file.close()
-            if self.tb is not None:
-                self.tb.close()
 
 
 class _Interrupt:
@@ -246,58 +107,6 @@ class _Interrupt:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
         return False
-
-
-@dataclass
-class StepOutcome:
-    """What one optimiser step did: the step's mean loss and gradient norm, whether it was finite (and so
-    applied), its units over all ranks and its metric sums (not yet reduced across ranks)."""
-
-    loss: float
-    grad_norm: float
-    finite: bool
-    total_units: float
-    metric_totals: dict[str, torch.Tensor]
-
-
-def optimizer_step(model: torch.nn.Module, objective: Objective, batches: list[dict], optimizer, params: list,
-                   device: torch.device, amp_dtype: torch.dtype = torch.float32, grad_clip: float | None = None,
-                   env: dist_utils.DistEnv | None = None, forward_model: torch.nn.Module | None = None,
-                   where: str = "training") -> StepOutcome:
-    """One optimiser step over `batches` (the step's micro-batches), exactly as the loop takes it.
-
-    1. the units of all micro-batches, summed over ranks, so every micro-batch's loss is divided by the
-       step's units (k micro-batches of B equal one batch of k*B; trl #2175, transformers PR #34191);
-    2. forward + backward per micro-batch (gradient sync across ranks on the last one only);
-    3. clip, check the loss and gradient norm are finite, step the optimiser only then; zero the gradients.
-    `model` is the (possibly DDP/FSDP-wrapped) model whose gradients sync, `forward_model` what is called
-    (its compiled form; default `model`). Benchmarks call this to time the loop's own step.
-    """
-    env = env or dist_utils.DistEnv(device=device)
-    forward_model = forward_model if forward_model is not None else model
-    units = torch.tensor(float(sum(objective.units(b) for b in batches)), device=device, dtype=torch.float64)
-    total_units = float(dist_utils.all_reduce_sum(units, env))
-    if total_units == 0:
-        raise TrainingError(f"{where} has no target units (every target masked)")
-    loss_total = torch.zeros((), device=device, dtype=torch.float64)
-    metric_totals: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(batches):
-        batch = to_device(batch, device)
-        with dist_utils.sync_context(model, sync=i == len(batches) - 1):
-            with autocast_context(device, amp_dtype):
-                loss_sum, metric_sums = objective.loss(forward_model, batch)
-            (loss_sum / total_units).backward()
-        loss_total += loss_sum.detach().double()
-        for key, value in metric_sums.items():
-            metric_totals[key] = metric_totals.get(key, 0) + value.detach().double()
-    loss_total = dist_utils.all_reduce_sum(loss_total, env)
-    loss = float(loss_total) / total_units
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip or math.inf, foreach=True) if params else 0.0)
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return StepOutcome(loss, grad_norm, finite, total_units, metric_totals)
 
 
 class Trainer:
@@ -374,7 +183,7 @@ class Trainer:
             if resume:  # a resumed run's record is rewritten only once its checkpoint loaded
                 record.write({"status": "running"})
         # an attempt stopped before its first checkpoint starts over, its metrics too
-        self.log = _MetricsLog(self.run_dir, self.is_main, self.step if resume_ckpt is not None else None)
+        self.log = MetricsLog(self.run_dir, self.is_main, self.step if resume_ckpt is not None else None)
         if resume_ckpt is not None and self.is_main:
             self.log.write({"step": self.step, "event": "resume", "checkpoint": str(resume_ckpt)})
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from foundry.config import StrictModel, TrainConfig
+from foundry.config import TrainConfig
 from foundry.errors import DataError
 from foundry.lm_metrics import IGNORE_INDEX
 from foundry.train.batches import ShuffledRows
-from foundry.train.stage import FineTuneConfig, LoRASpec, StageRunner, save_merged_lora  # noqa: F401 (re-exported)
+from foundry.train.stage import FineTuneConfig, LoRASpec, StageRunner
 
 
 class SFTTrainConfig(TrainConfig):

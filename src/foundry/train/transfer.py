@@ -30,7 +30,7 @@ from pydantic import Field
 from foundry.config import StrictModel
 from foundry.errors import ConfigError
 from foundry.train.finetune import FinetuneTrainConfig
-from foundry.train.sft import LoRASpec
+from foundry.train.stage import LoRASpec
 
 
 class TransferConfig(StrictModel):

@@ -151,7 +151,7 @@ def _local_asker(entry, device: str, chat: bool, batch_size: int):
 
     from foundry.checkpoints import load_start
     from foundry.eval.bakeoff.scoring import prompt_ids
-    from foundry.serve.engine import fit_prompt
+    from foundry.model.decoding import fit_prompt
     from foundry.serve.generate import generate_many
 
     start = load_start(entry.path, device=device)
