@@ -209,7 +209,7 @@ def test_split_regex_pre_tokenizers_keep_their_llama_cpp_name(tmp_path, capsys):
     from tokenizers import Regex, pre_tokenizers
     from tokenizers import Tokenizer as HFTokenizer
 
-    from foundry.model.gguf import QWEN2_SPLIT
+    from foundry.model.gguf.arch import QWEN2_SPLIT
 
     hf_dir = tmp_path / "hf"
     _hf_model("qwen2", False).save_pretrained(hf_dir)
@@ -451,7 +451,7 @@ def test_family_has_its_own_architecture_and_reads_back(tmp_path, name):
     """Each family's file: llama.cpp's architecture, tensor names and metadata for it (gguf's reader); `foundry
     import` of it gives the checkpoint's logits (f16 within 1e-2, q8_0 within its bound), and so does transformers'
     GGUF loader where it has the architecture."""
-    from foundry.model.gguf import ARCHS
+    from foundry.model.gguf.arch import ARCHS
 
     arch_name, keys, hf_kwargs = FAMILY_CASES[name][3:]
     hf = _family_model(name)
