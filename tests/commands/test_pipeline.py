@@ -1,7 +1,6 @@
 """`foundry run`: stage order, placeholders, skipping unchanged stages, resuming after a failure."""
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 from foundry import cli
 from foundry.errors import ConfigError, FoundryError
 from foundry.pipeline import load_recipe, run_recipe
+from tests.helpers.fake_verbs import install_verb_module
 
 FAKE_VERB = textwrap.dedent('''
     import json, sys
@@ -34,13 +34,7 @@ FAKE_VERB = textwrap.dedent('''
 
 @pytest.fixture
 def fake_verb(tmp_path, monkeypatch):
-    (tmp_path / "fake_verb_mod.py").write_text(FAKE_VERB)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("fake_verb_mod", None)
-    monkeypatch.setitem(cli.VERBS, "fake", ("fake_verb_mod:main", "test verb"))
-    import fake_verb_mod
-
-    return fake_verb_mod
+    return install_verb_module(tmp_path, monkeypatch, "fake_verb_mod", FAKE_VERB, {"fake": ("main", "test verb")})
 
 
 def write_recipe(tmp_path, flag: Path, value_b="B", config=None):

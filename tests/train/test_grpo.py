@@ -1,5 +1,5 @@
 """GRPO (`foundry rl`): the loss against hand-computed numbers, zero-advantage groups give no gradient, the
-KL term is zero for identical policies (the sampler is the serving engine's decoder: tests/test_decoding.py),
+KL term is zero for identical policies (the sampler is the serving engine's decoder: tests/model/test_decoding.py),
 a killed run resumes to the same weights, and bad inputs fail in one line without touching the run directory."""
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from foundry.config import TrainConfig
 from foundry.model.llama import Llama, config_from_preset
 from foundry.train.distributed import DistEnv
 from foundry.train.loop import Trainer
-from foundry.train.step import optimizer_step
 from foundry.train.objectives import BatchSource, NextTokenObjective, SourceBase
+from foundry.train.step import optimizer_step
 from foundry.utils.io import RunRecord, read_metrics
+from tests.helpers.fake_verbs import install_verb_module
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "foundry"
 
@@ -228,19 +228,14 @@ STATE_VERBS = textwrap.dedent('''
 
 @pytest.fixture
 def state_verbs(tmp_path, monkeypatch):
-    from foundry import cli, stages
+    from foundry import stages
 
-    (tmp_path / "state_verbs_mod.py").write_text(STATE_VERBS)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("state_verbs_mod", None)
-    monkeypatch.setitem(cli.VERBS, "change", ("state_verbs_mod:change_main", "test verb"))
-    monkeypatch.setitem(cli.VERBS, "look", ("state_verbs_mod:look_main", "test verb"))
-    monkeypatch.setitem(cli.VERBS, "faketrain", ("state_verbs_mod:train_main", "test training verb"))
+    module = install_verb_module(tmp_path, monkeypatch, "state_verbs_mod", STATE_VERBS, {
+        "change": ("change_main", "test verb"), "look": ("look_main", "test verb"),
+        "faketrain": ("train_main", "test training verb")})
     monkeypatch.setitem(stages.TRAINING_VERBS, "faketrain", stages.StageSpec(
         "faketrain", "faketrain", "state_verbs_mod:TrainCfg", "state_verbs_mod:run", "fine-tuning", "tested"))
-    import state_verbs_mod
-
-    return state_verbs_mod
+    return module
 
 
 def test_a_stage_changing_process_state_does_not_leak_into_the_next(tmp_path, state_verbs):

@@ -1,7 +1,7 @@
 """The checkpoint store: saving, loading, verifying and finding checkpoints, and picking the device.
 
 It sits at library level, beside the model, so that evaluation, serving and Hugging Face import/export
-read a model without importing training (the layering is checked by tests/test_layering.py). This package
+read a model without importing training (the layering is checked by tests/package/test_layering.py). This package
 is its public door; its parts, by concern:
 
 - `files`: the checkpoint format (atomic directories, `meta.json` checksums, `step_*` and `best`, weights,

@@ -2,7 +2,7 @@
 
 `foundry/cli.py` maps a verb to a function here; these functions parse flags, load and validate the
 recipe, and call the library (`foundry.train.pretrain.run_pretrain(cfg)`, ...). No module under data/,
-model/, train/, eval/ or serve/ imports this package or the command line (tests/test_layering.py).
+model/, train/, eval/ or serve/ imports this package or the command line (tests/package/test_layering.py).
 
 A verb that reads a recipe lists every recipe key with its type, default and description under
 `--help`, generated from the config model's pydantic `Field(description=...)`s (`recipe_keys_help`).

@@ -8,7 +8,7 @@ Design choices:
   split on import and fused again on export.
 - `LlamaConfig.family` remembers the model_type, so an export writes the class the model came from (a Gemma 2
   import exports as Gemma2ForCausalLM). foundry's own models are family "llama" (QK-norm ones export as Qwen3).
-- Everything a family's modeling file does is matched against it (tests/test_hf_families.py: logits, loss,
+- Everything a family's modeling file does is matched against it (tests/model/test_hf_families.py: logits, loss,
   greedy tokens through the engine, export within 1e-4 in float32); a config this module cannot run exactly
   is a one-line CheckpointError that names it, and an architecture outside the registry (mixture-of-experts
   included) is refused with the list of what is supported.

@@ -46,6 +46,27 @@ def check_body_size(request: Request) -> None:
         raise APIError(413, f"request body over {MAX_BODY_BYTES} bytes", code="request_too_large")
 
 
+def add_model_routes(app, settings, **details) -> None:
+    """`GET /v1/models` and `GET /v1/models/{name}` for the one model an app serves (OpenAI's shape; `details`,
+    such as a classifier's labels, are added to the model object), both behind the API key."""
+    import time
+
+    card = {"id": settings.model_name, "object": "model", "created": int(time.time()), "owned_by": "foundry",
+            **details}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request, settings.api_key)
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model_info(name: str, request: Request):
+        check_key(request, settings.api_key)
+        if name != settings.model_name:
+            raise APIError(404, f"model '{name}' does not exist", param="model", code="model_not_found")
+        return card
+
+
 def api_app(title: str, lifespan=None):
     """A FastAPI app whose errors, ours (APIError) and the framework's (404, 405), are OpenAI-style JSON bodies."""
     from fastapi import FastAPI

@@ -18,26 +18,19 @@ MAX_INPUTS = 256
 
 def create_classify_app(model, tokenizer, settings):
     import json
-    import time
-
 
     from foundry.model.classifier import classify
-    from foundry.serve.app import api_app, check_key
+    from foundry.serve.app import add_model_routes, api_app, check_key
 
     model.eval()
     labels = list(model.config.labels)
-    created = int(time.time())
     app = api_app("foundry classify")
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "labels": labels}
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_key(request, settings.api_key)
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
-                                            "owned_by": "foundry", "labels": labels}]}
+    add_model_routes(app, settings, labels=labels)
 
     @app.post("/v1/classify")
     async def classify_route(request: Request):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 from typing import Literal
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from foundry.serve.app import api_app, check_body_size, check_key, off_loop
+from foundry.serve.app import add_model_routes, api_app, check_body_size, check_key, off_loop
 from foundry.serve.protocol import APIError, parse_body
 
 MAX_INPUTS = 256
@@ -79,18 +78,13 @@ def create_embeddings_app(model, tokenizer, settings):
 
     model.eval()
     device = next(model.parameters()).device
-    created = int(time.time())
     app = api_app("foundry")
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": settings.model_name, "kind": "embeddings"}
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_key(request, settings.api_key)
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
-                                            "owned_by": "foundry"}]}
+    add_model_routes(app, settings)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):

@@ -23,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import Request  # module level: FastAPI resolves the string annotations of handlers here
 
 from foundry.errors import DataError
-from foundry.serve.app import api_app, check_body_size, check_key, log, off_loop
+from foundry.serve.app import add_model_routes, api_app, check_body_size, check_key, log, off_loop
 from foundry.serve.engine import Engine, QueueFull, Sequence
 from foundry.serve.protocol import (DEFAULT_COMPLETION_TOKENS, APIError, ChatRequest,
                                     CompletionRequest, Limits, Reply, TextStream, _Request, message_text,
@@ -165,7 +164,6 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
     def encode(text: str) -> list[int]:  # in the thread pool; encode_batch lets go of the GIL, encode does not
         limits.check_prompt_size(len(text.encode()))
         return tokenizer.encode_batch([ground(text)])[0]
-    created = int(time.time())
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -200,18 +198,7 @@ def create_app(model, tokenizer, settings: ServerSettings, index=None):
         return {"status": "ok", "model": settings.model_name, "active": engine.active, "queued": engine.queued,
                 "max_concurrency": settings.max_concurrency, "max_queue": settings.max_queue}
 
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_key(request, settings.api_key)
-        return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": created,
-                                            "owned_by": "foundry"}]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model_info(name: str, request: Request):
-        check_key(request, settings.api_key)
-        if name != settings.model_name:
-            raise APIError(404, f"model '{name}' does not exist", param="model", code="model_not_found")
-        return {"id": name, "object": "model", "created": created, "owned_by": "foundry"}
+    add_model_routes(app, settings)
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -21,7 +21,7 @@ all_gather whose backward sums the gradients flowing to each rank's slice back t
 (`_GatherWithGrad`; open_clip's `gather_with_grad=True`), and scores
 only its own rows (open_clip's `local_loss=True`). The ranks' loss sums add up to the one-process loss
 on the same global batch, and the loop's sum all-reduce of the parameter gradients (not DDP's average)
-makes the update equal too (tests/test_clip_distributed.py).
+makes the update equal too (tests/train/test_clip_distributed.py).
 
 Gradient accumulation splits a step into micro-batches, and the negatives are each micro-batch's:
 accumulating k micro-batches of B is NOT one batch of kB for a contrastive loss (unlike next-token).

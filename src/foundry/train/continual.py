@@ -247,8 +247,7 @@ def run_continue(cfg: ContinueConfig, resume: bool = False) -> dict:
         runner.apply_lora(start.model, cfg.lora)
         # step 0 evaluates the parent on every dataset: the "before" of the before/after table
         final = runner.train(start.model, objective, source, start.tokenizer, evaluators=evaluators,
-                             best_metric=f"val/{primary}/loss", eval_at_start=True)
-        runner.save_merged_lora(start.model, start.tokenizer, cfg.lora, final)
+                             best_metric=f"val/{primary}/loss", eval_at_start=True, lora=cfg.lora)
         before_record = next((r for r in read_metrics(run_dir) if r.get("step") == 0 and "event" not in r), {})
         before, after = _per_dataset(before_record, names), _per_dataset(final, names)
         rows = before_after_rows(before, after, weights)

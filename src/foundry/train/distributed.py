@@ -12,7 +12,7 @@ start us, so the training loop calls the same functions on a laptop and on a clu
   draw of `world_size * B` windows, rank r taking windows [r*B, (r+1)*B). So rank r's micro-batch at
   accumulation index a of an N-process run is micro-batch `a * N + r` of a one-process run with N times
   the accumulation: the two see the same sequences in every optimiser step, and as the loop normalises
-  by the step's total target tokens, their updates are equal (tests/test_distributed_torchrun.py).
+  by the step's total target tokens, their updates are equal (tests/train/test_distributed_torchrun.py).
 - Gradient accumulation: `sync_context(model, sync=False)` on the inner micro-steps skips the gradient
   all-reduce (DDP `no_sync`) or reduce-scatter (FSDP2 `set_requires_gradient_sync(False)`, which holds
   the unsharded fp32 gradients until the last micro-step; `foundry plan` counts them).

@@ -297,10 +297,8 @@ def run_dpo(cfg: DPOConfig, resume: bool = False) -> dict:
         runner.log(f"foundry dpo: {cfg.loss} (beta {cfg.beta}) on {len(encoded)} pairs; fitted to {tc.block_size} "
                    f"tokens: {stats.prompt_cut} prompts cut, {stats.completion_cut} completions cut; reference "
                    f"log-probs {'loaded from cache' if hit else 'computed once'} ({out_dir / REFERENCE_FILE}) -> {out_dir}")
-        model.train()
         results = runner.train(model, objective, source, tokenizer, evaluators=evaluators,
-                               best_metric="val/loss" if evaluators else None)
-        runner.save_merged_lora(model, tokenizer, cfg.lora, results)
+                               best_metric="val/loss" if evaluators else None, lora=cfg.lora)
         results["truncation"] = stats.as_dict()
         if val_stats is not None:
             results["val_truncation"] = val_stats.as_dict()

@@ -192,7 +192,6 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
     from foundry.data.labelled import read_labelled
     from foundry.data.tokenizer import Tokenizer
     from foundry.model.lora import apply_lora, lora_parameter_count
-    from foundry.train.stage import save_merged_lora
     from foundry.utils.classification import classification_scores, format_confusion
     from foundry.utils.io import atomic_write_text
 
@@ -242,9 +241,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False) -> dict:
                    f"trainable -> {out_dir}")
         model.train()
         results = runner.train(model, ClassificationObjective(), source, tokenizer, evaluators=evaluators,
-                               best_metric="val/loss" if evaluators else None)
-        if cfg.lora is not None and runner.is_main:
-            save_merged_lora(model, tokenizer, out_dir, "finetune", results["step"])
+                               best_metric="val/loss" if evaluators else None, lora=cfg.lora)
         results.update({"labels": labels, "train_examples": len(train_examples)})
         if test_examples is not None and runner.is_main:
             saved, _ = load_model(out_dir, device=str(next(model.parameters()).device))

@@ -435,8 +435,8 @@ def run_grpo(cfg: GRPOConfig, resume: bool = False) -> dict:
                    f"temperature {cfg.temperature}); verifiers {', '.join(s.name for s in cfg.verifiers)}; "
                    f"advantage {cfg.advantage}, loss_norm {cfg.loss_norm}, kl_beta {cfg.kl_beta} -> {out_dir}")
         model.train()
-        results = runner.train(model, objective, source, tokenizer, evaluators=evaluators, eval_at_start=True)
-        runner.save_merged_lora(model, tokenizer, cfg.lora, results)
+        results = runner.train(model, objective, source, tokenizer, evaluators=evaluators, eval_at_start=True,
+                               lora=cfg.lora)
         results["capped_total"] = source.capped_total
         summary = _summarise(out_dir / "metrics.jsonl", G if not cfg.eval_samples else cfg.eval_samples)
         results.update(summary["results"])

@@ -18,7 +18,6 @@ What this module adds, and nothing else:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
@@ -187,28 +186,22 @@ def encoder_model_config(spec, tokenizer, block_size: int):
 
 def run_mlm_pretrain(cfg, resume: bool = False) -> dict:
     """`foundry pretrain` with `objective: mlm`: an encoder from random initialisation on the token shards."""
-    from foundry.data.shards import TokenBlocks, check_tokenizer_matches, load_token_index
-    from foundry.data.tokenizer import Tokenizer
+    from foundry.data.shards import TokenBlocks
     from foundry.model.encoder import Encoder
     from foundry.train.stage import StageRunner
+    from foundry.train.token_data import open_pretraining_run_dir, open_token_dataset
 
     with StageRunner("mlm", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
-        tokenizer = Tokenizer.load(cfg.tokenizer)
-        tokens = check_tokenizer_matches(cfg.data, tokenizer)  # this tokenizer's shards of the dataset
-        index = load_token_index(tokens)
+        dataset = open_token_dataset(cfg.data, cfg.tokenizer)
+        tokenizer, tokens = dataset.tokenizer, dataset.tokens
         model_config = encoder_model_config(cfg.model, tokenizer, tc.block_size)
-        if "val" not in index["splits"]:
-            raise ConfigError(f"{index['dir']}: no 'val' split to evaluate on; re-run 'foundry data prepare'")
         masker = Masker(tokenizer, model_config.mask_token_id, cfg.mlm)
         blocks = TokenBlocks(tokens, "train", tc.block_size, tc.seed, env.rank, env.world_size)
         source = MaskedLMSource(blocks, masker, tc.seed)
         val_blocks = TokenBlocks(tokens, "val", tc.block_size, tc.seed)
         evaluator = mlm_evaluator(lambda: val_blocks.eval_batches(tc.micro_batch_size, tc.eval_batches), masker)
-        parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve())}
-        manifest = Path(cfg.data) / "manifest.json"
-        out_dir = runner.open_run_dir(parents, {Path(cfg.data).name: manifest} if manifest.is_file() else {},
-                                      tokenizer=tokenizer)
+        out_dir = open_pretraining_run_dir(runner, cfg.data, cfg.tokenizer, tokenizer)
         torch.manual_seed(tc.seed)
         model = Encoder(model_config)
         n_params = model.num_params()

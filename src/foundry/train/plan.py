@@ -25,7 +25,7 @@ Memory per device, for AdamW training of our Llama block (docs/DISTRIBUTED.md ha
   logits under autocast).
 
 torch.compile fuses the elementwise tail of each block and saves less; the estimate is for eager mode
-and so errs high. tests/test_plan.py checks the estimate against a measured peak on CPU.
+and so errs high. tests/train/test_plan.py checks the estimate against a measured peak on CPU.
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ TensorBoard events and `run.json`. Validation reports loss, perplexity and bits 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -73,11 +72,11 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
     """Pretrain as `cfg` says; returns the final metrics (val/loss, val/ppl, val/bpb, step, ...)."""
     import torch
 
-    from foundry.data.shards import TokenBlocks, check_tokenizer_matches, load_token_index
-    from foundry.data.tokenizer import Tokenizer
+    from foundry.data.shards import TokenBlocks
     from foundry.model.llama import Llama
     from foundry.train.loop import loss_evaluator
     from foundry.train.objectives import NextTokenObjective
+    from foundry.train.token_data import open_pretraining_run_dir, open_token_dataset
 
     if cfg.objective == "mlm":
         from foundry.train.mlm import run_mlm_pretrain
@@ -85,26 +84,18 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False) -> dict:
         return run_mlm_pretrain(cfg, resume)
     with StageRunner("pretrain", cfg, resume) as runner:
         env, tc = runner.env, cfg.train
-        tokenizer = Tokenizer.load(cfg.tokenizer)
-        tokens = check_tokenizer_matches(cfg.data, tokenizer)  # this tokenizer's shards of the dataset
-        index = load_token_index(tokens)
+        dataset = open_token_dataset(cfg.data, cfg.tokenizer)
+        tokenizer, tokens = dataset.tokenizer, dataset.tokens
         model_config = build_model_config(cfg.model, tokenizer, tc.block_size)
         train_blocks = TokenBlocks(tokens, "train", tc.block_size, tc.seed, env.rank, env.world_size)
-        if "val" not in index["splits"]:
-            raise ConfigError(f"{index['dir']}: no 'val' split to evaluate on; re-run 'foundry data prepare'")
         val_blocks = TokenBlocks(tokens, "val", tc.block_size, tc.seed)
-        val_info = index["splits"]["val"]
-        bytes_per_token = val_info["bytes"] / max(1, val_info["tokens"]) if val_info.get("bytes") else None
-        parents = {"dataset": str(Path(cfg.data).resolve()), "tokenizer": str(Path(cfg.tokenizer).resolve())}
-        manifest = Path(cfg.data) / "manifest.json"  # recorded when there is one; the shards are what is read
-        out_dir = runner.open_run_dir(parents, {Path(cfg.data).name: manifest} if manifest.is_file() else {},
-                                      tokenizer=tokenizer)
+        out_dir = open_pretraining_run_dir(runner, cfg.data, cfg.tokenizer, tokenizer)
 
         torch.manual_seed(tc.seed)  # the initial weights depend only on the seed
         model = Llama(model_config)
         objective = NextTokenObjective()
         evaluator = loss_evaluator(objective, lambda: val_blocks.eval_batches(tc.micro_batch_size, tc.eval_batches),
-                                   bytes_per_token=bytes_per_token)
+                                   bytes_per_token=dataset.val_bytes_per_token)
         n_params = model.num_params()
         runner.log(f"foundry pretrain: {n_params / 1e6:.2f}M parameters, vocab {model_config.vocab_size}, "
                    f"block {tc.block_size}, {tc.micro_batch_size * env.grad_accum_steps * env.world_size * tc.block_size:,} "

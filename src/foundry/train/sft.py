@@ -160,10 +160,8 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict:
                    f"tokens), truncated: {stats.dropped_turns} lost early turns, {stats.cut_tail} cut at the tail, "
                    f"{stats.skipped} skipped; {'packed' if cfg.pack else 'unpacked'} rows of {tc.block_size}; "
                    f"{trainable:,} of {total:,} parameters trainable -> {out_dir}")
-        model.train()
         results = runner.train(model, objective, source, tokenizer, evaluators=evaluators,
-                               best_metric="val/loss" if evaluators else None)
-        runner.save_merged_lora(model, tokenizer, cfg.lora, results)
+                               best_metric="val/loss" if evaluators else None, lora=cfg.lora)
         results["truncation"] = stats.as_dict()
         if val_stats is not None:
             results["val_truncation"] = val_stats.as_dict()

@@ -226,9 +226,12 @@ class StageRunner:
                        eval_at_start=eval_at_start)
 
     def train(self, model, objective, source, tokenizer, evaluators: dict | None = None,
-              best_metric: str | None = None, eval_at_start: bool = False) -> dict:
-        """The one training loop run to its end; returns its final metrics."""
-        return self.trainer(model, objective, source, tokenizer, evaluators, best_metric, eval_at_start).fit()
+              best_metric: str | None = None, eval_at_start: bool = False, lora: "LoRASpec | None" = None) -> dict:
+        """The one training loop run to its end; returns its final metrics. With `lora` (the stage trained
+        adapters), `checkpoints/best` is then rewritten with the adapters merged (`save_merged_lora`)."""
+        results = self.trainer(model, objective, source, tokenizer, evaluators, best_metric, eval_at_start).fit()
+        self.save_merged_lora(model, tokenizer, lora, results)
+        return results
 
     def finish(self, results: dict, summary: list[str] | None = None, extra: list[str] | None = None) -> dict:
         """Write run.json "finished" with `results`, and (if `summary` is given) print one line:
