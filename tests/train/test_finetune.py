@@ -133,3 +133,8 @@ def test_classify_route_answers_with_label_names(ft_setup):
     bad = client.post("/v1/classify", json={"input": []}, headers=auth)
     assert bad.status_code == 400 and "input" in bad.json()["error"]["message"]
     assert client.post("/v1/classify", json={"model": "other", "input": "x"}, headers=auth).status_code == 404
+    listed = client.get("/v1/models", headers=auth).json()["data"]
+    assert [(m["id"], m["labels"]) for m in listed] == [("clf", ["market", "river"])]
+    assert client.get("/v1/models/clf", headers=auth).json() == listed[0]
+    assert client.get("/v1/models/other", headers=auth).status_code == 404
+    assert client.get("/v1/models").status_code == 401
