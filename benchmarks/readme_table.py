@@ -130,9 +130,10 @@ def measured_section() -> str:
 
 
 def posttrain_records() -> list[dict]:
-    return sorted((json.loads(p.read_text()) for p in RESULTS.glob("real_model_posttrain*.json")
-                   if json.loads(p.read_text()).get("benchmark") == "real_model_posttrain"),
-                  key=lambda r: r["machine"]["date_utc"])
+    records = (json.loads(p.read_text()) for p in RESULTS.glob("real_model_posttrain*.json"))
+    # a run's --name is its `benchmark`; side files (a memory profile) have no per-model results
+    return sorted((r for r in records if str(r.get("benchmark", "")).startswith("real_model_posttrain")
+                   and "models" in r), key=lambda r: r["machine"]["date_utc"])
 
 
 def posttrain_rows(rec: dict) -> list[str]:

@@ -132,7 +132,8 @@ def make_model(work: Path, shape: str, layers: int, tok_dir: str) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(**{**SHAPES[shape], "num_hidden_layers": layers}, max_position_embeddings=2048,
+    # a shape's own context (Llama 3.2's 131,072 with its rope scaling) wins over the 2,048 default
+    cfg = LlamaConfig(**{"max_position_embeddings": 2048, **SHAPES[shape], "num_hidden_layers": layers},
                       hidden_act="silu", attention_bias=False, mlp_bias=False, bos_token_id=1, eos_token_id=0,
                       pad_token_id=2)
     torch.manual_seed(0)
