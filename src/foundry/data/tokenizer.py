@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from foundry.data.chat import CHAT_TEMPLATE, FOUNDRY_MARKERS
+from foundry.data.chat import CHAT_TEMPLATE, END, FOUNDRY_MARKERS
 from foundry.errors import DataError
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -107,8 +107,7 @@ class Tokenizer:
         hf = HFTokenizer.from_str(self._json)
         if missing:
             hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in missing])
-        roles = {**self.special_tokens, "system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>",
-                 "eot": "<|end|>"}
+        roles = {**self.special_tokens, **ROLE_TOKENS, "eot": END}
         return self._derive(json_text=hf.to_str() if missing else None, chat_template=CHAT_TEMPLATE,
                             template_name="foundry", special_tokens=roles, added_tokens=self.added_tokens + missing)
 
