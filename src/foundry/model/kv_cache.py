@@ -127,15 +127,10 @@ class RaggedKVCache(KVCache):
         self.lengths[row] = n
 
     def move_row(self, src: int, dst: int) -> None:
-        n = self.lengths[src]
+        """Move row `src` to row `dst` (a copy within this cache) and free `src`."""
         if src != dst:
-            for layer in range(len(self.k)):
-                self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
-                self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
-            if self.tokens is not None:
-                self.tokens[dst, :n] = self.tokens[src, :n]
-            self.lengths[dst] = n
-        self.lengths[src] = 0 if src != dst else n
+            self.load_row(dst, self, src, self.lengths[src])
+            self.lengths[src] = 0
 
     def reset(self) -> None:
         self.lengths = [0] * len(self.lengths)
